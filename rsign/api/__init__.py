@@ -1,0 +1,1 @@
+"""gRPC transport: the only package that imports ``grpc`` and the generated ``rsign.v1`` code."""

@@ -1,0 +1,64 @@
+"""A small typed client for rsign.v1, used by ``rsign client``, the benchmark and the tests."""
+
+from __future__ import annotations
+
+import grpc
+
+from rsign.v1 import rsign_pb2 as pb
+from rsign.v1 import rsign_pb2_grpc as pb_grpc
+
+HASH = {"SHA256": pb.SHA256, "SHA384": pb.SHA384, "SHA512": pb.SHA512}
+SCHEME = {"RSA_PKCS1_V15": pb.RSA_PKCS1_V15, "RSA_PSS": pb.RSA_PSS, "ECDSA": pb.ECDSA}
+
+
+class RsignClient:
+    def __init__(self, target: str | grpc.Channel) -> None:
+        self.channel = grpc.insecure_channel(target) if isinstance(target, str) else target
+        self.auth = pb_grpc.AuthServiceStub(self.channel)
+        self.signing = pb_grpc.SigningServiceStub(self.channel)
+        self.token = ""
+
+    def _md(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")] if self.token else []
+
+    def login(self, user_id: str, pin: str, otp: str) -> pb.LoginResponse:
+        resp = self.auth.Login(pb.LoginRequest(user_id=user_id, pin=pin, otp=otp))
+        self.token = resp.session_token
+        return resp
+
+    def logout(self) -> None:
+        self.auth.Logout(pb.LogoutRequest(), metadata=self._md())
+        self.token = ""
+
+    def list_credentials(self) -> list[pb.Credential]:
+        return list(self.signing.ListCredentials(pb.ListCredentialsRequest(), metadata=self._md()).credentials)
+
+    def get_credential(self, credential_id: str) -> pb.Credential:
+        return self.signing.GetCredential(pb.GetCredentialRequest(credential_id=credential_id), metadata=self._md())
+
+    def authorize(
+        self, credential_id: str, hashes: list[bytes], otp: str, hash_alg: str = "SHA256"
+    ) -> pb.AuthorizeResponse:
+        req = pb.AuthorizeRequest(credential_id=credential_id, hash_algorithm=HASH[hash_alg], hashes=hashes, otp=otp)
+        return self.signing.Authorize(req, metadata=self._md())
+
+    def sign_hash(
+        self,
+        credential_id: str,
+        sad: str,
+        hashes: list[bytes],
+        scheme: str,
+        hash_alg: str = "SHA256",
+        timeout: float | None = None,
+    ) -> pb.SignHashResponse:
+        req = pb.SignHashRequest(
+            credential_id=credential_id,
+            sad=sad,
+            hash_algorithm=HASH[hash_alg],
+            signature_scheme=SCHEME[scheme],
+            hashes=hashes,
+        )
+        return self.signing.SignHash(req, metadata=self._md(), timeout=timeout)
+
+    def close(self) -> None:
+        self.channel.close()

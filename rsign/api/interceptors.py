@@ -1,0 +1,134 @@
+"""Per-RPC plumbing in one place: request context, bearer authentication, error mapping.
+
+Servicer methods receive an authenticated ``Principal`` (for RPCs that need one) through
+``current_principal()``, and raise domain errors; this interceptor turns those into statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+
+from rsign import context
+from rsign.api.errors import INTERNAL_MESSAGE, status_for
+from rsign.auth.service import AuthService, Principal
+from rsign.errors import AuthenticationFailed, RsignError
+
+log = logging.getLogger(__name__)
+
+_principal: ContextVar[Principal | None] = ContextVar("rsign_principal", default=None)
+
+# RPCs callable without a session.
+PUBLIC_METHODS = frozenset(
+    {
+        "/rsign.v1.AuthService/Login",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.health.v1.Health/List",
+    }
+)
+
+
+def current_principal() -> Principal:
+    p = _principal.get()
+    if p is None:  # only reachable if a public RPC asks for a principal: a programming error
+        raise AuthenticationFailed("no session")
+    return p
+
+
+def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :].strip()
+    return ""
+
+
+def _request_id(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 64:
+            return value
+    return None
+
+
+class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
+    def __init__(self, auth: AuthService) -> None:
+        self._auth = auth
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method: str = details.method
+        public = method in PUBLIC_METHODS
+
+        def setup(ctx: grpc.ServicerContext) -> Any:
+            md = ctx.invocation_metadata()
+            rc = context.request(ctx.peer() or "", _request_id(md))
+            rc.__enter__()
+            if not public:
+                _principal.set(self._auth.authenticate(_bearer(md)))
+            return rc
+
+        def fail(ctx: grpc.ServicerContext, exc: BaseException) -> None:
+            if isinstance(exc, RsignError):
+                code = status_for(exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.error("%s failed: %s", method, exc.message)
+                    ctx.abort(code, INTERNAL_MESSAGE)
+                ctx.abort(code, exc.message)
+            log.exception("%s failed with an unexpected error", method)
+            ctx.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            def unary_unary(request: Any, ctx: grpc.ServicerContext) -> Any:
+                rc = None
+                try:
+                    rc = setup(ctx)
+                    return inner(request, ctx)
+                except Exception as exc:
+                    if _is_abort(exc):
+                        raise
+                    fail(ctx, exc)
+                finally:
+                    _principal.set(None)
+                    if rc is not None:
+                        rc.__exit__(None, None, None)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream:
+            inner_ss = handler.stream_stream
+
+            def stream_stream(requests: Iterator[Any], ctx: grpc.ServicerContext) -> Iterator[Any]:
+                rc = None
+                try:
+                    rc = setup(ctx)
+                    yield from inner_ss(requests, ctx)
+                except Exception as exc:
+                    if _is_abort(exc):
+                        raise
+                    fail(ctx, exc)
+                finally:
+                    _principal.set(None)
+                    if rc is not None:
+                        rc.__exit__(None, None, None)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, handler.request_deserializer, handler.response_serializer
+            )
+        if not public:
+            # Fail closed: an RPC shape this interceptor cannot authenticate is never served.
+            raise RuntimeError(f"{method}: unsupported RPC shape for an authenticated method")
+        return handler  # health Watch (unary-stream): public, unwrapped
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # ServicerContext.abort raises a bare Exception subclass private to grpc; let it through.
+    return type(exc).__module__.startswith("grpc")

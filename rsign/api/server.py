@@ -1,0 +1,83 @@
+"""Builds and runs the gRPC server around an ``App``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from rsign.api.interceptors import ServiceInterceptor
+from rsign.api.servicers import AuthServicer, SigningServicer
+from rsign.app import App
+from rsign.v1 import rsign_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("rsign.v1.AuthService", "rsign.v1.SigningService")
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float = 5.0) -> None:
+        for name in ("", *SERVICES):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace).wait()
+
+
+def start_server(app: App, listen: str, max_workers: int = 64) -> RunningServer:
+    """Start serving on ``listen`` ("HOST:PORT"; port 0 picks a free one). Non-blocking."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rsign-rpc"),
+        interceptors=[ServiceInterceptor(app.auth)],
+        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+        maximum_concurrent_rpcs=max_workers * 4,
+    )
+    pb_grpc.add_AuthServiceServicer_to_server(AuthServicer(app), server)
+    pb_grpc.add_SigningServiceServicer_to_server(SigningServicer(app), server)
+    hs = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    server.start()
+    for name in ("", *SERVICES):
+        hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, hs)
+
+
+@contextlib.contextmanager
+def running(app: App, listen: str = "127.0.0.1:0") -> Iterator[RunningServer]:
+    srv = start_server(app, listen)
+    try:
+        yield srv
+    finally:
+        srv.stop(grace=1.0)
+
+
+def serve_forever(app: App, listen: str, on_ready: str | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then drain in-flight RPCs and shut the HSM workers down."""
+    srv = start_server(app, listen)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("rsign listening on %s", listen)
+    if on_ready:
+        print(on_ready, flush=True)
+    stop.wait()
+    log.info("shutting down")
+    srv.stop(grace=10.0)

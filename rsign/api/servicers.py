@@ -1,0 +1,100 @@
+"""Thin servicers: validate and convert the request, call the domain, convert the answer."""
+
+from __future__ import annotations
+
+import grpc
+
+from rsign.api.interceptors import current_principal
+from rsign.app import App
+from rsign.errors import InvalidRequest
+from rsign.signing.algorithms import HashAlg, KeyAlgorithm, Scheme
+from rsign.store.db import CredentialView
+from rsign.v1 import rsign_pb2 as pb
+from rsign.v1 import rsign_pb2_grpc as pb_grpc
+
+_HASH = {pb.SHA256: HashAlg.SHA256, pb.SHA384: HashAlg.SHA384, pb.SHA512: HashAlg.SHA512}
+_SCHEME = {pb.RSA_PKCS1_V15: Scheme.RSA_PKCS1_V15, pb.RSA_PSS: Scheme.RSA_PSS, pb.ECDSA: Scheme.ECDSA}
+
+
+def hash_alg(value: int) -> HashAlg:
+    try:
+        return _HASH[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidRequest("hash_algorithm must be SHA256, SHA384 or SHA512") from None
+
+
+def scheme(value: int) -> Scheme:
+    try:
+        return _SCHEME[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidRequest("signature_scheme must be RSA_PKCS1_V15, RSA_PSS or ECDSA") from None
+
+
+def credential_pb(c: CredentialView) -> pb.Credential:
+    return pb.Credential(
+        credential_id=c.credential_id,
+        holder_user_id=c.holder_user_id,
+        agency=c.agency,
+        key_algorithm=c.key_algorithm,
+        status=c.status,
+        key_version=c.key_version,
+        certificates=[c.certificate, *c.chain],
+        signature_algorithm_oids=KeyAlgorithm(c.key_algorithm).signature_algorithm_oids(),
+        multisign=c.multisign,
+    )
+
+
+class AuthServicer(pb_grpc.AuthServiceServicer):
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginResponse:
+        if not request.user_id:
+            raise InvalidRequest("user_id is required")
+        token, expires = self._app.auth.login(request.user_id, request.pin, request.otp)
+        return pb.LoginResponse(session_token=token, expires_at=int(expires))
+
+    def Logout(self, request: pb.LogoutRequest, context: grpc.ServicerContext) -> pb.LogoutResponse:
+        self._app.auth.logout(current_principal())
+        return pb.LogoutResponse()
+
+
+class SigningServicer(pb_grpc.SigningServiceServicer):
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    def ListCredentials(
+        self, request: pb.ListCredentialsRequest, context: grpc.ServicerContext
+    ) -> pb.ListCredentialsResponse:
+        creds = self._app.signing.list_credentials(current_principal())
+        return pb.ListCredentialsResponse(credentials=[credential_pb(c) for c in creds])
+
+    def GetCredential(self, request: pb.GetCredentialRequest, context: grpc.ServicerContext) -> pb.Credential:
+        if not request.credential_id:
+            raise InvalidRequest("credential_id is required")
+        return credential_pb(self._app.signing.get_credential(current_principal(), request.credential_id))
+
+    def Authorize(self, request: pb.AuthorizeRequest, context: grpc.ServicerContext) -> pb.AuthorizeResponse:
+        if not request.credential_id:
+            raise InvalidRequest("credential_id is required")
+        auth = self._app.signing.authorize(
+            current_principal(),
+            request.credential_id,
+            hash_alg(request.hash_algorithm),
+            list(request.hashes),
+            request.otp,
+        )
+        return pb.AuthorizeResponse(sad=auth.sad, expires_at=int(auth.expires_at), key_version=auth.key_version)
+
+    def SignHash(self, request: pb.SignHashRequest, context: grpc.ServicerContext) -> pb.SignHashResponse:
+        if not request.credential_id:
+            raise InvalidRequest("credential_id is required")
+        signed = self._app.signing.sign_hash(
+            current_principal(),
+            request.credential_id,
+            request.sad,
+            hash_alg(request.hash_algorithm),
+            scheme(request.signature_scheme),
+            list(request.hashes),
+        )
+        return pb.SignHashResponse(signatures=signed.signatures, key_version=signed.key_version)

@@ -1,0 +1,59 @@
+"""Composition root: builds the services from settings. Used by the server and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rsign.audit.service import AuditService
+from rsign.auth.service import AuthService
+from rsign.clock import Clock, SystemClock
+from rsign.config import Settings, init_lock
+from rsign.hsm.ports import Hsm
+from rsign.keys.devca import DevCA
+from rsign.keys.service import KeyService
+from rsign.signing.service import SigningService
+from rsign.store.db import Store
+
+
+@dataclass
+class App:
+    settings: Settings
+    clock: Clock
+    store: Store
+    hsm: Hsm
+    auth: AuthService
+    signing: SigningService
+    keys: KeyService
+    audit: AuditService
+
+    def close(self) -> None:
+        self.hsm.close()
+        self.store.close()
+
+
+def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None) -> App:
+    """``pool=True`` (server): HSM worker processes. ``pool=False`` (CLI): one in-process session."""
+    clk = clock or SystemClock()
+    store = Store(settings.database_url, clk)
+    hsm: Hsm
+    if pool:
+        from rsign.hsm.pool import HsmPool
+
+        hsm = HsmPool(settings.hsm, workers=settings.hsm_workers or None)
+    else:
+        from rsign.hsm.pkcs11_adapter import Pkcs11Token
+
+        hsm = Pkcs11Token(settings.hsm)
+    with init_lock(settings.state_dir):
+        ca = DevCA(settings.state_dir / "dev-ca")
+    auth = AuthService(store, hsm, clk, settings)
+    return App(
+        settings=settings,
+        clock=clk,
+        store=store,
+        hsm=hsm,
+        auth=auth,
+        signing=SigningService(store, hsm, clk, settings, auth),
+        keys=KeyService(store, hsm, clk, settings, ca),
+        audit=AuditService(store),
+    )

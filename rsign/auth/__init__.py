@@ -1,0 +1,1 @@
+"""Authentication and sole control: PINs, TOTP, sessions and Signature Activation Data."""

@@ -1,0 +1,224 @@
+"""Login, sessions, fresh-TOTP checks and user enrolment."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import NoReturn
+
+from rsign import context
+from rsign.audit.events import Action, AuditEvent, Result, event
+from rsign.auth import pins, totp
+from rsign.clock import Clock
+from rsign.config import Settings
+from rsign.errors import (
+    AlreadyExists,
+    AuthenticationFailed,
+    FailedPrecondition,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RsignError,
+)
+from rsign.hsm.ports import Hsm
+from rsign.store.db import Store, UserView
+
+# Refresh a session's idle timer at most this often: saves a database write on most calls, at the
+# cost of idle expiry being up to this much late.
+_TOUCH_INTERVAL = 30.0
+_LOGIN_FAILED = "login failed: wrong user id, PIN or one-time code"
+
+
+def token_hash(token: str) -> bytes:
+    """Tokens (sessions, SADs) are stored only as SHA-256: they are 256-bit random, so a fast hash
+    is enough and a database dump reveals nothing usable."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def seed_aad(user_id: str) -> bytes:
+    # Binds a sealed seed to its user: a seed blob copied onto another user row will not unseal.
+    return b"rsign-totp-seed-v1:" + user_id.encode("utf-8")
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: str
+    session_id: int
+    role: str
+    agency: str
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    user_id: str
+    seed: bytes
+    otpauth_uri: str
+
+
+class AuthService:
+    def __init__(self, store: Store, hsm: Hsm, clock: Clock, settings: Settings) -> None:
+        self._store = store
+        self._hsm = hsm
+        self._clock = clock
+        self._settings = settings
+
+    # -- enrolment ---------------------------------------------------------------------------
+
+    def enrol(self, user_id: str, name: str, pin: str, agency: str = "", role: str = "signer") -> Enrolment:
+        user_id = user_id.strip()
+        if not user_id or len(user_id) > 128:
+            raise InvalidRequest("a user id is required (at most 128 characters)")
+        if not name.strip():
+            raise InvalidRequest("a name is required")
+        if len(pin) < self._settings.pin_min_length:
+            raise InvalidRequest(f"the PIN must have at least {self._settings.pin_min_length} characters")
+        with self._store.read() as t:
+            if t.get_user(user_id) is not None:
+                raise AlreadyExists(f"user {user_id} already exists")
+        seed = totp.new_seed()
+        sealed = self._hsm.seal(seed, seed_aad(user_id))
+        with self._store.tx() as t:
+            t.add_user(user_id, name.strip(), agency.strip(), role, pins.hash_pin(pin), sealed, self._clock.now())
+            t.append(
+                event(
+                    Action.USER_ENROL,
+                    actor=context.current().actor or "cli",
+                    details={"user_id": user_id, "agency": agency, "role": role},
+                )
+            )
+        return Enrolment(user_id, seed, totp.provisioning_uri(seed, user_id))
+
+    def unlock(self, user_id: str) -> None:
+        with self._store.tx() as t:
+            if not t.unlock_user(user_id):
+                raise NotFound(f"no user {user_id}")
+            t.append(event(Action.UNLOCK, details={"user_id": user_id}))
+
+    # -- login / sessions --------------------------------------------------------------------
+
+    def login(self, user_id: str, pin: str, otp: str) -> tuple[str, float]:
+        context.set_actor(user_id)
+        with self._store.read() as t:
+            user = t.get_user(user_id)
+        pin_ok = pins.verify_pin(user.pin_hash if user else None, pin)
+        if user is None:
+            self._audit_only(event(Action.LOGIN, Result.FAILURE, reason="unknown user"))
+            raise AuthenticationFailed(_LOGIN_FAILED)
+        if user.locked:
+            self._audit_only(event(Action.LOGIN, Result.FAILURE, reason="user locked"))
+            raise FailedPrecondition(
+                "this user is locked after too many failed attempts; ask an agency admin to unlock it"
+            )
+        if user.status != "active":
+            self._audit_only(event(Action.LOGIN, Result.FAILURE, reason=f"user {user.status}"))
+            raise FailedPrecondition(f"this user is {user.status}")
+        if not pin_ok:
+            self._fail(user, Action.LOGIN, "wrong PIN", AuthenticationFailed(_LOGIN_FAILED))
+        step = self._match_otp(user, otp)
+        if step is None:
+            self._fail(user, Action.LOGIN, "wrong or replayed one-time code", AuthenticationFailed(_LOGIN_FAILED))
+        token = secrets.token_urlsafe(32)
+        now = self._clock.now()
+        expires = now + self._settings.session_max_seconds
+        with self._store.tx() as t:
+            if not t.accept_otp_step(user_id, step):
+                accepted = False
+            else:
+                accepted = True
+                sid = t.add_session(token_hash(token), user_id, now, expires)
+                t.append(event(Action.LOGIN, details={"session_id": sid}))
+        if not accepted:  # a concurrent request used this step (or a later one) first
+            self._fail(user, Action.LOGIN, "replayed one-time code", AuthenticationFailed(_LOGIN_FAILED))
+        return token, expires
+
+    def authenticate(self, token: str) -> Principal:
+        """Resolve a bearer token to a principal, enforcing idle and absolute expiry."""
+        if not token:
+            raise AuthenticationFailed("no session: log in and send 'authorization: Bearer <token>'")
+        now = self._clock.now()
+        with self._store.read() as t:
+            sess = t.get_session(token_hash(token))
+            user = t.get_user(sess.user_id) if sess else None
+        if sess is None or user is None:
+            raise AuthenticationFailed("invalid session token; log in again")
+        if sess.ended_at is not None:
+            raise AuthenticationFailed(f"session {sess.end_reason or 'ended'}; log in again")
+        reason = ""
+        if now >= sess.expires_at:
+            reason = "expired (maximum lifetime)"
+        elif now - sess.last_seen >= self._settings.session_idle_seconds:
+            reason = "expired (idle)"
+        if reason:
+            with self._store.tx() as t:
+                if t.end_session(sess.id, now, "expired"):
+                    t.append(
+                        event(
+                            Action.SESSION_EXPIRED, actor=user.user_id, reason=reason, details={"session_id": sess.id}
+                        )
+                    )
+            raise AuthenticationFailed(f"session {reason}; log in again")
+        if now - sess.last_seen >= _TOUCH_INTERVAL:
+            with self._store.tx() as t:
+                t.touch_session(sess.id, now)
+        context.set_actor(user.user_id)
+        return Principal(user.user_id, sess.id, user.role, user.agency)
+
+    def logout(self, principal: Principal) -> None:
+        with self._store.tx() as t:
+            t.end_session(principal.session_id, self._clock.now(), "revoked")
+            t.append(event(Action.LOGOUT, details={"session_id": principal.session_id}))
+
+    # -- fresh TOTP for signing activation ---------------------------------------------------
+
+    def check_fresh_otp(self, user_id: str, otp: str, action: Action) -> int:
+        """Verify a fresh TOTP for ``user_id`` and return its step, NOT yet accepted: the caller
+        accepts it with ``Tx.accept_otp_step`` in the transaction that uses it."""
+        with self._store.read() as t:
+            user = t.get_user(user_id)
+        if user is None:
+            raise AuthenticationFailed("invalid session; log in again")
+        if user.locked:
+            raise FailedPrecondition(
+                "this user is locked after too many failed attempts; ask an agency admin to unlock it"
+            )
+        step = self._match_otp(user, otp)
+        if step is None:
+            self._fail(
+                user, action, "wrong or replayed one-time code", PermissionDenied("wrong or already used one-time code")
+            )
+        return step
+
+    def otp_replayed(self, user_id: str, action: Action) -> NoReturn:
+        """A concurrent request accepted this step first: count and audit it like a wrong code."""
+        with self._store.read() as t:
+            user = t.get_user(user_id)
+        if user is None:
+            raise AuthenticationFailed("invalid session; log in again")
+        self._fail(user, action, "replayed one-time code", PermissionDenied("wrong or already used one-time code"))
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _match_otp(self, user: UserView, otp: str) -> int | None:
+        seed = self._hsm.unseal(user.totp_sealed, seed_aad(user.user_id))
+        steps = totp.matching_steps(seed, otp.strip(), self._clock.now(), self._settings.otp_window)
+        fresh = [s for s in steps if s > user.last_otp_step]
+        return fresh[0] if fresh else None
+
+    def _audit_only(self, ev: AuditEvent) -> None:
+        with self._store.tx() as t:
+            t.append(ev)
+
+    def _fail(self, user: UserView, action: Action, reason: str, err: RsignError) -> NoReturn:
+        """Count a failure, lock at the threshold, audit both; then raise ``err`` (or the lock)."""
+        with self._store.tx() as t:
+            failures, locked_now = t.record_auth_failure(user.user_id, self._settings.lockout_threshold)
+            evs = [event(action, Result.FAILURE, actor=user.user_id, reason=reason, details={"failures": failures})]
+            if locked_now:
+                evs.append(event(Action.LOCKOUT, actor=user.user_id, reason=f"{failures} consecutive failures"))
+            t.append(*evs)
+        if locked_now:
+            raise FailedPrecondition(
+                "too many failed attempts: this user is now locked; ask an agency admin to unlock it"
+            )
+        raise err

@@ -1,0 +1,1 @@
+"""The ``rsign`` command line."""

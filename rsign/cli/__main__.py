@@ -1,0 +1,3 @@
+from rsign.cli.main import main
+
+main()

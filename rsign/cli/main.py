@@ -1,0 +1,280 @@
+"""``rsign``: serve, manage users and keys, verify the audit log, run the demo.
+
+State-changing commands open the state directory directly (initialising it on first use) and work
+whether or not a server is running on it: SQLite serialises writers, SoftHSMv2 shares the token.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rsign import context
+from rsign.app import App, build_app
+from rsign.config import DEFAULT_STATE_DIR, load_settings
+from rsign.errors import RsignError
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console(stderr=True)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "son-la"
+
+state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=lambda: os.environ.get("RSIGN_STATE_DIR", str(DEFAULT_STATE_DIR)),
+    show_default="./.rsign or $RSIGN_STATE_DIR",
+    help="State directory (database, embedded SoftHSMv2 token, development CA).",
+)
+
+
+def friendly_errors(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RsignError as exc:
+            console.print(f"[red]error:[/red] {exc.message}")
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def local_app(state_dir: Path, *, pool: bool = False) -> Iterator[App]:
+    settings = load_settings(state_dir)
+    app = build_app(settings, pool=pool)
+    try:
+        with context.request(client="cli", actor=f"cli:{_os_user()}"):
+            yield app
+    finally:
+        app.close()
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def main(verbose: bool) -> None:
+    """rsign: centralized remote signing with keys kept in a PKCS#11 HSM."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+@main.command()
+@state_dir_option
+@click.option("--listen", default=None, help="HOST:PORT to listen on [default: 127.0.0.1:50051].")
+@friendly_errors
+def serve(state_dir: Path, listen: str | None) -> None:
+    """Run the gRPC service (also serves grpc.health.v1.Health)."""
+    from rsign.api.server import serve_forever
+
+    settings = load_settings(state_dir)
+    app = build_app(settings, pool=True)
+    addr = listen or settings.listen
+    try:
+        serve_forever(app, addr, on_ready=f"rsign serving on {addr} (state: {settings.state_dir})")
+    finally:
+        app.close()
+
+
+# -- users --------------------------------------------------------------------------------------
+
+
+@main.group()
+def users() -> None:
+    """Enrol and manage signers."""
+
+
+@users.command("add")
+@click.argument("user_id")
+@click.option("--name", required=True, help="Full name (UTF-8, e.g. 'Lò Văn Tuấn').")
+@click.option("--agency", default="", help="Agency the user belongs to.")
+@click.option(
+    "--pin-stdin", is_flag=True, required=True, help="Read the PIN from standard input (never from the command line)."
+)
+@state_dir_option
+@friendly_errors
+def users_add(user_id: str, name: str, agency: str, pin_stdin: bool, state_dir: Path) -> None:
+    """Enrol USER_ID; prints the otpauth:// URI and a QR code for the authenticator app."""
+    import segno
+
+    pin = sys.stdin.readline().rstrip("\r\n")
+    with local_app(state_dir) as app:
+        enr = app.auth.enrol(user_id, name, pin, agency=agency)
+    click.echo(f"enrolled {enr.user_id}")
+    click.echo("Scan this with the authenticator app (shown once; rsign keeps the seed only encrypted):")
+    segno.make(enr.otpauth_uri, error="m").terminal(compact=True)
+    click.echo(enr.otpauth_uri)
+
+
+@users.command("unlock")
+@click.argument("user_id")
+@state_dir_option
+@friendly_errors
+def users_unlock(user_id: str, state_dir: Path) -> None:
+    """Unlock USER_ID after too many failed attempts."""
+    with local_app(state_dir) as app:
+        app.auth.unlock(user_id)
+    click.echo(f"unlocked {user_id}")
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """Generate and manage HSM keys and their certificates."""
+
+
+@keys.command("generate")
+@click.argument("credential_id")
+@click.option(
+    "--algorithm",
+    required=True,
+    type=click.Choice(["rsa-2048", "rsa-3072", "ec-p256", "ec-p384"], case_sensitive=False),
+)
+@click.option("--holder", required=True, help="User id of the key holder.")
+@click.option("--multisign", type=int, default=None, help="Most hashes one authorization may cover.")
+@state_dir_option
+@friendly_errors
+def keys_generate(credential_id: str, algorithm: str, holder: str, multisign: int | None, state_dir: Path) -> None:
+    """Generate a key pair inside the HSM and a development certificate for it."""
+    with local_app(state_dir) as app:
+        cred = app.keys.generate(credential_id, algorithm, holder, multisign)
+    click.echo(
+        f"generated {cred.credential_id} ({cred.key_algorithm}, key version {cred.key_version})"
+        f" for {cred.holder_user_id}"
+    )
+
+
+# -- audit --------------------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """Inspect and verify the audit log."""
+
+
+@audit.command("verify")
+@state_dir_option
+@friendly_errors
+def audit_verify(state_dir: Path) -> None:
+    """Verify the hash chain; exit 0 when intact, 1 naming the first bad record otherwise."""
+    with local_app(state_dir) as app:
+        report = app.audit.verify()
+    if report.ok:
+        click.echo(f"audit log intact: {report.records} records, head {report.head_seq} {report.head_hash[:16]}…")
+        return
+    click.echo(f"audit log BROKEN at record {report.bad_seq}: {report.problem}", err=True)
+    sys.exit(1)
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+
+def _progress_bar(label: str) -> tuple[Progress, Callable[[int, int], None]]:
+    prog = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    task = prog.add_task(label, total=None)
+
+    def update(done: int, total: int) -> None:
+        prog.update(task, completed=done, total=total)
+
+    return prog, update
+
+
+@main.command()
+@click.option(
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".rsign-demo"), show_default=True
+)
+@click.option("--listen", default="127.0.0.1:50051", show_default=True)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=EXAMPLES,
+    show_default=True,
+    help="Folder holding centralized_credentials.csv.",
+)
+@friendly_errors
+def demo(state_dir: Path, listen: str, data: Path) -> None:
+    """Provision the Son La demo deployment (first start only) and serve it."""
+    from rsign.api.server import serve_forever
+    from rsign.demo import provision
+
+    settings = load_settings(state_dir)
+    app = build_app(settings, pool=True)
+    try:
+        with context.request(client="cli", actor="demo-provisioning"):
+            prog, update = _progress_bar("provisioning Son La credentials")
+            with prog:
+                created = provision(app, data / "centralized_credentials.csv", update)
+        with app.store.read() as t:
+            total = t.count_credentials()
+        console.print(f"{created} credentials created, {total} in the HSM")
+        sample = "SL-CTS-0001"
+        msg = (
+            f"rsign serving the Son La demo on {listen} (state: {settings.state_dir})\n"
+            f"Sign a file's digest as a demo holder, from another terminal:\n"
+            f"  .venv/bin/rsign client sign README.md --credential {sample} --state-dir {state_dir} --server {listen}"
+        )
+        serve_forever(app, listen, on_ready=msg)
+    finally:
+        app.close()
+
+
+# -- client -------------------------------------------------------------------------------------
+
+
+@main.group()
+def client() -> None:
+    """Call a running rsign server (demo helper)."""
+
+
+@client.command("sign")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--credential", required=True, help="Demo credential id, e.g. SL-CTS-0001.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".rsign-demo"),
+    show_default=True,
+    help="Demo state directory holding the demo holders' PINs and TOTP seeds.",
+)
+@click.option("--server", default="127.0.0.1:50051", show_default=True)
+def client_sign(file: Path, credential: str, state_dir: Path, server: str) -> None:
+    """Log in as the credential's demo holder, authorize with a fresh TOTP, sign FILE's SHA-256."""
+    from rsign.api.democlient import sign_file
+
+    try:
+        result = sign_file(server, state_dir, credential, file)
+    except Exception as exc:  # a person is reading: one line, not a traceback
+        details = getattr(exc, "details", None)
+        msg = details() if callable(details) else str(exc)
+        console.print(f"[red]error:[/red] {msg}")
+        sys.exit(2)
+    click.echo(json.dumps(asdict(result), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Settings: defaults, then ``<state-dir>/rsign.toml``, then ``RSIGN_*`` environment variables.
+
+With no PKCS#11 module configured, rsign runs on the embedded default: a SoftHSMv2 token and a
+SQLite database inside the state directory, created on first use.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rsign.errors import ConfigurationError
+from rsign.hsm.ports import HsmConfig
+
+DEFAULT_STATE_DIR = Path(".rsign")
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    database_url: str
+    hsm: HsmConfig = field(repr=False)
+    listen: str = DEFAULT_LISTEN
+    hsm_workers: int = 0  # 0: one per CPU
+    lockout_threshold: int = 5
+    otp_window: int = 1  # steps either side; RFC 6238 recommends at most one
+    session_idle_seconds: float = 15 * 60
+    session_max_seconds: float = 8 * 3600
+    sad_ttl_seconds: float = 300
+    multisign_default: int = 1000
+    multisign_max: int = 10_000
+    pin_min_length: int = 6
+
+    def with_overrides(self, **kw: Any) -> Settings:
+        return replace(self, **kw)
+
+
+_INT_KEYS = {"hsm_workers", "lockout_threshold", "otp_window", "multisign_default", "multisign_max", "pin_min_length"}
+_FLOAT_KEYS = {"session_idle_seconds", "session_max_seconds", "sad_ttl_seconds"}
+
+
+@contextmanager
+def init_lock(state_dir: Path) -> Iterator[None]:
+    """Serialise first-time initialisation between processes (server and CLI commands)."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(state_dir / ".init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_pin(hsm: dict[str, Any]) -> str:
+    # Never from the command line: an environment variable or a file (e.g. a mounted secret).
+    if os.environ.get("RSIGN_HSM_PIN"):
+        return os.environ["RSIGN_HSM_PIN"]
+    pin_file = os.environ.get("RSIGN_HSM_PIN_FILE") or hsm.get("pin_file")
+    if pin_file:
+        return Path(pin_file).read_text(encoding="utf-8").strip()
+    raise ConfigurationError("no HSM PIN: set RSIGN_HSM_PIN_FILE (preferred) or RSIGN_HSM_PIN, or hsm.pin_file")
+
+
+def load_settings(state_dir: Path | str | None = None) -> Settings:
+    """Load settings for ``state_dir``, initialising the embedded default there if needed."""
+    sd = Path(state_dir or os.environ.get("RSIGN_STATE_DIR") or DEFAULT_STATE_DIR).resolve()
+    file_cfg: dict[str, Any] = {}
+    cfg_path = sd / "rsign.toml"
+    if cfg_path.exists():
+        with open(cfg_path, "rb") as f:
+            file_cfg = tomllib.load(f)
+    hsm_cfg: dict[str, Any] = dict(file_cfg.get("hsm", {}))
+    module = os.environ.get("RSIGN_PKCS11_MODULE") or hsm_cfg.get("module")
+    with init_lock(sd):
+        if module:
+            hsm = HsmConfig(
+                module=module,
+                token_label=os.environ.get("RSIGN_TOKEN_LABEL") or hsm_cfg.get("token_label") or "rsign",
+                pin=_read_pin(hsm_cfg),
+            )
+        else:
+            from rsign.hsm.softhsm import ensure_token
+
+            hsm = ensure_token(sd)
+    db_url = os.environ.get("RSIGN_DATABASE_URL") or file_cfg.get("database_url") or f"sqlite:///{sd / 'rsign.db'}"
+    kw: dict[str, Any] = {}
+    for key, value in file_cfg.get("service", {}).items():
+        if key in _INT_KEYS:
+            kw[key] = int(value)
+        elif key in _FLOAT_KEYS:
+            kw[key] = float(value)
+        elif key == "listen":
+            kw[key] = str(value)
+        else:
+            raise ConfigurationError(f"unknown setting service.{key} in {cfg_path}")
+    return Settings(state_dir=sd, database_url=db_url, hsm=hsm, **kw)

@@ -1,0 +1,42 @@
+"""Per-request context (request id, client address, actor) carried in a ContextVar.
+
+The API layer sets it for each RPC and the CLI for each command; the audit layer reads it, so
+domain code never passes transport details around.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    request_id: str
+    client: str
+    actor: str = ""
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("rsign_request", default=None)
+
+
+def current() -> RequestContext:
+    ctx = _current.get()
+    return ctx if ctx is not None else RequestContext(request_id=uuid.uuid4().hex, client="local")
+
+
+@contextlib.contextmanager
+def request(client: str, request_id: str | None = None, actor: str = "") -> Iterator[RequestContext]:
+    ctx = RequestContext(request_id=request_id or uuid.uuid4().hex, client=client, actor=actor)
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
+
+
+def set_actor(actor: str) -> None:
+    _current.set(replace(current(), actor=actor))

@@ -1,0 +1,59 @@
+"""One tree of domain errors.
+
+Domain packages raise these; ``rsign.api.errors`` maps each class to a gRPC status in one table.
+Messages are written for a person calling the API: they never carry secrets or internals.
+"""
+
+from __future__ import annotations
+
+
+class RsignError(Exception):
+    """Root of every error rsign raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(RsignError):
+    """The request itself is malformed (bad digest length, unknown enum, too many hashes)."""
+
+
+class AuthenticationFailed(RsignError):
+    """No, expired or revoked session, or failed login."""
+
+
+class PermissionDenied(RsignError):
+    """Authenticated, but not allowed: SAD refused, foreign credential, wrong OTP."""
+
+
+class NotFound(RsignError):
+    """The named object does not exist."""
+
+
+class FailedPrecondition(RsignError):
+    """The object exists but is in a state that forbids the operation (locked user, disabled key)."""
+
+
+class AlreadyExists(RsignError):
+    """Creating something that already exists."""
+
+
+class ResourceExhausted(RsignError):
+    """A configured limit was hit."""
+
+
+class Unavailable(RsignError):
+    """A dependency rsign cannot work without is down: the HSM or the audit store."""
+
+
+class HsmUnavailable(Unavailable):
+    """The HSM (or the worker process holding the request) failed."""
+
+
+class AuditUnavailable(Unavailable):
+    """The audit record could not be committed; the operation is refused (fail closed)."""
+
+
+class ConfigurationError(RsignError):
+    """The configuration is incomplete or contradictory."""

@@ -1,0 +1,252 @@
+"""The only module that imports ``pkcs11``.
+
+``Pkcs11Token`` holds one logged-in session and a cache of key handles keyed by CKA_ID. It is NOT
+thread-safe: python-pkcs11 initialises the library with ``C_Initialize(NULL)``, after which SoftHSMv2
+disables its own mutexes. Use it from one thread only; ``HsmPool`` gives each worker process its own.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import pkcs11
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11 import Mechanism as P11Mech
+from pkcs11.exceptions import (
+    NoSuchKey,
+    PKCS11Error,
+    SessionClosed,
+    SessionHandleInvalid,
+    UserNotLoggedIn,
+)
+from pkcs11.util.ec import encode_ec_public_key, encode_ecdsa_signature, encode_named_curve_parameters
+
+from rsign.errors import HsmUnavailable, NotFound
+from rsign.hsm.ports import HsmConfig, ItemFailure, SignResult
+from rsign.signing.algorithms import KeyAlgorithm, Mechanism, SignSpec
+
+SEAL_KEY_LABEL = "rsign-seal-v1"
+_SEAL_VERSION = b"\x01"
+
+_MECH = {
+    Mechanism.RSA_PKCS: P11Mech.RSA_PKCS,
+    Mechanism.RSA_PKCS_PSS: P11Mech.RSA_PKCS_PSS,
+    Mechanism.ECDSA: P11Mech.ECDSA,
+}
+_PSS_HASH = {
+    "SHA256": (P11Mech.SHA256, pkcs11.MGF.SHA256),
+    "SHA384": (P11Mech.SHA384, pkcs11.MGF.SHA384),
+    "SHA512": (P11Mech.SHA512, pkcs11.MGF.SHA512),
+}
+# Private keys: generated on the token, never readable or exportable, usable only for signing.
+_PRIVATE_TEMPLATE = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.SIGN: True,
+    Attribute.DECRYPT: False,
+    Attribute.UNWRAP: False,
+    Attribute.DERIVE: False,
+}
+_PUBLIC_TEMPLATE = {Attribute.TOKEN: True, Attribute.VERIFY: True, Attribute.ENCRYPT: False, Attribute.WRAP: False}
+_RETRYABLE = (SessionHandleInvalid, SessionClosed, UserNotLoggedIn)
+
+
+class Pkcs11Token:
+    def __init__(self, config: HsmConfig) -> None:
+        if config.softhsm_conf:
+            os.environ["SOFTHSM2_CONF"] = config.softhsm_conf
+        self._config = config
+        # python-pkcs11's key classes are mixins typed loosely; Any keeps mypy honest elsewhere.
+        self._keys: dict[bytes, Any] = {}
+        self._seal_cache: list[Any] = []
+        try:
+            self._lib = pkcs11.lib(config.module)
+            self._token = self._lib.get_token(token_label=config.token_label)
+        except (PKCS11Error, RuntimeError, OSError) as exc:
+            raise HsmUnavailable(f"cannot open the HSM token {config.token_label!r}") from exc
+        self._session = self._open()
+
+    def _open(self) -> pkcs11.Session:
+        try:
+            # A second C_Login in the same process returns CKR_USER_ALREADY_LOGGED_IN, which
+            # python-pkcs11 treats as success: login state is per token, not per session.
+            return self._token.open(user_pin=self._config.pin, rw=True)
+        except PKCS11Error as exc:
+            raise HsmUnavailable(f"cannot log in to the HSM token ({type(exc).__name__})") from exc
+
+    def _reopen(self) -> None:
+        self._keys.clear()
+        self._seal_cache = []
+        try:
+            self._session.close()
+        except PKCS11Error:
+            pass
+        self._session = self._open()
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def _private_key(self, cka_id: bytes) -> Any:
+        key = self._keys.get(cka_id)
+        if key is None:
+            # One C_FindObjects per key per worker lifetime: lookups are linear in the number of
+            # objects on SoftHSMv2, so they must never happen per request.
+            try:
+                key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=cka_id)
+            except NoSuchKey as exc:
+                raise NotFound("the key is not present in the HSM") from exc
+            self._keys[cka_id] = key
+        return key
+
+    def sign(self, cka_id: bytes, spec: SignSpec, digests: Sequence[bytes]) -> list[SignResult]:
+        try:
+            return self._sign(cka_id, spec, digests)
+        except _RETRYABLE:
+            # The session went away (token reset, HSM restart): log in again once.
+            self._reopen()
+            return self._sign(cka_id, spec, digests)
+
+    def _sign(self, cka_id: bytes, spec: SignSpec, digests: Sequence[bytes]) -> list[SignResult]:
+        key = self._private_key(cka_id)
+        mech = _MECH[spec.mechanism]
+        param = None
+        if spec.mechanism is Mechanism.RSA_PKCS_PSS:
+            h, mgf = _PSS_HASH[spec.hash_alg.value]
+            param = (h, mgf, spec.pss_salt_len)
+        out: list[SignResult] = []
+        for digest in digests:
+            try:
+                sig = key.sign(spec.frame(digest), mechanism=mech, mechanism_param=param)
+            except _RETRYABLE:
+                raise
+            except PKCS11Error as exc:
+                out.append(ItemFailure(f"HSM refused to sign: {type(exc).__name__}"))
+                continue
+            out.append(encode_ecdsa_signature(sig) if spec.der_ecdsa else sig)
+        return out
+
+    def generate_keypair(self, alg: KeyAlgorithm, cka_id: bytes, label: str) -> bytes:
+        try:
+            if alg.is_rsa:
+                pub, _priv = self._session.generate_keypair(
+                    KeyType.RSA,
+                    alg.rsa_bits,
+                    id=cka_id,
+                    label=label,
+                    store=True,
+                    public_template=_PUBLIC_TEMPLATE,
+                    private_template=_PRIVATE_TEMPLATE,
+                )
+            else:
+                params = self._session.create_domain_parameters(
+                    KeyType.EC,
+                    {Attribute.EC_PARAMS: encode_named_curve_parameters(alg.curve)},
+                    local=True,
+                )
+                pub, _priv = params.generate_keypair(
+                    id=cka_id,
+                    label=label,
+                    store=True,
+                    public_template=_PUBLIC_TEMPLATE,
+                    private_template=_PRIVATE_TEMPLATE,
+                )
+        except PKCS11Error as exc:
+            raise HsmUnavailable(f"the HSM could not generate the key ({type(exc).__name__})") from exc
+        return _spki(pub)
+
+    def public_key(self, cka_id: bytes) -> bytes:
+        try:
+            pub = self._session.get_key(object_class=ObjectClass.PUBLIC_KEY, id=cka_id)
+        except NoSuchKey as exc:
+            raise NotFound("the key is not present in the HSM") from exc
+        return _spki(pub)
+
+    # -- sealing small secrets -------------------------------------------------------------
+
+    def _seal_keys(self, refresh: bool = False) -> list[Any]:
+        """Every sealing key on the token, oldest CKA_ID first, creating one if there is none.
+
+        Two processes starting at once on a fresh token may each create a key; rather than lock
+        across processes, sealing uses the first key in CKA_ID order and unsealing tries them all
+        (AES-GCM authentication tells the right key apart).
+        """
+        if refresh or not self._seal_cache:
+            found = list(
+                self._session.get_objects(
+                    {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: SEAL_KEY_LABEL}
+                )
+            )
+            if not found:
+                found = [
+                    self._session.generate_key(
+                        KeyType.AES,
+                        256,
+                        id=secrets.token_bytes(16),
+                        label=SEAL_KEY_LABEL,
+                        store=True,
+                        template={
+                            Attribute.TOKEN: True,
+                            Attribute.PRIVATE: True,
+                            Attribute.SENSITIVE: True,
+                            Attribute.EXTRACTABLE: False,
+                            Attribute.ENCRYPT: True,
+                            Attribute.DECRYPT: True,
+                        },
+                    )
+                ]
+            self._seal_cache = sorted(found, key=lambda k: bytes(k[Attribute.ID]))
+        return self._seal_cache
+
+    def ensure_seal_key(self) -> None:
+        try:
+            self._seal_keys()
+        except PKCS11Error as exc:
+            raise HsmUnavailable(f"the HSM sealing key is unavailable ({type(exc).__name__})") from exc
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        nonce = secrets.token_bytes(12)
+        try:
+            ct = self._seal_keys()[0].encrypt(
+                plaintext, mechanism=P11Mech.AES_GCM, mechanism_param=pkcs11.GCMParams(nonce, aad, 128)
+            )
+        except PKCS11Error as exc:
+            raise HsmUnavailable(f"the HSM could not seal the secret ({type(exc).__name__})") from exc
+        return _SEAL_VERSION + nonce + bytes(ct)
+
+    def unseal(self, blob: bytes, aad: bytes) -> bytes:
+        if blob[:1] != _SEAL_VERSION or len(blob) < 1 + 12 + 16:
+            raise HsmUnavailable("sealed secret has an unknown format")
+        nonce, ct = blob[1:13], blob[13:]
+        for refresh in (False, True):
+            for key in self._seal_keys(refresh):
+                try:
+                    return bytes(
+                        key.decrypt(ct, mechanism=P11Mech.AES_GCM, mechanism_param=pkcs11.GCMParams(nonce, aad, 128))
+                    )
+                except PKCS11Error:
+                    continue
+        raise HsmUnavailable("the HSM could not unseal the secret (wrong key or altered data)")
+
+    def close(self) -> None:
+        try:
+            self._session.close()
+        except PKCS11Error:
+            pass
+
+
+def _spki(pub: Any) -> bytes:
+    if pub.key_type == KeyType.RSA:
+        n = int.from_bytes(pub[Attribute.MODULUS], "big")
+        e = int.from_bytes(pub[Attribute.PUBLIC_EXPONENT], "big")
+        return (
+            rsa.RSAPublicNumbers(e, n)
+            .public_key()
+            .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+    return bytes(encode_ec_public_key(pub))

@@ -1,0 +1,59 @@
+"""What the rest of rsign needs from an HSM, independent of PKCS#11.
+
+Two implementations exist: ``Pkcs11Token`` (one logged-in session, single-threaded: the CLI and each
+worker process use it) and ``HsmPool`` (worker processes, thread-safe: the server uses it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rsign.signing.algorithms import KeyAlgorithm, SignSpec
+
+
+@dataclass(frozen=True)
+class HsmConfig:
+    """Where the keys live. The PIN is never printed (``repr=False``) and never logged."""
+
+    module: str
+    token_label: str
+    pin: str = field(repr=False)
+    # SoftHSMv2 reads its configuration from this environment variable; None for a real HSM.
+    softhsm_conf: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    """One digest the HSM refused or could not sign; the rest of the batch is unaffected."""
+
+    reason: str
+
+
+SignResult = bytes | ItemFailure
+
+
+class Hsm(Protocol):
+    def sign(self, cka_id: bytes, spec: SignSpec, digests: Sequence[bytes]) -> list[SignResult]:
+        """Sign each digest with the private key ``cka_id``. Per-item failures are returned,
+        a failure of the HSM as a whole raises ``HsmUnavailable``."""
+        ...
+
+    def generate_keypair(self, alg: KeyAlgorithm, cka_id: bytes, label: str) -> bytes:
+        """Generate a non-extractable key pair inside the HSM; returns the SubjectPublicKeyInfo DER."""
+        ...
+
+    def public_key(self, cka_id: bytes) -> bytes:
+        """SubjectPublicKeyInfo DER of the key pair ``cka_id``."""
+        ...
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        """Encrypt a small secret (a TOTP seed) under the HSM-resident wrapping key."""
+        ...
+
+    def unseal(self, blob: bytes, aad: bytes) -> bytes:
+        """Decrypt what ``seal`` produced; fails if ``blob`` or ``aad`` were altered."""
+        ...
+
+    def close(self) -> None: ...

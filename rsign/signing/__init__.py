@@ -1,0 +1,1 @@
+"""Signing domain: digest validation, mechanism selection, single and batch signing."""

@@ -1,0 +1,256 @@
+"""Credentials, signing activation (Authorize -> SAD) and signing (SignHash).
+
+Order of checks in ``sign_hash``: request shape -> credential and ownership -> SAD binding ->
+atomic SAD consumption (committed with its audit record) -> HSM -> signature audit records
+committed -> signatures returned. The HSM is called only after the SAD is consumed, and no
+signature leaves before its audit record is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from rsign.audit.events import Action, Result, event
+from rsign.auth.service import AuthService, Principal, token_hash
+from rsign.clock import Clock
+from rsign.config import Settings
+from rsign.errors import (
+    FailedPrecondition,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RsignError,
+    Unavailable,
+)
+from rsign.hsm.ports import Hsm, ItemFailure
+from rsign.signing.algorithms import HashAlg, KeyAlgorithm, Scheme, check_digests, sign_spec
+from rsign.store.db import CredentialView, Store
+
+
+@dataclass(frozen=True)
+class Authorization:
+    sad: str
+    expires_at: float
+    key_version: int
+
+
+@dataclass(frozen=True)
+class Signed:
+    signatures: list[bytes]
+    key_version: int
+
+
+def hashes_fingerprint(hashes: Sequence[bytes]) -> str:
+    """One audit-friendly value for an ordered list of digests."""
+    h = hashlib.sha256()
+    for d in hashes:
+        h.update(d)
+    return h.hexdigest()
+
+
+class SigningService:
+    def __init__(self, store: Store, hsm: Hsm, clock: Clock, settings: Settings, auth: AuthService) -> None:
+        self._store = store
+        self._hsm = hsm
+        self._clock = clock
+        self._settings = settings
+        self._auth = auth
+
+    # -- credentials -------------------------------------------------------------------------
+
+    def list_credentials(self, who: Principal) -> list[CredentialView]:
+        with self._store.read() as t:
+            return t.list_credentials(who.user_id)
+
+    def get_credential(self, who: Principal, credential_id: str) -> CredentialView:
+        with self._store.read() as t:
+            cred = t.get_credential(credential_id)
+        if cred is None:
+            raise NotFound(f"no credential {credential_id!r}")
+        if cred.holder_user_id != who.user_id:
+            raise PermissionDenied(f"credential {credential_id} is not yours")
+        return cred
+
+    def _usable(self, who: Principal, credential_id: str) -> CredentialView:
+        cred = self.get_credential(who, credential_id)
+        if cred.status != "active":
+            raise FailedPrecondition(f"credential {credential_id} is {cred.status}")
+        return cred
+
+    # -- Authorize ---------------------------------------------------------------------------
+
+    def authorize(
+        self, who: Principal, credential_id: str, hash_alg: HashAlg, hashes: Sequence[bytes], otp: str
+    ) -> Authorization:
+        fp = hashes_fingerprint(hashes)
+        try:
+            if not hashes:
+                raise InvalidRequest("at least one hash is required")
+            check_digests(hash_alg, list(hashes))
+            cred = self._usable(who, credential_id)
+            limit = min(cred.multisign, self._settings.multisign_max)
+            if len(hashes) > limit:
+                raise InvalidRequest(
+                    f"{len(hashes)} hashes requested; this credential allows at most {limit} per authorization"
+                )
+        except RsignError as exc:
+            self._refused(Action.SAD_ISSUE, credential_id, fp, exc)
+        step = self._auth.check_fresh_otp(who.user_id, otp, Action.SAD_ISSUE)
+        sad = secrets.token_urlsafe(32)
+        now = self._clock.now()
+        expires = now + self._settings.sad_ttl_seconds
+        with self._store.tx() as t:
+            accepted = t.accept_otp_step(who.user_id, step)
+            if accepted:
+                sad_id = t.add_sad(
+                    token_hash(sad),
+                    who.user_id,
+                    who.session_id,
+                    credential_id,
+                    cred.key_version,
+                    hash_alg.value,
+                    hashes,
+                    now,
+                    expires,
+                )
+                t.append(
+                    event(
+                        Action.SAD_ISSUE,
+                        credential_id=credential_id,
+                        key_version=cred.key_version,
+                        digest=fp,
+                        details={
+                            "sad_id": sad_id,
+                            "count": len(hashes),
+                            "hash_algorithm": hash_alg.value,
+                            "expires_in": self._settings.sad_ttl_seconds,
+                        },
+                    )
+                )
+        if not accepted:
+            self._auth.otp_replayed(who.user_id, Action.SAD_ISSUE)
+        return Authorization(sad, expires, cred.key_version)
+
+    # -- SignHash ----------------------------------------------------------------------------
+
+    def sign_hash(
+        self, who: Principal, credential_id: str, sad: str, hash_alg: HashAlg, scheme: Scheme, hashes: Sequence[bytes]
+    ) -> Signed:
+        fp = hashes_fingerprint(hashes)
+        try:
+            if not hashes:
+                raise InvalidRequest("at least one hash is required")
+            check_digests(hash_alg, list(hashes))
+            if len(hashes) > self._settings.multisign_max:
+                raise InvalidRequest(f"at most {self._settings.multisign_max} hashes per request")
+            cred = self._usable(who, credential_id)
+            spec = sign_spec(KeyAlgorithm(cred.key_algorithm), hash_alg, scheme)
+            sad_id = self._consume_sad(who, cred, sad, hash_alg, hashes, fp)
+        except RsignError as exc:
+            self._refused(Action.SAD_CONSUME, credential_id, fp, exc)
+
+        try:
+            results = self._hsm.sign(cred.cka_id, spec, hashes)
+        except RsignError as exc:
+            self._audit_sign_failure(cred, fp, sad_id, exc.message)
+            raise
+        failures = [r for r in results if isinstance(r, ItemFailure)]
+        if failures:
+            self._audit_sign_failure(cred, fp, sad_id, failures[0].reason)
+            raise Unavailable(f"the HSM failed to sign {len(failures)} of {len(hashes)} hashes; nothing was returned")
+        sigs = [r for r in results if isinstance(r, bytes)]
+        # Commit one record per signature before any signature leaves the service. If this
+        # commit fails the signatures are discarded and the client gets UNAVAILABLE.
+        with self._store.tx() as t:
+            t.append(
+                *[
+                    event(
+                        Action.SIGN,
+                        credential_id=cred.credential_id,
+                        key_version=cred.key_version,
+                        digest=d.hex(),
+                        details={
+                            "sad_id": sad_id,
+                            "scheme": scheme.value,
+                            "hash_algorithm": hash_alg.value,
+                            "signature_sha256": hashlib.sha256(s).hexdigest(),
+                        },
+                    )
+                    for d, s in zip(hashes, sigs, strict=True)
+                ]
+            )
+        return Signed(sigs, cred.key_version)
+
+    def _consume_sad(
+        self, who: Principal, cred: CredentialView, sad: str, hash_alg: HashAlg, hashes: Sequence[bytes], fp: str
+    ) -> int:
+        now = self._clock.now()
+        with self._store.read() as t:
+            row = t.get_sad(token_hash(sad), hash_alg.digest_size) if sad else None
+        if row is None:
+            raise PermissionDenied("the SAD is not valid; authorize again")
+        if row.user_id != who.user_id or row.session_id != who.session_id:
+            raise PermissionDenied("the SAD was issued to another user or session")
+        if row.credential_id != cred.credential_id or row.key_version != cred.key_version:
+            raise PermissionDenied("the SAD was issued for another credential or key version")
+        if row.consumed_at is not None:
+            raise PermissionDenied("the SAD has already been used; authorize again")
+        if now >= row.expires_at:
+            raise PermissionDenied("the SAD has expired; authorize again")
+        if row.hash_alg != hash_alg.value:
+            raise PermissionDenied("the SAD was issued for another hash algorithm")
+        if len(hashes) != len(row.hashes):
+            raise PermissionDenied(f"the SAD authorizes {len(row.hashes)} hashes, the request has {len(hashes)}")
+        if not all(hmac.compare_digest(a, b) for a, b in zip(hashes, row.hashes, strict=True)):
+            raise PermissionDenied("the hashes differ from those the SAD was issued for")
+        with self._store.tx() as t:
+            if not t.consume_sad(row.id, now):
+                # Lost a race with a concurrent request using the same SAD.
+                raise PermissionDenied("the SAD has already been used; authorize again")
+            t.append(
+                event(
+                    Action.SAD_CONSUME,
+                    credential_id=cred.credential_id,
+                    key_version=cred.key_version,
+                    digest=fp,
+                    details={"sad_id": row.id, "count": len(hashes)},
+                )
+            )
+        return row.id
+
+    # -- audit helpers -----------------------------------------------------------------------
+
+    def _refused(self, action: Action, credential_id: str, fp: str, exc: RsignError) -> NoReturn:
+        """Audit a refusal in its own transaction, then re-raise. If even that cannot be written,
+        the audit store's error wins (fail closed)."""
+        with self._store.tx() as t:
+            t.append(
+                event(
+                    Action.SAD_REFUSE,
+                    Result.FAILURE,
+                    credential_id=credential_id,
+                    digest=fp,
+                    reason=exc.message,
+                    details={"stage": str(action), "error": type(exc).__name__},
+                )
+            )
+        raise exc
+
+    def _audit_sign_failure(self, cred: CredentialView, fp: str, sad_id: int, reason: str) -> None:
+        with self._store.tx() as t:
+            t.append(
+                event(
+                    Action.SIGN,
+                    Result.FAILURE,
+                    credential_id=cred.credential_id,
+                    key_version=cred.key_version,
+                    digest=fp,
+                    reason=reason,
+                    details={"sad_id": sad_id},
+                )
+            )

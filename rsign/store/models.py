@@ -1,0 +1,118 @@
+"""Typed ORM models. Times are float Unix seconds (UTC) except audit times, which are ISO strings
+so that the exported log reads the same everywhere."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    agency: Mapped[str] = mapped_column(String(256), default="")
+    role: Mapped[str] = mapped_column(String(32), default="signer")
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    pin_hash: Mapped[str] = mapped_column(String(256))
+    totp_sealed: Mapped[bytes] = mapped_column(LargeBinary)  # seed encrypted under the HSM seal key
+    # Last TOTP time step accepted: any code for a step <= this one is a replay (RFC 6238 5.2).
+    last_otp_step: Mapped[int] = mapped_column(BigInteger, default=-1)
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)  # SHA-256 of the token
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)  # absolute expiry
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class Credential(Base):
+    __tablename__ = "credentials"
+
+    credential_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder_user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"), index=True)
+    agency: Mapped[str] = mapped_column(String(256), default="")
+    key_algorithm: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    key_version: Mapped[int] = mapped_column(Integer, default=1)
+    multisign: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class KeyVersion(Base):
+    __tablename__ = "key_versions"
+
+    credential_id: Mapped[str] = mapped_column(ForeignKey("credentials.credential_id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cka_id: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    certificate: Mapped[bytes] = mapped_column(LargeBinary)  # DER
+    chain: Mapped[bytes] = mapped_column(LargeBinary)  # DER certificates of the issuers, each length-prefixed
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Sad(Base):
+    __tablename__ = "sads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sad_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)  # SHA-256 of the SAD
+    user_id: Mapped[str] = mapped_column(String(128))
+    session_id: Mapped[int] = mapped_column(Integer)
+    credential_id: Mapped[str] = mapped_column(String(128))
+    key_version: Mapped[int] = mapped_column(Integer)
+    hash_alg: Mapped[str] = mapped_column(String(16))
+    hashes: Mapped[bytes] = mapped_column(LargeBinary)  # the ordered digests, concatenated
+    count: Mapped[int] = mapped_column(Integer)
+    issued_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    consumed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class AuditRecord(Base):
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    ts: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    action: Mapped[str] = mapped_column(String(64))
+    result: Mapped[str] = mapped_column(String(16))
+    credential_id: Mapped[str] = mapped_column(String(128), default="")
+    key_version: Mapped[int] = mapped_column(Integer, default=0)
+    digest: Mapped[str] = mapped_column(String(160), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    request_id: Mapped[str] = mapped_column(String(64), default="")
+    client: Mapped[str] = mapped_column(String(128), default="")
+    details: Mapped[str] = mapped_column(Text, default="{}")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_ts", "ts"),
+        Index("ix_audit_actor", "actor"),
+        Index("ix_audit_credential", "credential_id"),
+    )
+
+
+class AuditHead(Base):
+    """One row: the chain head. Updating it serialises appenders (row lock on PostgreSQL,
+    the database write lock on SQLite)."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

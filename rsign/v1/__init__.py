@@ -1,0 +1,1 @@
+"""Generated gRPC code for rsign.v1 (``make proto``); do not edit."""
