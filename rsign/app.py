@@ -31,12 +31,14 @@ class App:
         self.store.close()
 
 
-def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None) -> App:
-    """``pool=True`` (server): HSM worker processes. ``pool=False`` (CLI): one in-process session."""
+def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm: Hsm | None = None) -> App:
+    """``pool=True`` (server): HSM worker processes. ``pool=False`` (CLI): one in-process session.
+    ``hsm`` overrides both (tests pass the real pool wrapped in a call counter)."""
     clk = clock or SystemClock()
     store = Store(settings.database_url, clk)
-    hsm: Hsm
-    if pool:
+    if hsm is not None:
+        pass
+    elif pool:
         from rsign.hsm.pool import HsmPool
 
         hsm = HsmPool(settings.hsm, workers=settings.hsm_workers or None)

@@ -90,6 +90,20 @@ class Pkcs11Token:
             pass
         self._session = self._open()
 
+    def _reinitialize(self) -> None:
+        self._keys.clear()
+        self._seal_cache = []
+        try:
+            self._session.close()
+        except PKCS11Error:
+            pass
+        try:
+            self._lib.reinitialize()
+            self._token = self._lib.get_token(token_label=self._config.token_label)
+        except (PKCS11Error, RuntimeError) as exc:
+            raise HsmUnavailable("cannot re-open the HSM token") from exc
+        self._session = self._open()
+
     # -- keys --------------------------------------------------------------------------------
 
     def _private_key(self, cka_id: bytes) -> Any:
@@ -99,8 +113,15 @@ class Pkcs11Token:
             # objects on SoftHSMv2, so they must never happen per request.
             try:
                 key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=cka_id)
-            except NoSuchKey as exc:
-                raise NotFound("the key is not present in the HSM") from exc
+            except NoSuchKey:
+                # SoftHSMv2 can miss an object another process created moments ago (its on-disk
+                # index is refreshed lazily); re-initialising the library reloads the token.
+                # Only a cache miss that also fails lookup pays for this.
+                self._reinitialize()
+                try:
+                    key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=cka_id)
+                except NoSuchKey as exc:
+                    raise NotFound("the key is not present in the HSM") from exc
             self._keys[cka_id] = key
         return key
 

@@ -1,0 +1,140 @@
+"""Shared fixtures: a real SoftHSMv2 token and SQLite database in a temporary state directory,
+HSM worker processes, and a real gRPC server on an ephemeral port. Nothing is mocked; the only
+wrapper, ``CountingHsm``, counts sign calls on the way to the real pool."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import secrets
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rsign.api.client import RsignClient
+from rsign.api.server import RunningServer, start_server
+from rsign.app import App, build_app
+from rsign.auth import totp
+from rsign.clock import FakeClock
+from rsign.config import Settings, load_settings
+from rsign.hsm.pool import HsmPool
+from rsign.hsm.ports import SignResult
+from rsign.signing.algorithms import KeyAlgorithm, SignSpec
+
+T0 = float(int(__import__("time").time()) // 30 * 30)  # a step boundary near the real time
+_ids = itertools.count(1)
+
+
+class CountingHsm:
+    """Delegates to the real pool; counts sign calls so tests can prove "no HSM call"."""
+
+    def __init__(self, inner: HsmPool) -> None:
+        self.inner = inner
+        self.sign_calls = 0
+        self._lock = threading.Lock()
+
+    def sign(self, cka_id: bytes, spec: SignSpec, digests: Sequence[bytes]) -> list[SignResult]:
+        with self._lock:
+            self.sign_calls += 1
+        return self.inner.sign(cka_id, spec, digests)
+
+    def generate_keypair(self, alg: KeyAlgorithm, cka_id: bytes, label: str) -> bytes:
+        return self.inner.generate_keypair(alg, cka_id, label)
+
+    def public_key(self, cka_id: bytes) -> bytes:
+        return self.inner.public_key(cka_id)
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        return self.inner.seal(plaintext, aad)
+
+    def unseal(self, blob: bytes, aad: bytes) -> bytes:
+        return self.inner.unseal(blob, aad)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass
+class Env:
+    app: App
+    server: RunningServer
+    clock: FakeClock
+    hsm: CountingHsm
+    state_dir: Path
+
+    @property
+    def settings(self) -> Settings:
+        return self.app.settings
+
+
+@dataclass
+class Signer:
+    """A test user: knows their PIN and seed, and picks fresh TOTP steps."""
+
+    env: Env
+    user_id: str
+    pin: str
+    seed: bytes
+    last_step: int = -1
+    credentials: dict[str, str] = field(default_factory=dict)  # id -> algorithm
+
+    def code(self) -> str:
+        """A code for the next fresh step, moving the fake clock forward when the +-1 window is used up."""
+        now_step = totp.step_of(self.env.clock.now())
+        step = max(self.last_step + 1, now_step - 1)
+        if step > now_step + 1:
+            self.env.clock.advance((step - now_step - 1) * totp.STEP_SECONDS)
+        self.last_step = step
+        return totp.code_for_step(self.seed, step)
+
+    def client(self, login: bool = True) -> RsignClient:
+        c = RsignClient(self.env.server.address)
+        if login:
+            c.login(self.user_id, self.pin, self.code())
+        return c
+
+    def add_key(self, algorithm: str, multisign: int | None = None) -> str:
+        cid = f"CRED-{next(_ids):04d}-{algorithm}"
+        self.env.app.keys.generate(cid, algorithm, self.user_id, multisign)
+        self.credentials[cid] = algorithm
+        return cid
+
+
+def make_signer(env: Env, prefix: str = "user", agency: str = "Sở Nội vụ, tỉnh Sơn La") -> Signer:
+    user_id = f"{prefix}.{next(_ids):04d}"
+    pin = f"{secrets.randbelow(10**6):06d}"
+    enr = env.app.auth.enrol(user_id, "Lò Văn Tuấn", pin, agency=agency)
+    return Signer(env, user_id, pin, enr.seed)
+
+
+def detail(e: pytest.ExceptionInfo[Any]) -> str:
+    """The status message of a grpc.RpcError caught by pytest.raises."""
+    return str(e.value.details())
+
+
+def digests(n: int, alg: str = "sha256", tag: str = "") -> list[bytes]:
+    return [hashlib.new(alg, f"document {tag} {i} {secrets.token_hex(4)}".encode()).digest() for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    state = tmp_path_factory.mktemp("rsign-state")
+    os.environ.pop("RSIGN_PKCS11_MODULE", None)
+    settings = load_settings(state).with_overrides(hsm_workers=2)
+    clock = FakeClock(T0)
+    counting = CountingHsm(HsmPool(settings.hsm, workers=2))
+    app = build_app(settings, pool=True, clock=clock, hsm=counting)
+    server = start_server(app, "127.0.0.1:0")
+    yield Env(app, server, clock, counting, state)
+    server.stop(grace=1)
+    app.close()
+
+
+@pytest.fixture
+def signer(env: Env) -> Signer:
+    return make_signer(env)
