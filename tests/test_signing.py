@@ -9,8 +9,8 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest

@@ -19,7 +19,9 @@ def new_seed() -> bytes:
 
 
 def _totp(seed: bytes, digits: int = DIGITS, algorithm: str = "sha1") -> pyotp.TOTP:
-    return pyotp.TOTP(base64.b32encode(seed).decode("ascii"), digits=digits, digest=getattr(hashlib, algorithm), interval=STEP_SECONDS)
+    return pyotp.TOTP(
+        base64.b32encode(seed).decode("ascii"), digits=digits, digest=getattr(hashlib, algorithm), interval=STEP_SECONDS
+    )
 
 
 def code_at(seed: bytes, for_time: float, digits: int = DIGITS, algorithm: str = "sha1") -> str:

@@ -199,9 +199,7 @@ class Pkcs11Token:
         """
         if refresh or not self._seal_cache:
             found = list(
-                self._session.get_objects(
-                    {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: SEAL_KEY_LABEL}
-                )
+                self._session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: SEAL_KEY_LABEL})
             )
             if not found:
                 found = [
