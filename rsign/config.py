@@ -34,15 +34,24 @@ class Settings:
     session_idle_seconds: float = 15 * 60
     session_max_seconds: float = 8 * 3600
     sad_ttl_seconds: float = 300
-    multisign_default: int = 1000
+    multisign_default: int = 10_000
     multisign_max: int = 10_000
+    stream_inflight_chunks: int = 4  # per stream: bounds memory and HSM queue share
     pin_min_length: int = 6
 
     def with_overrides(self, **kw: Any) -> Settings:
         return replace(self, **kw)
 
 
-_INT_KEYS = {"hsm_workers", "lockout_threshold", "otp_window", "multisign_default", "multisign_max", "pin_min_length"}
+_INT_KEYS = {
+    "stream_inflight_chunks",
+    "hsm_workers",
+    "lockout_threshold",
+    "otp_window",
+    "multisign_default",
+    "multisign_max",
+    "pin_min_length",
+}
 _FLOAT_KEYS = {"session_idle_seconds", "session_max_seconds", "sad_ttl_seconds"}
 
 

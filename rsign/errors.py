@@ -43,6 +43,10 @@ class ResourceExhausted(RsignError):
     """A configured limit was hit."""
 
 
+class DeadlineExceeded(RsignError):
+    """The caller's deadline passed; work not yet started is abandoned."""
+
+
 class Unavailable(RsignError):
     """A dependency rsign cannot work without is down: the HSM or the audit store."""
 

@@ -10,6 +10,7 @@ import os
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,15 @@ class CountingHsm:
         with self._lock:
             self.sign_calls += 1
         return self.inner.sign(cka_id, spec, digests)
+
+    def sign_async(self, cka_id: bytes, spec: SignSpec, digests: Sequence[bytes]) -> Future[list[SignResult]]:
+        with self._lock:
+            self.sign_calls += 1
+        return self.inner.sign_async(cka_id, spec, digests)
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
 
     def generate_keypair(self, alg: KeyAlgorithm, cka_id: bytes, label: str) -> bytes:
         return self.inner.generate_keypair(alg, cka_id, label)

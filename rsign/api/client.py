@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import grpc
 
 from rsign.v1 import rsign_pb2 as pb
@@ -59,6 +61,31 @@ class RsignClient:
             hashes=hashes,
         )
         return self.signing.SignHash(req, metadata=self._md(), timeout=timeout)
+
+    def sign_stream(
+        self,
+        credential_id: str,
+        sad: str,
+        hashes: Sequence[bytes],
+        scheme: str,
+        hash_alg: str = "SHA256",
+        chunk: int = 500,
+        timeout: float | None = None,
+    ) -> Iterator[pb.SignHashStreamResponse]:
+        """Stream ``hashes`` in chunks; yields the response chunks (signatures in request order)."""
+
+        def requests() -> Iterator[pb.SignHashStreamRequest]:
+            for i in range(0, max(len(hashes), 1), chunk):
+                part = list(hashes[i : i + chunk])
+                if i == 0:
+                    yield pb.SignHashStreamRequest(
+                        credential_id=credential_id, sad=sad, hash_algorithm=HASH[hash_alg],
+                        signature_scheme=SCHEME[scheme], hashes=part,
+                    )  # fmt: skip
+                else:
+                    yield pb.SignHashStreamRequest(hashes=part)
+
+        return iter(self.signing.SignHashStream(requests(), metadata=self._md(), timeout=timeout))
 
     def close(self) -> None:
         self.channel.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
 from rsign.api.interceptors import current_principal
@@ -98,3 +100,37 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
             list(request.hashes),
         )
         return pb.SignHashResponse(signatures=signed.signatures, key_version=signed.key_version)
+
+    def SignHashStream(
+        self, request_iterator: Iterator[pb.SignHashStreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.SignHashStreamResponse]:
+        first = next(request_iterator, None)
+        if first is None:
+            return
+        if not first.credential_id:
+            raise InvalidRequest("the first message must carry credential_id, sad, hash_algorithm and signature_scheme")
+
+        def chunks() -> Iterator[list[bytes]]:
+            yield list(first.hashes)
+            for msg in request_iterator:
+                yield list(msg.hashes)
+
+        def deadline_passed() -> bool:
+            left = context.time_remaining()
+            return left is not None and left <= 0
+
+        for chunk in self._app.signing.sign_stream(
+            current_principal(),
+            first.credential_id,
+            first.sad,
+            hash_alg(first.hash_algorithm),
+            scheme(first.signature_scheme),
+            chunks(),
+            deadline_passed,
+        ):
+            yield pb.SignHashStreamResponse(
+                offset=chunk.offset,
+                signatures=chunk.signatures,
+                errors=[pb.ItemError(index=i, reason=r) for i, r in chunk.errors],
+                key_version=chunk.key_version,
+            )

@@ -20,6 +20,8 @@ class Action(enum.StrEnum):
     SAD_CONSUME = "sad.consume"
     SAD_REFUSE = "sad.refuse"
     SIGN = "sign.hash"
+    BATCH_START = "batch.start"
+    BATCH_END = "batch.end"
     KEY_GENERATE = "key.generate"
     AUDIT_VERIFY = "audit.verify"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import pkcs11
@@ -132,6 +133,15 @@ class Pkcs11Token:
             # The session went away (token reset, HSM restart): log in again once.
             self._reopen()
             return self._sign(cka_id, spec, digests)
+
+    def sign_async(self, cka_id: bytes, spec: SignSpec, digests: Sequence[bytes]) -> Future[list[SignResult]]:
+        """Single-threaded: signs now and returns a completed future."""
+        fut: Future[list[SignResult]] = Future()
+        try:
+            fut.set_result(self.sign(cka_id, spec, digests))
+        except Exception as exc:
+            fut.set_exception(exc)
+        return fut
 
     def _sign(self, cka_id: bytes, spec: SignSpec, digests: Sequence[bytes]) -> list[SignResult]:
         key = self._private_key(cka_id)

@@ -7,6 +7,7 @@ worker process use it) and ``HsmPool`` (worker processes, thread-safe: the serve
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +39,10 @@ class Hsm(Protocol):
     def sign(self, cka_id: bytes, spec: SignSpec, digests: Sequence[bytes]) -> list[SignResult]:
         """Sign each digest with the private key ``cka_id``. Per-item failures are returned,
         a failure of the HSM as a whole raises ``HsmUnavailable``."""
+        ...
+
+    def sign_async(self, cka_id: bytes, spec: SignSpec, digests: Sequence[bytes]) -> Future[list[SignResult]]:
+        """Like ``sign``, but returns at once; the future fails with ``HsmUnavailable``."""
         ...
 
     def generate_keypair(self, alg: KeyAlgorithm, cka_id: bytes, label: str) -> bytes:

@@ -11,15 +11,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from rsign.audit.events import Action, Result, event
+from rsign.audit.events import Action, AuditEvent, Result, event
 from rsign.auth.service import AuthService, Principal, token_hash
 from rsign.clock import Clock
 from rsign.config import Settings
 from rsign.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidRequest,
     NotFound,
@@ -27,9 +31,9 @@ from rsign.errors import (
     RsignError,
     Unavailable,
 )
-from rsign.hsm.ports import Hsm, ItemFailure
+from rsign.hsm.ports import Hsm, ItemFailure, SignResult
 from rsign.signing.algorithms import HashAlg, KeyAlgorithm, Scheme, check_digests, sign_spec
-from rsign.store.db import CredentialView, Store
+from rsign.store.db import CredentialView, SadView, Store
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,26 @@ class Authorization:
 class Signed:
     signatures: list[bytes]
     key_version: int
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    offset: int
+    signatures: list[bytes]  # b"" where the item failed
+    errors: list[tuple[int, str]]  # (position in the SAD's list, reason)
+    key_version: int
+
+
+def occurrences(hashes: Sequence[bytes]) -> list[tuple[bytes, int]]:
+    """(digest, k) for each item, k counting earlier items with the same digest: the key under
+    which each hash occurrence is consumed."""
+    seen: dict[bytes, int] = {}
+    out = []
+    for d in hashes:
+        k = seen.get(d, 0)
+        seen[d] = k + 1
+        out.append((d, k))
+    return out
 
 
 def hashes_fingerprint(hashes: Sequence[bytes]) -> str:
@@ -97,6 +121,15 @@ class SigningService:
             if len(hashes) > limit:
                 raise InvalidRequest(
                     f"{len(hashes)} hashes requested; this credential allows at most {limit} per authorization"
+                )
+            keys = occurrences(hashes)
+            with self._store.read() as t:
+                used = t.consumed(credential_id, keys)
+            if used:
+                first = next(i for i, k in enumerate(keys) if k in used)
+                raise PermissionDenied(
+                    f"hash #{first + 1} (and {len(used) - 1} more) was already signed with this credential;"
+                    " a hash occurrence is signed at most once"
                 )
         except RsignError as exc:
             self._refused(Action.SAD_ISSUE, credential_id, fp, exc)
@@ -186,9 +219,8 @@ class SigningService:
             )
         return Signed(sigs, cred.key_version)
 
-    def _consume_sad(
-        self, who: Principal, cred: CredentialView, sad: str, hash_alg: HashAlg, hashes: Sequence[bytes], fp: str
-    ) -> int:
+    def _check_sad(self, who: Principal, cred: CredentialView, sad: str, hash_alg: HashAlg) -> SadView:
+        """Every binding of the SAD except the hashes; raises ``PermissionDenied`` on any mismatch."""
         now = self._clock.now()
         with self._store.read() as t:
             row = t.get_sad(token_hash(sad), hash_alg.digest_size) if sad else None
@@ -204,24 +236,185 @@ class SigningService:
             raise PermissionDenied("the SAD has expired; authorize again")
         if row.hash_alg != hash_alg.value:
             raise PermissionDenied("the SAD was issued for another hash algorithm")
+        return row
+
+    def _consume_sad(
+        self, who: Principal, cred: CredentialView, sad: str, hash_alg: HashAlg, hashes: Sequence[bytes], fp: str
+    ) -> int:
+        row = self._check_sad(who, cred, sad, hash_alg)
         if len(hashes) != len(row.hashes):
             raise PermissionDenied(f"the SAD authorizes {len(row.hashes)} hashes, the request has {len(hashes)}")
         if not all(hmac.compare_digest(a, b) for a, b in zip(hashes, row.hashes, strict=True)):
             raise PermissionDenied("the hashes differ from those the SAD was issued for")
+        self._start(row, cred, fp, batch=False)
+        try:
+            with self._store.tx() as t:
+                t.consume_hashes(cred.credential_id, row.id, 0, occurrences(hashes))
+        except AlreadyExists:
+            raise PermissionDenied("a hash of this request was already signed with this credential") from None
+        return row.id
+
+    def _start(self, row: SadView, cred: CredentialView, fp: str, batch: bool) -> None:
+        """Consume the SAD exactly once (conditional UPDATE) and audit it, in one transaction."""
         with self._store.tx() as t:
-            if not t.consume_sad(row.id, now):
-                # Lost a race with a concurrent request using the same SAD.
-                raise PermissionDenied("the SAD has already been used; authorize again")
-            t.append(
+            if not t.consume_sad(row.id, self._clock.now()):
+                # Lost a race with a concurrent request using the same SAD, or it just expired.
+                raise PermissionDenied("the SAD has already been used or has expired; authorize again")
+            evs = [
                 event(
                     Action.SAD_CONSUME,
                     credential_id=cred.credential_id,
                     key_version=cred.key_version,
                     digest=fp,
-                    details={"sad_id": row.id, "count": len(hashes)},
+                    details={"sad_id": row.id, "count": len(row.hashes)},
                 )
-            )
-        return row.id
+            ]
+            if batch:
+                evs.append(
+                    event(
+                        Action.BATCH_START,
+                        credential_id=cred.credential_id,
+                        key_version=cred.key_version,
+                        digest=fp,
+                        details={"sad_id": row.id, "authorized": len(row.hashes)},
+                    )
+                )
+            t.append(*evs)
+
+    # -- SignHashStream ------------------------------------------------------------------------
+
+    def sign_stream(
+        self,
+        who: Principal,
+        credential_id: str,
+        sad: str,
+        hash_alg: HashAlg,
+        scheme: Scheme,
+        chunks: Iterable[Sequence[bytes]],
+        deadline_passed: Callable[[], bool] = lambda: False,
+    ) -> Iterator[StreamChunk]:
+        """Sign a stream of hash chunks that must follow the SAD's ordered list.
+
+        Per chunk: the hash occurrences are consumed (committed) before the HSM sees them; the
+        chunk's signature audit records are committed before its signatures are yielded. Up to
+        ``stream_inflight_chunks`` chunks are at the HSM at once (back-pressure: the next request
+        message is read only when there is room). Whatever ends the stream, chunks already at the
+        HSM are awaited and audited, and a batch.end record says how it ended.
+        """
+        try:
+            cred = self._usable(who, credential_id)
+            spec = sign_spec(KeyAlgorithm(cred.key_algorithm), hash_alg, scheme)
+            row = self._check_sad(who, cred, sad, hash_alg)
+            fp = hashes_fingerprint(row.hashes)
+            self._start(row, cred, fp, batch=True)
+        except RsignError as exc:
+            self._refused(Action.SAD_CONSUME, credential_id, "", exc)
+
+        keys = occurrences(row.hashes)
+        inflight: deque[tuple[int, Sequence[bytes], Future[list[SignResult]]]] = deque()
+        stats = {"signed": 0, "failed": 0, "discarded": 0}
+        pos = 0
+        outcome, reason = Result.SUCCESS, "completed"
+        limit = max(1, self._settings.stream_inflight_chunks)
+        try:
+            for chunk in chunks:
+                if deadline_passed():
+                    raise DeadlineExceeded("the deadline passed; the rest of the batch was not signed")
+                if not chunk:
+                    continue
+                check_digests(hash_alg, list(chunk))
+                end = pos + len(chunk)
+                if end > len(row.hashes):
+                    raise PermissionDenied(
+                        f"the stream sent more than the {len(row.hashes)} hashes the SAD authorizes; stream aborted"
+                    )
+                for i, (a, b) in enumerate(zip(chunk, row.hashes[pos:end], strict=True)):
+                    if not hmac.compare_digest(a, b):
+                        raise PermissionDenied(
+                            f"hash #{pos + i + 1} differs from the SAD's list; stream aborted, nothing more signed"
+                        )
+                try:
+                    with self._store.tx() as t:
+                        t.consume_hashes(cred.credential_id, row.id, pos, keys[pos:end])
+                except AlreadyExists:
+                    raise PermissionDenied(
+                        "a hash of this chunk was already signed with this credential; stream aborted"
+                    ) from None
+                inflight.append((pos, chunk, self._hsm.sign_async(cred.cka_id, spec, chunk)))
+                pos = end
+                while inflight and (len(inflight) >= limit or inflight[0][2].done()):
+                    yield self._finish(cred, row.id, hash_alg, scheme, *inflight.popleft(), stats)
+            while inflight:
+                yield self._finish(cred, row.id, hash_alg, scheme, *inflight.popleft(), stats)
+        except RsignError as exc:
+            outcome, reason = Result.FAILURE, exc.message
+            raise
+        except GeneratorExit:
+            outcome, reason = Result.FAILURE, "stream closed by the client before the end"
+            raise
+        except BaseException as exc:
+            outcome, reason = Result.FAILURE, f"stream broken ({type(exc).__name__})"
+            raise
+        finally:
+            # Chunks already at the HSM are consumed; record what became of them even though
+            # their signatures will not be delivered.
+            while inflight:
+                self._finish(cred, row.id, hash_alg, scheme, *inflight.popleft(), stats, delivered=False)
+            with self._store.tx() as t:
+                t.append(
+                    event(
+                        Action.BATCH_END,
+                        outcome,
+                        credential_id=cred.credential_id,
+                        key_version=cred.key_version,
+                        digest=fp,
+                        reason=reason,
+                        details={"sad_id": row.id, "authorized": len(row.hashes), "received": pos, **stats},
+                    )
+                )
+
+    def _finish(
+        self,
+        cred: CredentialView,
+        sad_id: int,
+        hash_alg: HashAlg,
+        scheme: Scheme,
+        start: int,
+        hashes: Sequence[bytes],
+        fut: Future[list[SignResult]],
+        stats: dict[str, int],
+        delivered: bool = True,
+    ) -> StreamChunk:
+        try:
+            results: list[SignResult] = fut.result()
+        except RsignError as exc:
+            results = [ItemFailure(exc.message)] * len(hashes)
+        sigs: list[bytes] = []
+        errs: list[tuple[int, str]] = []
+        evs: list[AuditEvent] = []
+        base = {"sad_id": sad_id, "scheme": scheme.value, "hash_algorithm": hash_alg.value}
+        for i, (d, r) in enumerate(zip(hashes, results, strict=True)):
+            common: dict[str, Any] = {
+                "credential_id": cred.credential_id,
+                "key_version": cred.key_version,
+                "digest": d.hex(),
+            }
+            if isinstance(r, ItemFailure) or not delivered:
+                why = r.reason if isinstance(r, ItemFailure) else "signature discarded: the stream ended first"
+                stats["failed" if isinstance(r, ItemFailure) else "discarded"] += 1
+                evs.append(
+                    event(Action.SIGN, Result.FAILURE, reason=why, details={**base, "position": start + i}, **common)
+                )
+                errs.append((start + i, why))
+                sigs.append(b"")
+            else:
+                stats["signed"] += 1
+                evs.append(event(Action.SIGN, details={**base, "position": start + i}, **common))
+                sigs.append(r)
+        # Committed before the chunk is returned: no signature leaves without its record.
+        with self._store.tx() as t:
+            t.append(*evs)
+        return StreamChunk(start, sigs, errs, cred.key_version)
 
     # -- audit helpers -----------------------------------------------------------------------
 

@@ -410,6 +410,40 @@ class Tx:
         )
         return _rowcount(res) == 1
 
+    # -- consumed hash occurrences ----------------------------------------------------------------
+
+    def consumed(self, credential_id: str, keys: Sequence[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
+        """Which (digest, occurrence) pairs of ``keys`` were already consumed for the credential."""
+        found: set[tuple[bytes, int]] = set()
+        digests = sorted({d for d, _ in keys})
+        for i in range(0, len(digests), 500):
+            part = digests[i : i + 500]
+            rows = self.s.execute(
+                select(m.ConsumedHash.digest, m.ConsumedHash.occurrence).where(
+                    m.ConsumedHash.credential_id == credential_id, m.ConsumedHash.digest.in_(part)
+                )
+            ).all()
+            found.update((bytes(r[0]), int(r[1])) for r in rows)
+        return found & set(keys)
+
+    def consume_hashes(self, credential_id: str, sad_id: int, start: int, keys: Sequence[tuple[bytes, int]]) -> None:
+        """Consume hash occurrences (a primary-key violation, i.e. a concurrent consumer, aborts
+        the transaction)."""
+        if keys:
+            self.s.execute(
+                insert(m.ConsumedHash),
+                [
+                    {
+                        "credential_id": credential_id,
+                        "digest": d,
+                        "occurrence": o,
+                        "sad_id": sad_id,
+                        "position": start + i,
+                    }
+                    for i, (d, o) in enumerate(keys)
+                ],
+            )
+
     # -- audit -------------------------------------------------------------------------------
 
     def append(self, *events: AuditEvent) -> int:

@@ -82,6 +82,19 @@ class Sad(Base):
     consumed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class ConsumedHash(Base):
+    """Every hash occurrence ever released for signing with a credential. Consumed before the HSM
+    is called, so an item of a broken batch can never be signed again, under any SAD."""
+
+    __tablename__ = "consumed_hashes"
+
+    credential_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(64), primary_key=True)
+    occurrence: Mapped[int] = mapped_column(Integer, primary_key=True)  # k-th time in its SAD's list
+    sad_id: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+
+
 class AuditRecord(Base):
     __tablename__ = "audit_log"
 

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rsign/v1/rsign.proto\x12\x08rsign.v1\"9\n\x0cLoginRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0b\n\x03pin\x18\x02 \x01(\t\x12\x0b\n\x03otp\x18\x03 \x01(\t\":\n\rLoginResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\xd2\x01\n\nCredential\x12\x15\n\rcredential_id\x18\x01 \x01(\t\x12\x16\n\x0eholder_user_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61gency\x18\x03 \x01(\t\x12\x15\n\rkey_algorithm\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x13\n\x0bkey_version\x18\x06 \x01(\r\x12\x14\n\x0c\x63\x65rtificates\x18\x07 \x03(\x0c\x12 \n\x18signature_algorithm_oids\x18\x08 \x03(\t\x12\x11\n\tmultisign\x18\t \x01(\r\"\x18\n\x16ListCredentialsRequest\"D\n\x17ListCredentialsResponse\x12)\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x14.rsign.v1.Credential\"-\n\x14GetCredentialRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\"w\n\x10\x41uthorizeRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\x12/\n\x0ehash_algorithm\x18\x02 \x01(\x0e\x32\x17.rsign.v1.HashAlgorithm\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x0b\n\x03otp\x18\x04 \x01(\t\"I\n\x11\x41uthorizeResponse\x12\x0b\n\x03sad\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\x12\x13\n\x0bkey_version\x18\x03 \x01(\r\"\xab\x01\n\x0fSignHashRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\x12\x0b\n\x03sad\x18\x02 \x01(\t\x12/\n\x0ehash_algorithm\x18\x03 \x01(\x0e\x32\x17.rsign.v1.HashAlgorithm\x12\x33\n\x10signature_scheme\x18\x04 \x01(\x0e\x32\x19.rsign.v1.SignatureScheme\x12\x0e\n\x06hashes\x18\x05 \x03(\x0c\";\n\x10SignHashResponse\x12\x12\n\nsignatures\x18\x01 \x03(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\r*S\n\rHashAlgorithm\x12\x1e\n\x1aHASH_ALGORITHM_UNSPECIFIED\x10\x00\x12\n\n\x06SHA256\x10\x01\x12\n\n\x06SHA384\x10\x02\x12\n\n\x06SHA512\x10\x03*^\n\x0fSignatureScheme\x12 \n\x1cSIGNATURE_SCHEME_UNSPECIFIED\x10\x00\x12\x11\n\rRSA_PKCS1_V15\x10\x01\x12\x0b\n\x07RSA_PSS\x10\x02\x12\t\n\x05\x45\x43\x44SA\x10\x03\x32\x84\x01\n\x0b\x41uthService\x12\x38\n\x05Login\x12\x16.rsign.v1.LoginRequest\x1a\x17.rsign.v1.LoginResponse\x12;\n\x06Logout\x12\x17.rsign.v1.LogoutRequest\x1a\x18.rsign.v1.LogoutResponse2\xb8\x02\n\x0eSigningService\x12V\n\x0fListCredentials\x12 .rsign.v1.ListCredentialsRequest\x1a!.rsign.v1.ListCredentialsResponse\x12\x45\n\rGetCredential\x12\x1e.rsign.v1.GetCredentialRequest\x1a\x14.rsign.v1.Credential\x12\x44\n\tAuthorize\x12\x1a.rsign.v1.AuthorizeRequest\x1a\x1b.rsign.v1.AuthorizeResponse\x12\x41\n\x08SignHash\x12\x19.rsign.v1.SignHashRequest\x1a\x1a.rsign.v1.SignHashResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rsign/v1/rsign.proto\x12\x08rsign.v1\"9\n\x0cLoginRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0b\n\x03pin\x18\x02 \x01(\t\x12\x0b\n\x03otp\x18\x03 \x01(\t\":\n\rLoginResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\xd2\x01\n\nCredential\x12\x15\n\rcredential_id\x18\x01 \x01(\t\x12\x16\n\x0eholder_user_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61gency\x18\x03 \x01(\t\x12\x15\n\rkey_algorithm\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x13\n\x0bkey_version\x18\x06 \x01(\r\x12\x14\n\x0c\x63\x65rtificates\x18\x07 \x03(\x0c\x12 \n\x18signature_algorithm_oids\x18\x08 \x03(\t\x12\x11\n\tmultisign\x18\t \x01(\r\"\x18\n\x16ListCredentialsRequest\"D\n\x17ListCredentialsResponse\x12)\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x14.rsign.v1.Credential\"-\n\x14GetCredentialRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\"w\n\x10\x41uthorizeRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\x12/\n\x0ehash_algorithm\x18\x02 \x01(\x0e\x32\x17.rsign.v1.HashAlgorithm\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x0b\n\x03otp\x18\x04 \x01(\t\"I\n\x11\x41uthorizeResponse\x12\x0b\n\x03sad\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\x12\x13\n\x0bkey_version\x18\x03 \x01(\r\"\xab\x01\n\x0fSignHashRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\x12\x0b\n\x03sad\x18\x02 \x01(\t\x12/\n\x0ehash_algorithm\x18\x03 \x01(\x0e\x32\x17.rsign.v1.HashAlgorithm\x12\x33\n\x10signature_scheme\x18\x04 \x01(\x0e\x32\x19.rsign.v1.SignatureScheme\x12\x0e\n\x06hashes\x18\x05 \x03(\x0c\";\n\x10SignHashResponse\x12\x12\n\nsignatures\x18\x01 \x03(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\"\xb1\x01\n\x15SignHashStreamRequest\x12\x15\n\rcredential_id\x18\x01 \x01(\t\x12\x0b\n\x03sad\x18\x02 \x01(\t\x12/\n\x0ehash_algorithm\x18\x03 \x01(\x0e\x32\x17.rsign.v1.HashAlgorithm\x12\x33\n\x10signature_scheme\x18\x04 \x01(\x0e\x32\x19.rsign.v1.SignatureScheme\x12\x0e\n\x06hashes\x18\x05 \x03(\x0c\"*\n\tItemError\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"v\n\x16SignHashStreamResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x12\n\nsignatures\x18\x02 \x03(\x0c\x12#\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x13.rsign.v1.ItemError\x12\x13\n\x0bkey_version\x18\x04 \x01(\r*S\n\rHashAlgorithm\x12\x1e\n\x1aHASH_ALGORITHM_UNSPECIFIED\x10\x00\x12\n\n\x06SHA256\x10\x01\x12\n\n\x06SHA384\x10\x02\x12\n\n\x06SHA512\x10\x03*^\n\x0fSignatureScheme\x12 \n\x1cSIGNATURE_SCHEME_UNSPECIFIED\x10\x00\x12\x11\n\rRSA_PKCS1_V15\x10\x01\x12\x0b\n\x07RSA_PSS\x10\x02\x12\t\n\x05\x45\x43\x44SA\x10\x03\x32\x84\x01\n\x0b\x41uthService\x12\x38\n\x05Login\x12\x16.rsign.v1.LoginRequest\x1a\x17.rsign.v1.LoginResponse\x12;\n\x06Logout\x12\x17.rsign.v1.LogoutRequest\x1a\x18.rsign.v1.LogoutResponse2\x91\x03\n\x0eSigningService\x12V\n\x0fListCredentials\x12 .rsign.v1.ListCredentialsRequest\x1a!.rsign.v1.ListCredentialsResponse\x12\x45\n\rGetCredential\x12\x1e.rsign.v1.GetCredentialRequest\x1a\x14.rsign.v1.Credential\x12\x44\n\tAuthorize\x12\x1a.rsign.v1.AuthorizeRequest\x1a\x1b.rsign.v1.AuthorizeResponse\x12\x41\n\x08SignHash\x12\x19.rsign.v1.SignHashRequest\x1a\x1a.rsign.v1.SignHashResponse\x12W\n\x0eSignHashStream\x12\x1f.rsign.v1.SignHashStreamRequest\x1a .rsign.v1.SignHashStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rsign.v1.rsign_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HASHALGORITHM']._serialized_start=975
-  _globals['_HASHALGORITHM']._serialized_end=1058
-  _globals['_SIGNATURESCHEME']._serialized_start=1060
-  _globals['_SIGNATURESCHEME']._serialized_end=1154
+  _globals['_HASHALGORITHM']._serialized_start=1319
+  _globals['_HASHALGORITHM']._serialized_end=1402
+  _globals['_SIGNATURESCHEME']._serialized_start=1404
+  _globals['_SIGNATURESCHEME']._serialized_end=1498
   _globals['_LOGINREQUEST']._serialized_start=34
   _globals['_LOGINREQUEST']._serialized_end=91
   _globals['_LOGINRESPONSE']._serialized_start=93
@@ -59,8 +59,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNHASHREQUEST']._serialized_end=912
   _globals['_SIGNHASHRESPONSE']._serialized_start=914
   _globals['_SIGNHASHRESPONSE']._serialized_end=973
-  _globals['_AUTHSERVICE']._serialized_start=1157
-  _globals['_AUTHSERVICE']._serialized_end=1289
-  _globals['_SIGNINGSERVICE']._serialized_start=1292
-  _globals['_SIGNINGSERVICE']._serialized_end=1604
+  _globals['_SIGNHASHSTREAMREQUEST']._serialized_start=976
+  _globals['_SIGNHASHSTREAMREQUEST']._serialized_end=1153
+  _globals['_ITEMERROR']._serialized_start=1155
+  _globals['_ITEMERROR']._serialized_end=1197
+  _globals['_SIGNHASHSTREAMRESPONSE']._serialized_start=1199
+  _globals['_SIGNHASHSTREAMRESPONSE']._serialized_end=1317
+  _globals['_AUTHSERVICE']._serialized_start=1501
+  _globals['_AUTHSERVICE']._serialized_end=1633
+  _globals['_SIGNINGSERVICE']._serialized_start=1636
+  _globals['_SIGNINGSERVICE']._serialized_end=2037
 # @@protoc_insertion_point(module_scope)

@@ -136,3 +136,37 @@ class SignHashResponse(_message.Message):
     signatures: _containers.RepeatedScalarFieldContainer[bytes]
     key_version: int
     def __init__(self, signatures: _Optional[_Iterable[bytes]] = ..., key_version: _Optional[int] = ...) -> None: ...
+
+class SignHashStreamRequest(_message.Message):
+    __slots__ = ("credential_id", "sad", "hash_algorithm", "signature_scheme", "hashes")
+    CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    SAD_FIELD_NUMBER: _ClassVar[int]
+    HASH_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_SCHEME_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    credential_id: str
+    sad: str
+    hash_algorithm: HashAlgorithm
+    signature_scheme: SignatureScheme
+    hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, credential_id: _Optional[str] = ..., sad: _Optional[str] = ..., hash_algorithm: _Optional[_Union[HashAlgorithm, str]] = ..., signature_scheme: _Optional[_Union[SignatureScheme, str]] = ..., hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("index", "reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    reason: str
+    def __init__(self, index: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SignHashStreamResponse(_message.Message):
+    __slots__ = ("offset", "signatures", "errors", "key_version")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    signatures: _containers.RepeatedScalarFieldContainer[bytes]
+    errors: _containers.RepeatedCompositeFieldContainer[ItemError]
+    key_version: int
+    def __init__(self, offset: _Optional[int] = ..., signatures: _Optional[_Iterable[bytes]] = ..., errors: _Optional[_Iterable[_Union[ItemError, _Mapping]]] = ..., key_version: _Optional[int] = ...) -> None: ...

@@ -184,6 +184,11 @@ class SigningServiceStub:
                 request_serializer=rsign_dot_v1_dot_rsign__pb2.SignHashRequest.SerializeToString,
                 response_deserializer=rsign_dot_v1_dot_rsign__pb2.SignHashResponse.FromString,
                 _registered_method=True)
+        self.SignHashStream = channel.stream_stream(
+                '/rsign.v1.SigningService/SignHashStream',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.SignHashStreamRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.SignHashStreamResponse.FromString,
+                _registered_method=True)
 
 
 class SigningServiceServicer:
@@ -218,6 +223,15 @@ class SigningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignHashStream(self, request_iterator, context):
+        """Batch path for mass results. The first message names the credential, SAD, hash algorithm and
+        scheme; every message may carry a chunk of hashes, which must follow the SAD's ordered list.
+        Responses carry the signatures in request order, in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SigningServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -240,6 +254,11 @@ def add_SigningServiceServicer_to_server(servicer, server):
                     servicer.SignHash,
                     request_deserializer=rsign_dot_v1_dot_rsign__pb2.SignHashRequest.FromString,
                     response_serializer=rsign_dot_v1_dot_rsign__pb2.SignHashResponse.SerializeToString,
+            ),
+            'SignHashStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SignHashStream,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.SignHashStreamRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.SignHashStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -353,6 +372,33 @@ class SigningService:
             '/rsign.v1.SigningService/SignHash',
             rsign_dot_v1_dot_rsign__pb2.SignHashRequest.SerializeToString,
             rsign_dot_v1_dot_rsign__pb2.SignHashResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignHashStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rsign.v1.SigningService/SignHashStream',
+            rsign_dot_v1_dot_rsign__pb2.SignHashStreamRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.SignHashStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
