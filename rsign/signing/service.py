@@ -190,11 +190,11 @@ class SigningService:
         try:
             results = self._hsm.sign(cred.cka_id, spec, hashes)
         except RsignError as exc:
-            self._audit_sign_failure(cred, fp, sad_id, exc.message)
+            self._audit_sign_failure(cred, fp, sad_id, exc.message, len(hashes))
             raise
         failures = [r for r in results if isinstance(r, ItemFailure)]
         if failures:
-            self._audit_sign_failure(cred, fp, sad_id, failures[0].reason)
+            self._audit_sign_failure(cred, fp, sad_id, failures[0].reason, len(hashes))
             raise Unavailable(f"the HSM failed to sign {len(failures)} of {len(hashes)} hashes; nothing was returned")
         sigs = [r for r in results if isinstance(r, bytes)]
         # Commit one record per signature before any signature leaves the service. If this
@@ -411,9 +411,13 @@ class SigningService:
                 stats["signed"] += 1
                 evs.append(event(Action.SIGN, details={**base, "position": start + i}, **common))
                 sigs.append(r)
-        # Committed before the chunk is returned: no signature leaves without its record.
+        # Committed before the chunk is returned: no signature leaves without its record. Items
+        # the HSM failed on have no signature anywhere, so they are released for re-authorization;
+        # discarded ones (signed, never delivered) stay consumed.
+        failed_positions = [start + i for i, r in enumerate(results) if isinstance(r, ItemFailure)]
         with self._store.tx() as t:
             t.append(*evs)
+            t.release_hashes(cred.credential_id, sad_id, failed_positions)
         return StreamChunk(start, sigs, errs, cred.key_version)
 
     # -- audit helpers -----------------------------------------------------------------------
@@ -434,8 +438,10 @@ class SigningService:
             )
         raise exc
 
-    def _audit_sign_failure(self, cred: CredentialView, fp: str, sad_id: int, reason: str) -> None:
+    def _audit_sign_failure(self, cred: CredentialView, fp: str, sad_id: int, reason: str, count: int) -> None:
+        """No signature of the request is returned, so its hash occurrences are released."""
         with self._store.tx() as t:
+            t.release_hashes(cred.credential_id, sad_id, list(range(count)))
             t.append(
                 event(
                     Action.SIGN,

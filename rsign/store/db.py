@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -442,6 +442,18 @@ class Tx:
                     }
                     for i, (d, o) in enumerate(keys)
                 ],
+            )
+
+    def release_hashes(self, credential_id: str, sad_id: int, positions: Sequence[int]) -> None:
+        """Give back occurrences the HSM failed to sign (no signature exists), so that they can be
+        authorized again."""
+        for i in range(0, len(positions), 500):
+            self.s.execute(
+                delete(m.ConsumedHash).where(
+                    m.ConsumedHash.credential_id == credential_id,
+                    m.ConsumedHash.sad_id == sad_id,
+                    m.ConsumedHash.position.in_(positions[i : i + 500]),
+                )
             )
 
     # -- audit -------------------------------------------------------------------------------
