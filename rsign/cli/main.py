@@ -243,6 +243,40 @@ def demo(state_dir: Path, listen: str, data: Path) -> None:
         app.close()
 
 
+# -- bench ----------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Smaller runs (under a minute).")
+@click.option("--workers", type=int, default=None, help="HSM worker processes [default: one per CPU].")
+@click.option(
+    "--algorithm",
+    "algorithms",
+    multiple=True,
+    type=click.Choice(["rsa-2048", "ec-p256"]),
+    help="Repeatable [default: both].",
+)
+@click.option(
+    "--memory/--no-memory",
+    default=None,
+    help="Also stream 100,000 hashes and report RSS growth [default: on unless --quick].",
+)
+def bench(quick: bool, workers: int | None, algorithms: tuple[str, ...], memory: bool | None) -> None:
+    """Measure the batch path against a direct python-pkcs11 loop; prints one JSON object per line."""
+    from rsign import bench as b
+    from rsign.signing.algorithms import KeyAlgorithm
+
+    algs = [KeyAlgorithm.parse(a) for a in (algorithms or ("rsa-2048", "ec-p256"))]
+    with console.status("benchmark") as status:
+        b.run(
+            workers or b.default_workers(),
+            quick,
+            algs,
+            (not quick) if memory is None else memory,
+            lambda msg: status.update(msg),
+        )
+
+
 # -- client -------------------------------------------------------------------------------------
 
 

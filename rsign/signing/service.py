@@ -246,20 +246,22 @@ class SigningService:
             raise PermissionDenied(f"the SAD authorizes {len(row.hashes)} hashes, the request has {len(hashes)}")
         if not all(hmac.compare_digest(a, b) for a, b in zip(hashes, row.hashes, strict=True)):
             raise PermissionDenied("the hashes differ from those the SAD was issued for")
-        self._start(row, cred, fp, batch=False)
         try:
-            with self._store.tx() as t:
-                t.consume_hashes(cred.credential_id, row.id, 0, occurrences(hashes))
+            self._start(row, cred, fp, batch=False, consume=occurrences(hashes))
         except AlreadyExists:
             raise PermissionDenied("a hash of this request was already signed with this credential") from None
         return row.id
 
-    def _start(self, row: SadView, cred: CredentialView, fp: str, batch: bool) -> None:
-        """Consume the SAD exactly once (conditional UPDATE) and audit it, in one transaction."""
+    def _start(
+        self, row: SadView, cred: CredentialView, fp: str, batch: bool, consume: Sequence[tuple[bytes, int]] = ()
+    ) -> None:
+        """Consume the SAD exactly once (conditional UPDATE), and ``consume`` hash occurrences,
+        and audit it, in one transaction."""
         with self._store.tx() as t:
             if not t.consume_sad(row.id, self._clock.now()):
                 # Lost a race with a concurrent request using the same SAD, or it just expired.
                 raise PermissionDenied("the SAD has already been used or has expired; authorize again")
+            t.consume_hashes(cred.credential_id, row.id, 0, consume)
             evs = [
                 event(
                     Action.SAD_CONSUME,

@@ -10,13 +10,13 @@ import contextlib
 import json
 import logging
 import struct
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from rsign.audit import chain
 from rsign.audit.events import AuditEvent
@@ -25,6 +25,18 @@ from rsign.errors import AlreadyExists, AuditUnavailable, Unavailable
 from rsign.store import models as m
 
 log = logging.getLogger(__name__)
+
+
+# Core tables: the hot paths run on SQLAlchemy Core (a fraction of the ORM's per-statement cost);
+# the ORM classes in models.py define the schema.
+USERS: Table = m.User.__table__  # type: ignore[assignment]
+SESSIONS: Table = m.SessionRow.__table__  # type: ignore[assignment]
+CREDS: Table = m.Credential.__table__  # type: ignore[assignment]
+KEYS: Table = m.KeyVersion.__table__  # type: ignore[assignment]
+SADS: Table = m.Sad.__table__  # type: ignore[assignment]
+CONSUMED: Table = m.ConsumedHash.__table__  # type: ignore[assignment]
+AUDIT: Table = m.AuditRecord.__table__  # type: ignore[assignment]
+HEAD: Table = m.AuditHead.__table__  # type: ignore[assignment]
 
 
 # -- plain views handed to the domain (no ORM objects leave this package) ----------------------
@@ -140,11 +152,16 @@ class Store:
         self.clock = clock or SystemClock()
         self.engine = make_engine(url)
         self._write_engine = self.engine.execution_options(rsign_write=True)
+        # SQLite allows one writer; waiting writers poll with sleeps of up to 100 ms (busy
+        # handler back-off), which wrecks latency under load. Queue this process's writers on a
+        # lock instead; other processes (CLI commands) still meet the busy timeout.
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
+        )
         try:
             m.Base.metadata.create_all(self.engine)
             with self.tx() as t:
-                if t.s.get(m.AuditHead, 1) is None:
-                    t.s.add(m.AuditHead(id=1, seq=0, hash=chain.GENESIS))
+                t.init_head()
         except IntegrityError:
             pass  # another process created the head at the same moment
         if url.startswith("sqlite"):
@@ -162,8 +179,8 @@ class Store:
         """A write transaction. Any database failure becomes ``AuditUnavailable``: every write
         carries audit records, and failing closed is the point."""
         try:
-            with Session(self._write_engine, expire_on_commit=False) as s, s.begin():
-                yield Tx(s, self.clock)
+            with self._write_lock, self._write_engine.begin() as conn:
+                yield Tx(conn, self.clock)
         except IntegrityError as exc:
             raise AlreadyExists("the object already exists") from exc
         except (DBAPIError, SQLAlchemyError) as exc:
@@ -173,8 +190,8 @@ class Store:
     @contextlib.contextmanager
     def read(self) -> Iterator[Tx]:
         try:
-            with Session(self.engine, expire_on_commit=False) as s, s.begin():
-                yield Tx(s, self.clock)
+            with self.engine.begin() as conn:
+                yield Tx(conn, self.clock)
         except (DBAPIError, SQLAlchemyError) as exc:
             log.error("database read failed: %s", type(exc).__name__)
             raise Unavailable("the database is unavailable") from exc
@@ -184,14 +201,20 @@ class Store:
 
 
 class Tx:
-    def __init__(self, session: Session, clock: Clock) -> None:
-        self.s = session
+    """Repository methods over one database transaction (SQLAlchemy Core)."""
+
+    def __init__(self, conn: Connection, clock: Clock) -> None:
+        self.c = conn
         self._clock = clock
+
+    def init_head(self) -> None:
+        if self.c.execute(select(HEAD.c.id).where(HEAD.c.id == 1)).first() is None:
+            self.c.execute(insert(HEAD).values(id=1, seq=0, hash=chain.GENESIS))
 
     # -- users -------------------------------------------------------------------------------
 
     def get_user(self, user_id: str) -> UserView | None:
-        u = self.s.get(m.User, user_id)
+        u = self.c.execute(select(USERS).where(USERS.c.user_id == user_id)).first()
         if u is None:
             return None
         return UserView(
@@ -201,17 +224,17 @@ class Tx:
             u.role,
             u.status,
             u.pin_hash,
-            u.totp_sealed,
+            bytes(u.totp_sealed),
             u.last_otp_step,
             u.failed_attempts,
-            u.locked,
+            bool(u.locked),
         )
 
     def add_user(
         self, user_id: str, name: str, agency: str, role: str, pin_hash: str, totp_sealed: bytes, now: float
     ) -> None:
-        self.s.add(
-            m.User(
+        self.c.execute(
+            insert(USERS).values(
                 user_id=user_id,
                 name=name,
                 agency=agency,
@@ -225,93 +248,99 @@ class Tx:
                 created_at=now,
             )
         )
-        self.s.flush()
+
+    def set_pin_hash(self, user_id: str, pin_hash: str) -> None:
+        self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(pin_hash=pin_hash))
 
     def accept_otp_step(self, user_id: str, step: int) -> bool:
         """Atomically accept ``step`` if it is later than every step accepted before and the user
         is not locked; resets the failure counter. Correct across replicas: the check and the
         write are one conditional UPDATE."""
-        res = self.s.execute(
-            update(m.User)
-            .where(m.User.user_id == user_id, m.User.last_otp_step < step, m.User.locked.is_(False))
+        res = self.c.execute(
+            update(USERS)
+            .where(USERS.c.user_id == user_id, USERS.c.last_otp_step < step, USERS.c.locked.is_(False))
             .values(last_otp_step=step, failed_attempts=0)
         )
         return _rowcount(res) == 1
 
     def record_auth_failure(self, user_id: str, threshold: int) -> tuple[int, bool]:
         """Count one failure atomically; lock at ``threshold``. Returns (failures, locked_now)."""
-        row = self.s.execute(
-            update(m.User)
-            .where(m.User.user_id == user_id)
-            .values(failed_attempts=m.User.failed_attempts + 1)
-            .returning(m.User.failed_attempts, m.User.locked)
+        row = self.c.execute(
+            update(USERS)
+            .where(USERS.c.user_id == user_id)
+            .values(failed_attempts=USERS.c.failed_attempts + 1)
+            .returning(USERS.c.failed_attempts, USERS.c.locked)
         ).one()
         failures, locked = int(row[0]), bool(row[1])
         if not locked and failures >= threshold:
-            res = self.s.execute(
-                update(m.User).where(m.User.user_id == user_id, m.User.locked.is_(False)).values(locked=True)
+            res = self.c.execute(
+                update(USERS).where(USERS.c.user_id == user_id, USERS.c.locked.is_(False)).values(locked=True)
             )
             return failures, _rowcount(res) == 1
         return failures, False
 
     def unlock_user(self, user_id: str) -> bool:
-        res = self.s.execute(update(m.User).where(m.User.user_id == user_id).values(locked=False, failed_attempts=0))
+        res = self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(locked=False, failed_attempts=0))
         return _rowcount(res) == 1
 
     # -- sessions ----------------------------------------------------------------------------
 
     def add_session(self, token_hash: bytes, user_id: str, now: float, expires_at: float) -> int:
-        row = m.SessionRow(token_hash=token_hash, user_id=user_id, created_at=now, last_seen=now, expires_at=expires_at)
-        self.s.add(row)
-        self.s.flush()
-        return row.id
+        res = self.c.execute(
+            insert(SESSIONS)
+            .values(token_hash=token_hash, user_id=user_id, created_at=now, last_seen=now, expires_at=expires_at)
+            .returning(SESSIONS.c.id)
+        )
+        return int(res.scalar_one())
 
     def get_session(self, token_hash: bytes) -> SessionView | None:
-        r = self.s.execute(select(m.SessionRow).where(m.SessionRow.token_hash == token_hash)).scalar_one_or_none()
+        r = self.c.execute(select(SESSIONS).where(SESSIONS.c.token_hash == token_hash)).first()
         if r is None:
             return None
         return SessionView(r.id, r.user_id, r.created_at, r.last_seen, r.expires_at, r.ended_at, r.end_reason)
 
     def touch_session(self, session_id: int, now: float) -> None:
-        self.s.execute(update(m.SessionRow).where(m.SessionRow.id == session_id).values(last_seen=now))
+        self.c.execute(update(SESSIONS).where(SESSIONS.c.id == session_id).values(last_seen=now))
 
     def end_session(self, session_id: int, now: float, reason: str) -> bool:
-        res = self.s.execute(
-            update(m.SessionRow)
-            .where(m.SessionRow.id == session_id, m.SessionRow.ended_at.is_(None))
+        res = self.c.execute(
+            update(SESSIONS)
+            .where(SESSIONS.c.id == session_id, SESSIONS.c.ended_at.is_(None))
             .values(ended_at=now, end_reason=reason)
         )
         return _rowcount(res) == 1
 
     # -- credentials -------------------------------------------------------------------------
 
-    def _credential_view(self, c: m.Credential) -> CredentialView:
-        kv = self.s.get(m.KeyVersion, (c.credential_id, c.key_version))
-        assert kv is not None, "credential without its current key version"
-        return CredentialView(
-            c.credential_id,
-            c.holder_user_id,
-            c.agency,
-            c.key_algorithm,
-            c.status,
-            c.key_version,
-            c.multisign,
-            kv.cka_id,
-            kv.certificate,
-            unpack_certs(kv.chain),
-        )
+    def _credentials(self, *where: Any) -> list[CredentialView]:
+        rows = self.c.execute(
+            select(CREDS, KEYS.c.cka_id, KEYS.c.certificate, KEYS.c.chain)
+            .join(KEYS, (KEYS.c.credential_id == CREDS.c.credential_id) & (KEYS.c.version == CREDS.c.key_version))
+            .where(*where)
+            .order_by(CREDS.c.credential_id)
+        ).all()
+        return [
+            CredentialView(
+                r.credential_id,
+                r.holder_user_id,
+                r.agency,
+                r.key_algorithm,
+                r.status,
+                r.key_version,
+                r.multisign,
+                bytes(r.cka_id),
+                bytes(r.certificate),
+                unpack_certs(bytes(r.chain)),
+            )
+            for r in rows
+        ]
 
     def get_credential(self, credential_id: str) -> CredentialView | None:
-        c = self.s.get(m.Credential, credential_id)
-        return None if c is None else self._credential_view(c)
+        found = self._credentials(CREDS.c.credential_id == credential_id)
+        return found[0] if found else None
 
     def list_credentials(self, holder_user_id: str) -> list[CredentialView]:
-        rows = self.s.execute(
-            select(m.Credential)
-            .where(m.Credential.holder_user_id == holder_user_id)
-            .order_by(m.Credential.credential_id)
-        ).scalars()
-        return [self._credential_view(c) for c in rows]
+        return self._credentials(CREDS.c.holder_user_id == holder_user_id)
 
     def add_credential(
         self,
@@ -325,8 +354,8 @@ class Tx:
         chain_certs: Sequence[bytes],
         now: float,
     ) -> None:
-        self.s.add(
-            m.Credential(
+        self.c.execute(
+            insert(CREDS).values(
                 credential_id=credential_id,
                 holder_user_id=holder_user_id,
                 agency=agency,
@@ -337,9 +366,8 @@ class Tx:
                 created_at=now,
             )
         )
-        self.s.flush()
-        self.s.add(
-            m.KeyVersion(
+        self.c.execute(
+            insert(KEYS).values(
                 credential_id=credential_id,
                 version=1,
                 cka_id=cka_id,
@@ -348,10 +376,9 @@ class Tx:
                 created_at=now,
             )
         )
-        self.s.flush()
 
     def count_credentials(self) -> int:
-        return int(self.s.execute(select(func.count()).select_from(m.Credential)).scalar_one())
+        return int(self.c.execute(select(func.count()).select_from(CREDS)).scalar_one())
 
     # -- SADs --------------------------------------------------------------------------------
 
@@ -367,27 +394,31 @@ class Tx:
         issued_at: float,
         expires_at: float,
     ) -> int:
-        row = m.Sad(
-            sad_hash=sad_hash,
-            user_id=user_id,
-            session_id=session_id,
-            credential_id=credential_id,
-            key_version=key_version,
-            hash_alg=hash_alg,
-            hashes=b"".join(hashes),
-            count=len(hashes),
-            issued_at=issued_at,
-            expires_at=expires_at,
+        res = self.c.execute(
+            insert(SADS)
+            .values(
+                sad_hash=sad_hash,
+                user_id=user_id,
+                session_id=session_id,
+                credential_id=credential_id,
+                key_version=key_version,
+                hash_alg=hash_alg,
+                hashes=b"".join(hashes),
+                count=len(hashes),
+                issued_at=issued_at,
+                expires_at=expires_at,
+            )
+            .returning(SADS.c.id)
         )
-        self.s.add(row)
-        self.s.flush()
-        return row.id
+        return int(res.scalar_one())
 
     def get_sad(self, sad_hash: bytes, digest_size: int) -> SadView | None:
-        r = self.s.execute(select(m.Sad).where(m.Sad.sad_hash == sad_hash)).scalar_one_or_none()
+        r = self.c.execute(select(SADS).where(SADS.c.sad_hash == sad_hash)).first()
         if r is None:
             return None
-        size = len(r.hashes) // r.count if r.count else digest_size
+        blob = bytes(r.hashes)
+        count = int(r._mapping["count"])
+        size = len(blob) // count if count else digest_size
         return SadView(
             r.id,
             r.user_id,
@@ -395,7 +426,7 @@ class Tx:
             r.credential_id,
             r.key_version,
             r.hash_alg,
-            split_hashes(r.hashes, size),
+            split_hashes(blob, size),
             r.issued_at,
             r.expires_at,
             r.consumed_at,
@@ -403,35 +434,34 @@ class Tx:
 
     def consume_sad(self, sad_id: int, now: float) -> bool:
         """Exactly-once consumption: a conditional UPDATE, so two replicas cannot both win."""
-        res = self.s.execute(
-            update(m.Sad)
-            .where(m.Sad.id == sad_id, m.Sad.consumed_at.is_(None), m.Sad.expires_at > now)
+        res = self.c.execute(
+            update(SADS)
+            .where(SADS.c.id == sad_id, SADS.c.consumed_at.is_(None), SADS.c.expires_at > now)
             .values(consumed_at=now)
         )
         return _rowcount(res) == 1
 
-    # -- consumed hash occurrences ----------------------------------------------------------------
+    # -- consumed hash occurrences ----------------------------------------------------------
 
     def consumed(self, credential_id: str, keys: Sequence[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
         """Which (digest, occurrence) pairs of ``keys`` were already consumed for the credential."""
         found: set[tuple[bytes, int]] = set()
         digests = sorted({d for d, _ in keys})
         for i in range(0, len(digests), 500):
-            part = digests[i : i + 500]
-            rows = self.s.execute(
-                select(m.ConsumedHash.digest, m.ConsumedHash.occurrence).where(
-                    m.ConsumedHash.credential_id == credential_id, m.ConsumedHash.digest.in_(part)
+            rows = self.c.execute(
+                select(CONSUMED.c.digest, CONSUMED.c.occurrence).where(
+                    CONSUMED.c.credential_id == credential_id, CONSUMED.c.digest.in_(digests[i : i + 500])
                 )
             ).all()
             found.update((bytes(r[0]), int(r[1])) for r in rows)
         return found & set(keys)
 
     def consume_hashes(self, credential_id: str, sad_id: int, start: int, keys: Sequence[tuple[bytes, int]]) -> None:
-        """Consume hash occurrences (a primary-key violation, i.e. a concurrent consumer, aborts
-        the transaction)."""
+        """Consume hash occurrences; a primary-key violation (already consumed, possibly by a
+        concurrent request) aborts the transaction."""
         if keys:
-            self.s.execute(
-                insert(m.ConsumedHash),
+            self.c.execute(
+                insert(CONSUMED),
                 [
                     {
                         "credential_id": credential_id,
@@ -448,11 +478,11 @@ class Tx:
         """Give back occurrences the HSM failed to sign (no signature exists), so that they can be
         authorized again."""
         for i in range(0, len(positions), 500):
-            self.s.execute(
-                delete(m.ConsumedHash).where(
-                    m.ConsumedHash.credential_id == credential_id,
-                    m.ConsumedHash.sad_id == sad_id,
-                    m.ConsumedHash.position.in_(positions[i : i + 500]),
+            self.c.execute(
+                delete(CONSUMED).where(
+                    CONSUMED.c.credential_id == credential_id,
+                    CONSUMED.c.sad_id == sad_id,
+                    CONSUMED.c.position.in_(positions[i : i + 500]),
                 )
             )
 
@@ -460,10 +490,10 @@ class Tx:
 
     def append(self, *events: AuditEvent) -> int:
         """Append events to the chain in this transaction; returns the last sequence number."""
-        head = self.s.execute(select(m.AuditHead).where(m.AuditHead.id == 1).with_for_update()).scalar_one()
+        head = self.c.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()).one()
         ts = iso_utc(self._clock.now())
         rows: list[dict[str, Any]] = []
-        seq, prev = head.seq, head.hash
+        seq, prev = int(head.seq), str(head.hash)
         for ev in events:
             seq += 1
             fields: dict[str, Any] = {
@@ -484,26 +514,21 @@ class Tx:
             fields["hash"] = prev = chain.record_hash(fields)
             rows.append(fields)
         if rows:
-            self.s.execute(insert(m.AuditRecord), rows)
-            head.seq, head.hash = seq, prev
-            self.s.flush()
+            self.c.execute(insert(AUDIT), rows)
+            self.c.execute(update(HEAD).where(HEAD.c.id == 1).values(seq=seq, hash=prev))
         return seq
 
     def audit_head(self) -> tuple[int, str]:
-        h = self.s.get(m.AuditHead, 1)
-        return (0, chain.GENESIS) if h is None else (h.seq, h.hash)
+        h = self.c.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).first()
+        return (0, chain.GENESIS) if h is None else (int(h.seq), str(h.hash))
 
     def audit_rows(self, batch: int = 5000) -> Iterator[Mapping[str, Any]]:
-        cols = [getattr(m.AuditRecord, f) for f in (*chain.HASHED_FIELDS, "hash")]
+        cols = [AUDIT.c[f] for f in (*chain.HASHED_FIELDS, "hash")]
         last = 0
         while True:
-            rows = (
-                self.s.execute(select(*cols).where(m.AuditRecord.seq > last).order_by(m.AuditRecord.seq).limit(batch))
-                .mappings()
-                .all()
-            )
+            rows = self.c.execute(select(*cols).where(AUDIT.c.seq > last).order_by(AUDIT.c.seq).limit(batch)).all()
             if not rows:
                 return
             for r in rows:
-                yield dict(r)
-            last = int(rows[-1]["seq"])
+                yield dict(r._mapping)
+            last = int(rows[-1].seq)
