@@ -11,19 +11,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from rsign.audit.events import Action, AuditEvent, Result, event
+from rsign.audit.events import Action, Result, event
 from rsign.auth.service import AuthService, Principal, token_hash
 from rsign.clock import Clock
 from rsign.config import Settings
 from rsign.errors import (
     AlreadyExists,
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidRequest,
     NotFound,
@@ -31,8 +28,9 @@ from rsign.errors import (
     RsignError,
     Unavailable,
 )
-from rsign.hsm.ports import Hsm, ItemFailure, SignResult
+from rsign.hsm.ports import Hsm, ItemFailure
 from rsign.signing.algorithms import HashAlg, KeyAlgorithm, Scheme, check_digests, sign_spec
+from rsign.signing.batch import BatchRun, StreamChunk
 from rsign.store.db import CredentialView, SadView, Store
 
 
@@ -46,14 +44,6 @@ class Authorization:
 @dataclass(frozen=True)
 class Signed:
     signatures: list[bytes]
-    key_version: int
-
-
-@dataclass(frozen=True)
-class StreamChunk:
-    offset: int
-    signatures: list[bytes]  # b"" where the item failed
-    errors: list[tuple[int, str]]  # (position in the SAD's list, reason)
     key_version: int
 
 
@@ -312,115 +302,20 @@ class SigningService:
         except RsignError as exc:
             self._refused(Action.SAD_CONSUME, credential_id, "", exc)
 
-        keys = occurrences(row.hashes)
-        inflight: deque[tuple[int, Sequence[bytes], Future[list[SignResult]]]] = deque()
-        stats = {"signed": 0, "failed": 0, "discarded": 0}
-        pos = 0
-        outcome, reason = Result.SUCCESS, "completed"
-        limit = max(1, self._settings.stream_inflight_chunks)
-        try:
-            for chunk in chunks:
-                if deadline_passed():
-                    raise DeadlineExceeded("the deadline passed; the rest of the batch was not signed")
-                if not chunk:
-                    continue
-                check_digests(hash_alg, list(chunk))
-                end = pos + len(chunk)
-                if end > len(row.hashes):
-                    raise PermissionDenied(
-                        f"the stream sent more than the {len(row.hashes)} hashes the SAD authorizes; stream aborted"
-                    )
-                for i, (a, b) in enumerate(zip(chunk, row.hashes[pos:end], strict=True)):
-                    if not hmac.compare_digest(a, b):
-                        raise PermissionDenied(
-                            f"hash #{pos + i + 1} differs from the SAD's list; stream aborted, nothing more signed"
-                        )
-                try:
-                    with self._store.tx() as t:
-                        t.consume_hashes(cred.credential_id, row.id, pos, keys[pos:end])
-                except AlreadyExists:
-                    raise PermissionDenied(
-                        "a hash of this chunk was already signed with this credential; stream aborted"
-                    ) from None
-                inflight.append((pos, chunk, self._hsm.sign_async(cred.cka_id, spec, chunk)))
-                pos = end
-                while inflight and (len(inflight) >= limit or inflight[0][2].done()):
-                    yield self._finish(cred, row.id, hash_alg, scheme, *inflight.popleft(), stats)
-            while inflight:
-                yield self._finish(cred, row.id, hash_alg, scheme, *inflight.popleft(), stats)
-        except RsignError as exc:
-            outcome, reason = Result.FAILURE, exc.message
-            raise
-        except GeneratorExit:
-            outcome, reason = Result.FAILURE, "stream closed by the client before the end"
-            raise
-        except BaseException as exc:
-            outcome, reason = Result.FAILURE, f"stream broken ({type(exc).__name__})"
-            raise
-        finally:
-            # Chunks already at the HSM are consumed; record what became of them even though
-            # their signatures will not be delivered.
-            while inflight:
-                self._finish(cred, row.id, hash_alg, scheme, *inflight.popleft(), stats, delivered=False)
-            with self._store.tx() as t:
-                t.append(
-                    event(
-                        Action.BATCH_END,
-                        outcome,
-                        credential_id=cred.credential_id,
-                        key_version=cred.key_version,
-                        digest=fp,
-                        reason=reason,
-                        details={"sad_id": row.id, "authorized": len(row.hashes), "received": pos, **stats},
-                    )
-                )
-
-    def _finish(
-        self,
-        cred: CredentialView,
-        sad_id: int,
-        hash_alg: HashAlg,
-        scheme: Scheme,
-        start: int,
-        hashes: Sequence[bytes],
-        fut: Future[list[SignResult]],
-        stats: dict[str, int],
-        delivered: bool = True,
-    ) -> StreamChunk:
-        try:
-            results: list[SignResult] = fut.result()
-        except RsignError as exc:
-            results = [ItemFailure(exc.message)] * len(hashes)
-        sigs: list[bytes] = []
-        errs: list[tuple[int, str]] = []
-        evs: list[AuditEvent] = []
-        base = {"sad_id": sad_id, "scheme": scheme.value, "hash_algorithm": hash_alg.value}
-        for i, (d, r) in enumerate(zip(hashes, results, strict=True)):
-            common: dict[str, Any] = {
-                "credential_id": cred.credential_id,
-                "key_version": cred.key_version,
-                "digest": d.hex(),
-            }
-            if isinstance(r, ItemFailure) or not delivered:
-                why = r.reason if isinstance(r, ItemFailure) else "signature discarded: the stream ended first"
-                stats["failed" if isinstance(r, ItemFailure) else "discarded"] += 1
-                evs.append(
-                    event(Action.SIGN, Result.FAILURE, reason=why, details={**base, "position": start + i}, **common)
-                )
-                errs.append((start + i, why))
-                sigs.append(b"")
-            else:
-                stats["signed"] += 1
-                evs.append(event(Action.SIGN, details={**base, "position": start + i}, **common))
-                sigs.append(r)
-        # Committed before the chunk is returned: no signature leaves without its record. Items
-        # the HSM failed on have no signature anywhere, so they are released for re-authorization;
-        # discarded ones (signed, never delivered) stay consumed.
-        failed_positions = [start + i for i, r in enumerate(results) if isinstance(r, ItemFailure)]
-        with self._store.tx() as t:
-            t.append(*evs)
-            t.release_hashes(cred.credential_id, sad_id, failed_positions)
-        return StreamChunk(start, sigs, errs, cred.key_version)
+        run = BatchRun(
+            store=self._store,
+            hsm=self._hsm,
+            cred=cred,
+            spec=spec,
+            sad=row,
+            keys=occurrences(row.hashes),
+            hash_alg=hash_alg,
+            scheme=scheme,
+            fingerprint=fp,
+            limit=max(1, self._settings.stream_inflight_chunks),
+            deadline_passed=deadline_passed,
+        )
+        return run.run(chunks)
 
     # -- audit helpers -----------------------------------------------------------------------
 

@@ -1,0 +1,276 @@
+"""One SignHashStream run: pipelined consumption, HSM signing and audit, in request order.
+
+Per chunk of hashes received:
+  1. check it against the SAD's ordered list (a mismatch aborts: nothing from that chunk on is
+     signed);
+  2. consume its hash occurrences in a transaction that also commits the audit records of the
+     chunks that came back from the HSM since the last transaction (one commit per step, not two);
+  3. hand it to the HSM pool (bounded: at most ``limit`` chunks in flight);
+  4. yield chunks that came back, in order, once their audit records are committed.
+
+A reader thread moves request messages into a small bounded queue, so that a client that waits
+for each chunk's answer before sending the next (lock-step) is served as well as one that streams
+ahead, and back-pressure reaches gRPC flow control when the queue is full.
+"""
+
+from __future__ import annotations
+
+import hmac
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from typing import Any
+
+from rsign.audit.events import Action, AuditEvent, Result, event
+from rsign.errors import AlreadyExists, DeadlineExceeded, PermissionDenied, RsignError
+from rsign.hsm.ports import Hsm, ItemFailure, SignResult
+from rsign.signing.algorithms import HashAlg, Scheme, SignSpec, check_digests
+from rsign.store.db import CredentialView, SadView, Store
+
+_POLL = 0.002  # how often to look at the head chunk while waiting for the client
+_DISCARDED = "signature discarded: the stream ended before it was delivered"
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    offset: int
+    signatures: list[bytes]  # b"" where the item failed
+    errors: list[tuple[int, str]]  # (position in the SAD's list, reason)
+    key_version: int
+
+
+@dataclass
+class _Pending:
+    start: int
+    hashes: Sequence[bytes]
+    future: Future[list[SignResult]]
+
+
+@dataclass
+class _Outcome:
+    chunk: StreamChunk
+    events: list[AuditEvent]
+    failed_positions: list[int]
+
+
+_END = object()
+
+
+class _Inbox:
+    """Reads an iterator on a thread into a bounded queue."""
+
+    def __init__(self, source: Iterable[Sequence[bytes]], maxsize: int) -> None:
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(iter(source),), daemon=True, name="rsign-stream-in")
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self, it: Iterator[Sequence[bytes]]) -> None:
+        try:
+            for chunk in it:
+                if not self._put(chunk):
+                    return
+        except BaseException as exc:  # handed to the consumer, which decides
+            self._put(exc)
+            return
+        self._put(_END)
+
+    def get(self, timeout: float | None) -> Any:
+        if timeout == 0:
+            return self._q.get_nowait()
+        return self._q.get(timeout=timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class BatchRun:
+    store: Store
+    hsm: Hsm
+    cred: CredentialView
+    spec: SignSpec
+    sad: SadView
+    keys: Sequence[tuple[bytes, int]]  # (digest, occurrence) of every item of the SAD's list
+    hash_alg: HashAlg
+    scheme: Scheme
+    fingerprint: str
+    limit: int
+    deadline_passed: Callable[[], bool]
+    inflight: deque[_Pending] = field(default_factory=deque)
+    stats: dict[str, int] = field(default_factory=lambda: {"signed": 0, "failed": 0, "discarded": 0})
+    received: int = 0
+
+    def run(self, chunks: Iterable[Sequence[bytes]]) -> Iterator[StreamChunk]:
+        inbox = _Inbox(chunks, maxsize=self.limit)
+        outcome, reason = Result.SUCCESS, "completed"
+        ended = False
+        try:
+            while not (ended and not self.inflight):
+                if len(self.inflight) >= self.limit:
+                    wait_futures([self.inflight[0].future])
+                ready = self._collect_ready()
+                new: Sequence[bytes] | None = None
+                if not ended:
+                    # Never hold finished chunks back waiting for the client; otherwise poll the
+                    # head chunk while waiting (a lock-step client waits for it).
+                    timeout = 0.0 if ready else (_POLL if self.inflight else None)
+                    try:
+                        msg = inbox.get(timeout=timeout)
+                    except queue.Empty:
+                        msg = None
+                    if msg is _END:
+                        ended = True
+                    elif isinstance(msg, BaseException):
+                        raise msg
+                    elif msg:
+                        new = msg
+                error: RsignError | None = None
+                if new is not None:
+                    try:
+                        self._check(new)
+                    except RsignError as exc:
+                        error, new = exc, None
+                if ready or new is not None:
+                    self._commit(ready, new)
+                    for out in ready:
+                        yield out.chunk
+                if error is not None:
+                    raise error
+        except RsignError as exc:
+            outcome, reason = Result.FAILURE, exc.message
+            raise
+        except GeneratorExit:
+            outcome, reason = Result.FAILURE, "stream closed by the client before the end"
+            raise
+        except BaseException as exc:
+            outcome, reason = Result.FAILURE, f"stream broken ({type(exc).__name__})"
+            raise
+        finally:
+            inbox.close()
+            self._close(outcome, reason)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _check(self, chunk: Sequence[bytes]) -> None:
+        if self.deadline_passed():
+            raise DeadlineExceeded("the deadline passed; the rest of the batch was not signed")
+        check_digests(self.hash_alg, list(chunk))
+        pos, end = self.received, self.received + len(chunk)
+        authorized = self.sad.hashes
+        if end > len(authorized):
+            raise PermissionDenied(
+                f"the stream sent more than the {len(authorized)} hashes the SAD authorizes; stream aborted"
+            )
+        for i, (a, b) in enumerate(zip(chunk, authorized[pos:end], strict=True)):
+            if not hmac.compare_digest(a, b):
+                raise PermissionDenied(
+                    f"hash #{pos + i + 1} differs from the SAD's list; stream aborted, nothing more signed"
+                )
+
+    def _collect_ready(self) -> list[_Outcome]:
+        ready = []
+        while self.inflight and self.inflight[0].future.done():
+            ready.append(self._outcome(self.inflight.popleft(), delivered=True))
+        return ready
+
+    def _commit(self, ready: list[_Outcome], new: Sequence[bytes] | None) -> None:
+        """One transaction: audit what came back (before it is sent), release items the HSM
+        failed on (no signature exists), consume the new chunk (before the HSM sees it)."""
+        pos = self.received
+        try:
+            with self.store.tx() as t:
+                events = [ev for out in ready for ev in out.events]
+                if events:
+                    t.append(*events)
+                for out in ready:
+                    t.release_hashes(self.cred.credential_id, self.sad.id, out.failed_positions)
+                if new is not None:
+                    t.consume_hashes(self.cred.credential_id, self.sad.id, pos, self.keys[pos : pos + len(new)])
+        except AlreadyExists:
+            raise PermissionDenied(
+                "a hash of this chunk was already signed with this credential; stream aborted"
+            ) from None
+        if new is not None:
+            self.inflight.append(_Pending(pos, new, self.hsm.sign_async(self.cred.cka_id, self.spec, new)))
+            self.received += len(new)
+
+    def _outcome(self, p: _Pending, delivered: bool) -> _Outcome:
+        try:
+            results: list[SignResult] = p.future.result()
+        except RsignError as exc:
+            results = [ItemFailure(exc.message)] * len(p.hashes)
+        sigs: list[bytes] = []
+        errs: list[tuple[int, str]] = []
+        evs: list[AuditEvent] = []
+        failed: list[int] = []
+        cred = self.cred
+        base = {"sad_id": self.sad.id, "scheme": self.scheme.value, "hash_algorithm": self.hash_alg.value}
+        for i, (d, r) in enumerate(zip(p.hashes, results, strict=True)):
+            at = p.start + i
+            common: dict[str, Any] = {
+                "credential_id": cred.credential_id,
+                "key_version": cred.key_version,
+                "digest": d.hex(),
+                "details": {**base, "position": at},
+            }
+            if isinstance(r, ItemFailure):
+                self.stats["failed"] += 1
+                failed.append(at)
+                evs.append(event(Action.SIGN, Result.FAILURE, reason=r.reason, **common))
+                errs.append((at, r.reason))
+                sigs.append(b"")
+            elif not delivered:
+                # Signed by the HSM but never released: stays consumed (it exists, if only in memory).
+                self.stats["discarded"] += 1
+                evs.append(event(Action.SIGN, Result.FAILURE, reason=_DISCARDED, **common))
+                errs.append((at, _DISCARDED))
+                sigs.append(b"")
+            else:
+                self.stats["signed"] += 1
+                evs.append(event(Action.SIGN, **common))
+                sigs.append(r)
+        return _Outcome(StreamChunk(p.start, sigs, errs, cred.key_version), evs, failed)
+
+    def _close(self, outcome: Result, reason: str) -> None:
+        """Whatever ended the stream: await chunks still at the HSM, audit them (undelivered),
+        and write batch.end."""
+        leftovers = []
+        while self.inflight:
+            p = self.inflight.popleft()
+            wait_futures([p.future])
+            leftovers.append(self._outcome(p, delivered=False))
+        with self.store.tx() as t:
+            events = [ev for out in leftovers for ev in out.events]
+            for out in leftovers:
+                t.release_hashes(self.cred.credential_id, self.sad.id, out.failed_positions)
+            t.append(
+                *events,
+                event(
+                    Action.BATCH_END,
+                    outcome,
+                    credential_id=self.cred.credential_id,
+                    key_version=self.cred.key_version,
+                    digest=self.fingerprint,
+                    reason=reason,
+                    details={
+                        "sad_id": self.sad.id,
+                        "authorized": len(self.sad.hashes),
+                        "received": self.received,
+                        **self.stats,
+                    },
+                ),
+            )
