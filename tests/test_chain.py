@@ -44,3 +44,12 @@ def test_truncated_tail_against_recorded_head() -> None:
     rows = build(10)
     rep = chain.verify(rows[:7], expect_head=(10, rows[-1]["hash"]))
     assert not rep.ok and "truncated" in rep.problem
+
+
+def test_fast_canonical_matches_the_json_definition() -> None:
+    rows = build(3)
+    rows[1]["actor"] = 'Lò Văn Tuấn "quoted" \\ back\nslash \u0001 ctl'
+    rows[2]["details"] = '{"a":"Sơn La, tỉnh","n":1}'
+    rows[2]["key_version"] = 12345678901
+    for r in rows:
+        assert chain.canonical(r) == chain.canonical_reference(r)

@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 GENESIS = "0" * 64
@@ -33,10 +34,26 @@ HASHED_FIELDS = (
 )
 
 
-def canonical(fields: Mapping[str, Any]) -> bytes:
+def canonical_reference(fields: Mapping[str, Any]) -> bytes:
+    """The definition: compact JSON, keys sorted, UTF-8. An offline verifier may use exactly this."""
     return json.dumps(
         {k: fields[k] for k in HASHED_FIELDS}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
     ).encode("utf-8")
+
+
+_SORTED = sorted(HASHED_FIELDS)
+_INT_FIELDS = frozenset({"seq", "key_version"})
+_enc = encode_basestring  # the C string encoder json.dumps(ensure_ascii=False) uses
+
+
+def canonical(fields: Mapping[str, Any]) -> bytes:
+    """Byte-for-byte ``canonical_reference``, about twice as fast (the batch path hashes one record
+    per signature); tests/test_chain.py checks the two agree."""
+    parts = []
+    for k in _SORTED:
+        v = fields[k]
+        parts.append(f'"{k}":{int(v)!r}' if k in _INT_FIELDS else f'"{k}":{_enc(v)}')
+    return ("{" + ",".join(parts) + "}").encode("utf-8")
 
 
 def record_hash(fields: Mapping[str, Any]) -> str:

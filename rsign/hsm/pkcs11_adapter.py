@@ -16,6 +16,7 @@ from typing import Any
 import pkcs11
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11 import Mechanism as P11Mech
 from pkcs11.exceptions import (
@@ -25,7 +26,7 @@ from pkcs11.exceptions import (
     SessionHandleInvalid,
     UserNotLoggedIn,
 )
-from pkcs11.util.ec import encode_ec_public_key, encode_ecdsa_signature, encode_named_curve_parameters
+from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from rsign.errors import HsmUnavailable, NotFound
 from rsign.hsm.ports import HsmConfig, ItemFailure, SignResult
@@ -159,7 +160,7 @@ class Pkcs11Token:
             except PKCS11Error as exc:
                 out.append(ItemFailure(f"HSM refused to sign: {type(exc).__name__}"))
                 continue
-            out.append(encode_ecdsa_signature(sig) if spec.der_ecdsa else sig)
+            out.append(_der_ecdsa(sig) if spec.der_ecdsa else sig)
         return out
 
     def generate_keypair(self, alg: KeyAlgorithm, cka_id: bytes, label: str) -> bytes:
@@ -279,3 +280,9 @@ def _spki(pub: Any) -> bytes:
             .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         )
     return bytes(encode_ec_public_key(pub))
+
+
+def _der_ecdsa(raw: bytes) -> bytes:
+    """PKCS#11 returns r || s; X.509, CMS and PAdES consumers need DER ECDSA-Sig-Value."""
+    n = len(raw) // 2
+    return encode_dss_signature(int.from_bytes(raw[:n], "big"), int.from_bytes(raw[n:], "big"))

@@ -21,6 +21,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 # Digests per job: large enough to amortise the pipe round trip (~50 us), small enough that a
 # killed worker takes little work with it and that several workers share one request.
 MAX_CHUNK = 256
+# Jobs queued in each worker's pipe.
+PIPELINE_DEPTH = 2
 
 
 @dataclass
@@ -100,6 +103,18 @@ class _Worker:
         self.conn.close()
 
 
+class _Slot:
+    """One worker and the jobs written to its pipe, oldest first."""
+
+    def __init__(self, worker: _Worker) -> None:
+        self.worker: _Worker | None = worker
+        self.pending: deque[_Job] = deque()
+        self.lock = threading.Lock()
+        self.cv = threading.Condition(self.lock)
+        self.room = threading.Semaphore(PIPELINE_DEPTH)
+        self.stopping = False
+
+
 class HsmPool:
     """Implements the ``Hsm`` port over worker processes."""
 
@@ -117,54 +132,90 @@ class HsmPool:
         # spawn, not fork: forking a process that runs gRPC threads can deadlock (grpc#17093).
         self._ctx = multiprocessing.get_context("spawn")
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=self._size * 4)
-        self._workers: list[_Worker | None] = [None] * self._size
         self._closed = False
-        self._lock = threading.Lock()
-        # Start every worker before any dispatcher thread, so a bad PIN fails fast and loudly.
+        # Start every worker before any thread, so a bad PIN fails fast and loudly.
+        self._slots = [_Slot(_Worker(self._ctx, config, start_timeout)) for _ in range(self._size)]
+        self._threads = []
         for i in range(self._size):
-            self._workers[i] = _Worker(self._ctx, config, start_timeout)
-        self._threads = [
-            threading.Thread(target=self._dispatch, args=(i,), daemon=True, name=f"rsign-hsm-{i}")
-            for i in range(self._size)
-        ]
-        for t in self._threads:
-            t.start()
+            for fn, role in ((self._send_loop, "send"), (self._receive_loop, "recv")):
+                t = threading.Thread(target=fn, args=(self._slots[i],), daemon=True, name=f"rsign-hsm-{i}-{role}")
+                t.start()
+                self._threads.append(t)
 
     @property
     def size(self) -> int:
         return self._size
 
     def worker_pids(self) -> list[int]:
-        with self._lock:
-            return [w.pid for w in self._workers if w is not None]
+        pids = []
+        for slot in self._slots:
+            with slot.lock:
+                if slot.worker is not None:
+                    pids.append(slot.worker.pid)
+        return pids
 
     def healthy(self) -> bool:
-        with self._lock:
-            return all(w is not None and w.proc.is_alive() for w in self._workers)
+        return all(slot.worker is not None and slot.worker.proc.is_alive() for slot in self._slots)
 
     # -- dispatch ----------------------------------------------------------------------------
 
-    def _dispatch(self, slot: int) -> None:
+    def _send_loop(self, slot: _Slot) -> None:
+        """Take jobs from the shared queue and write them to this slot's worker, keeping up to
+        ``PIPELINE_DEPTH`` in its pipe: the next job is already there when the current one ends,
+        so the worker never waits for this process to hand over results and send more work."""
         while True:
+            slot.room.acquire()
             job = self._queue.get()
             if job is None:
+                with slot.lock:
+                    slot.stopping = True
+                    slot.cv.notify_all()
                 return
             if not job.future.set_running_or_notify_cancel():
+                slot.room.release()
                 continue
-            worker = self._ensure_worker(slot)
-            if worker is None:
-                job.future.set_exception(HsmUnavailable("the HSM is unavailable"))
-                continue
+            with slot.lock:
+                worker = slot.worker
+                if worker is None or not worker.proc.is_alive():
+                    worker = self._restart(slot)
+                if worker is None:
+                    slot.room.release()
+                    job.future.set_exception(HsmUnavailable("the HSM is unavailable"))
+                    continue
+                slot.pending.append(job)
+                slot.cv.notify_all()
+                try:
+                    worker.conn.send((job.op, job.args))
+                except (OSError, ValueError):
+                    pass  # the receiver notices the dead worker and fails what it held
+
+    def _receive_loop(self, slot: _Slot) -> None:
+        while True:
+            with slot.lock:
+                slot.cv.wait_for(lambda: bool(slot.pending) or slot.stopping)
+                if not slot.pending:
+                    return
+                worker = slot.worker
+            assert worker is not None
             try:
-                worker.conn.send((job.op, job.args))
                 reply = self._await(worker)
-            except (EOFError, OSError, BrokenPipeError, TimeoutError) as exc:
-                log.error("HSM worker %d failed during %s (%s); replacing it", worker.pid, job.op, type(exc).__name__)
-                self._replace(slot)
-                job.future.set_exception(
-                    HsmUnavailable("the HSM worker handling this request failed; retry the request")
-                )
+            except (EOFError, OSError, TimeoutError) as exc:
+                with slot.lock:
+                    failed = list(slot.pending)
+                    slot.pending.clear()
+                    log.error("HSM worker %d failed holding %d job(s) (%s); replacing it",
+                              worker.pid, len(failed), type(exc).__name__)  # fmt: skip
+                    if slot.worker is worker:
+                        self._restart(slot)
+                for job in failed:
+                    slot.room.release()
+                    job.future.set_exception(
+                        HsmUnavailable("the HSM worker handling this request failed; retry the request")
+                    )
                 continue
+            with slot.lock:
+                job = slot.pending.popleft()
+            slot.room.release()
             if reply[0] == "ok":
                 job.future.set_result(reply[1])
             else:
@@ -179,29 +230,18 @@ class HsmPool:
                 raise TimeoutError("worker did not answer")
         return worker.conn.recv()
 
-    def _ensure_worker(self, slot: int) -> _Worker | None:
-        with self._lock:
-            w = self._workers[slot]
-        if w is not None and w.proc.is_alive():
-            return w
-        return self._replace(slot)
-
-    def _replace(self, slot: int) -> _Worker | None:
-        with self._lock:
-            old = self._workers[slot]
-            self._workers[slot] = None
+    def _restart(self, slot: _Slot) -> _Worker | None:
+        """Replace the slot's worker (caller holds ``slot.lock``)."""
+        old, slot.worker = slot.worker, None
         if old is not None:
             old.kill()
         if self._closed:
             return None
         try:
-            new = _Worker(self._ctx, self._config, self._start_timeout)
+            slot.worker = _Worker(self._ctx, self._config, self._start_timeout)
         except HsmUnavailable:
-            log.error("could not restart HSM worker %d", slot)
-            return None
-        with self._lock:
-            self._workers[slot] = new
-        return new
+            log.error("could not restart an HSM worker")
+        return slot.worker
 
     def _submit(self, op: str, *args: Any) -> Future[Any]:
         if self._closed:
@@ -268,13 +308,13 @@ class HsmPool:
         if self._closed:
             return
         self._closed = True
-        for _ in self._threads:
+        for _ in self._slots:
             self._queue.put(None)
         for t in self._threads:
             t.join(timeout=10)
-        with self._lock:
-            workers, self._workers = self._workers, [None] * self._size
-        for w in workers:
+        for slot in self._slots:
+            with slot.lock:
+                w, slot.worker = slot.worker, None
             if w is not None:
                 w.conn.close()  # the worker sees EOF and closes its session
                 w.proc.join(timeout=5)

@@ -16,7 +16,6 @@ ahead, and back-pressure reaches gRPC flow control when the queue is full.
 from __future__ import annotations
 
 import hmac
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,13 +24,14 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
+from rsign import context
 from rsign.audit.events import Action, AuditEvent, Result, event
 from rsign.errors import AlreadyExists, DeadlineExceeded, PermissionDenied, RsignError
 from rsign.hsm.ports import Hsm, ItemFailure, SignResult
 from rsign.signing.algorithms import HashAlg, Scheme, SignSpec, check_digests
 from rsign.store.db import CredentialView, SadView, Store
 
-_POLL = 0.002  # how often to look at the head chunk while waiting for the client
+_WAKE = 0.5  # safety net: the loop re-checks at least this often
 _DISCARDED = "signature discarded: the stream ended before it was delivered"
 
 
@@ -61,22 +61,27 @@ _END = object()
 
 
 class _Inbox:
-    """Reads an iterator on a thread into a bounded queue."""
+    """Reads an iterator on a thread into a bounded deque guarded by the run's condition, which is
+    also notified when a chunk comes back from the HSM: the run loop sleeps until one of the two
+    happens, never polls."""
 
-    def __init__(self, source: Iterable[Sequence[bytes]], maxsize: int) -> None:
-        self._q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
-        self._stop = threading.Event()
+    def __init__(self, source: Iterable[Sequence[bytes]], maxsize: int, cv: threading.Condition) -> None:
+        self.items: deque[Any] = deque()
+        self._max = maxsize
+        self._cv = cv
+        self._stop = False
         self._thread = threading.Thread(target=self._read, args=(iter(source),), daemon=True, name="rsign-stream-in")
         self._thread.start()
 
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _put(self, item: Any, force: bool = False) -> bool:
+        with self._cv:
+            while not force and len(self.items) >= self._max and not self._stop:
+                self._cv.wait(0.5)
+            if self._stop:
+                return False
+            self.items.append(item)
+            self._cv.notify_all()
+            return True
 
     def _read(self, it: Iterator[Sequence[bytes]]) -> None:
         try:
@@ -84,17 +89,20 @@ class _Inbox:
                 if not self._put(chunk):
                     return
         except BaseException as exc:  # handed to the consumer, which decides
-            self._put(exc)
+            self._put(exc, force=True)
             return
-        self._put(_END)
+        self._put(_END, force=True)
 
-    def get(self, timeout: float | None) -> Any:
-        if timeout == 0:
-            return self._q.get_nowait()
-        return self._q.get(timeout=timeout)
+    def pop(self) -> Any:
+        """Caller holds the condition."""
+        item = self.items.popleft()
+        self._cv.notify_all()  # room for the reader
+        return item
 
     def close(self) -> None:
-        self._stop.set()
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
 
 
 @dataclass
@@ -113,31 +121,33 @@ class BatchRun:
     inflight: deque[_Pending] = field(default_factory=deque)
     stats: dict[str, int] = field(default_factory=lambda: {"signed": 0, "failed": 0, "discarded": 0})
     received: int = 0
+    _cv: threading.Condition = field(default_factory=threading.Condition)
 
     def run(self, chunks: Iterable[Sequence[bytes]]) -> Iterator[StreamChunk]:
-        inbox = _Inbox(chunks, maxsize=self.limit)
+        cv = self._cv
+        inbox = _Inbox(chunks, maxsize=self.limit, cv=cv)
         outcome, reason = Result.SUCCESS, "completed"
         ended = False
+
+        def can_progress() -> bool:
+            head_done = bool(self.inflight) and self.inflight[0].future.done()
+            return head_done or (not ended and len(self.inflight) < self.limit and bool(inbox.items))
+
         try:
             while not (ended and not self.inflight):
-                if len(self.inflight) >= self.limit:
-                    wait_futures([self.inflight[0].future])
+                msg: Any = None
+                with cv:
+                    cv.wait_for(can_progress, timeout=_WAKE)
+                    if not ended and len(self.inflight) < self.limit and inbox.items:
+                        msg = inbox.pop()
                 ready = self._collect_ready()
                 new: Sequence[bytes] | None = None
-                if not ended:
-                    # Never hold finished chunks back waiting for the client; otherwise poll the
-                    # head chunk while waiting (a lock-step client waits for it).
-                    timeout = 0.0 if ready else (_POLL if self.inflight else None)
-                    try:
-                        msg = inbox.get(timeout=timeout)
-                    except queue.Empty:
-                        msg = None
-                    if msg is _END:
-                        ended = True
-                    elif isinstance(msg, BaseException):
-                        raise msg
-                    elif msg:
-                        new = msg
+                if msg is _END:
+                    ended = True
+                elif isinstance(msg, BaseException):
+                    raise msg
+                elif msg:
+                    new = msg
                 error: RsignError | None = None
                 if new is not None:
                     try:
@@ -205,8 +215,14 @@ class BatchRun:
                 "a hash of this chunk was already signed with this credential; stream aborted"
             ) from None
         if new is not None:
-            self.inflight.append(_Pending(pos, new, self.hsm.sign_async(self.cred.cka_id, self.spec, new)))
+            fut = self.hsm.sign_async(self.cred.cka_id, self.spec, new)
+            fut.add_done_callback(self._wake)
+            self.inflight.append(_Pending(pos, new, fut))
             self.received += len(new)
+
+    def _wake(self, _: Future[list[SignResult]]) -> None:
+        with self._cv:
+            self._cv.notify_all()
 
     def _outcome(self, p: _Pending, delivered: bool) -> _Outcome:
         try:
@@ -218,6 +234,7 @@ class BatchRun:
         evs: list[AuditEvent] = []
         failed: list[int] = []
         cred = self.cred
+        ctx = context.current()  # once per chunk, not per item: this loop is the batch hot path
         base = {"sad_id": self.sad.id, "scheme": self.scheme.value, "hash_algorithm": self.hash_alg.value}
         for i, (d, r) in enumerate(zip(p.hashes, results, strict=True)):
             at = p.start + i
@@ -226,22 +243,25 @@ class BatchRun:
                 "key_version": cred.key_version,
                 "digest": d.hex(),
                 "details": {**base, "position": at},
+                "actor": ctx.actor,
+                "request_id": ctx.request_id,
+                "client": ctx.client,
             }
             if isinstance(r, ItemFailure):
                 self.stats["failed"] += 1
                 failed.append(at)
-                evs.append(event(Action.SIGN, Result.FAILURE, reason=r.reason, **common))
+                evs.append(AuditEvent(Action.SIGN, Result.FAILURE, reason=r.reason, **common))
                 errs.append((at, r.reason))
                 sigs.append(b"")
             elif not delivered:
                 # Signed by the HSM but never released: stays consumed (it exists, if only in memory).
                 self.stats["discarded"] += 1
-                evs.append(event(Action.SIGN, Result.FAILURE, reason=_DISCARDED, **common))
+                evs.append(AuditEvent(Action.SIGN, Result.FAILURE, reason=_DISCARDED, **common))
                 errs.append((at, _DISCARDED))
                 sigs.append(b"")
             else:
                 self.stats["signed"] += 1
-                evs.append(event(Action.SIGN, **common))
+                evs.append(AuditEvent(Action.SIGN, Result.SUCCESS, **common))
                 sigs.append(r)
         return _Outcome(StreamChunk(p.start, sigs, errs, cred.key_version), evs, failed)
 

@@ -460,8 +460,8 @@ class Tx:
         """Consume hash occurrences; a primary-key violation (already consumed, possibly by a
         concurrent request) aborts the transaction."""
         if keys:
-            self.c.execute(
-                insert(CONSUMED),
+            self._insert_many(
+                CONSUMED,
                 [
                     {
                         "credential_id": credential_id,
@@ -473,6 +473,17 @@ class Tx:
                     for i, (d, o) in enumerate(keys)
                 ],
             )
+
+    def _insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Bulk insert. On SQLite, straight to the driver's executemany: SQLAlchemy's per-row
+        parameter processing was a third of the batch path's database time. Elsewhere, Core's
+        insertmanyvalues (multi-row INSERTs) is already the fast path."""
+        if self.c.dialect.name != "sqlite":
+            self.c.execute(insert(table), rows)
+            return
+        cols = list(rows[0])
+        sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        self.c.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows])
 
     def release_hashes(self, credential_id: str, sad_id: int, positions: Sequence[int]) -> None:
         """Give back occurrences the HSM failed to sign (no signature exists), so that they can be
@@ -514,7 +525,7 @@ class Tx:
             fields["hash"] = prev = chain.record_hash(fields)
             rows.append(fields)
         if rows:
-            self.c.execute(insert(AUDIT), rows)
+            self._insert_many(AUDIT, rows)
             self.c.execute(update(HEAD).where(HEAD.c.id == 1).values(seq=seq, hash=prev))
         return seq
 
