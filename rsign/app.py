@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rsign.audit.keys import AuditKeys
 from rsign.audit.service import AuditService
 from rsign.auth.service import AuthService
 from rsign.clock import Clock, SystemClock
@@ -25,9 +26,16 @@ class App:
     signing: SigningService
     keys: KeyService
     audit: AuditService
+    audit_hsm: Hsm
+
+    def hsm_healthy(self) -> bool:
+        healthy = getattr(self.hsm, "healthy", None)
+        return bool(healthy()) if callable(healthy) else True
 
     def close(self) -> None:
         self.hsm.close()
+        if self.audit_hsm is not self.hsm:
+            self.audit_hsm.close()
         self.store.close()
 
 
@@ -35,7 +43,7 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
     """``pool=True`` (server): HSM worker processes. ``pool=False`` (CLI): one in-process session.
     ``hsm`` overrides both (tests pass the real pool wrapped in a call counter)."""
     clk = clock or SystemClock()
-    store = Store(settings.database_url, clk)
+    store = Store(settings.database_url, clk, busy_timeout=settings.database_busy_timeout_seconds)
     if hsm is not None:
         pass
     elif pool:
@@ -48,6 +56,15 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
         hsm = Pkcs11Token(settings.hsm)
     with init_lock(settings.state_dir):
         ca = DevCA(settings.state_dir / "dev-ca")
+    audit_hsm: Hsm = hsm
+    if pool:
+        from rsign.hsm.pool import HsmPool
+
+        # Audit MACs are computed inside the append transaction: a worker of their own keeps
+        # them from queueing behind batch signing jobs while the write lock is held.
+        audit_hsm = HsmPool(settings.hsm, workers=1)
+    audit_keys = AuditKeys.ensure(store, audit_hsm, ca, clk)
+    store.mac = audit_keys.mac
     auth = AuthService(store, hsm, clk, settings)
     return App(
         settings=settings,
@@ -57,5 +74,6 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
         auth=auth,
         signing=SigningService(store, hsm, clk, settings, auth),
         keys=KeyService(store, hsm, clk, settings, ca),
-        audit=AuditService(store),
+        audit=AuditService(store, audit_keys, clk),
+        audit_hsm=audit_hsm,
     )

@@ -37,6 +37,9 @@ class Settings:
     multisign_default: int = 10_000
     multisign_max: int = 10_000
     stream_inflight_chunks: int = 4  # per stream: bounds memory and HSM queue share
+    checkpoint_every_records: int = 10_000
+    checkpoint_interval_seconds: float = 60.0
+    database_busy_timeout_seconds: float = 5.0
     pin_min_length: int = 6
 
     def with_overrides(self, **kw: Any) -> Settings:
@@ -52,7 +55,13 @@ _INT_KEYS = {
     "multisign_max",
     "pin_min_length",
 }
-_FLOAT_KEYS = {"session_idle_seconds", "session_max_seconds", "sad_ttl_seconds"}
+_FLOAT_KEYS = {
+    "checkpoint_interval_seconds",
+    "database_busy_timeout_seconds",
+    "session_idle_seconds",
+    "session_max_seconds",
+    "sad_ttl_seconds",
+}
 
 
 @contextmanager

@@ -18,6 +18,7 @@ class RequestContext:
     request_id: str
     client: str
     actor: str = ""
+    agency: str = ""  # the actor's agency: audit records are scoped by it
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("rsign_request", default=None)
@@ -38,5 +39,6 @@ def request(client: str, request_id: str | None = None, actor: str = "") -> Iter
         _current.reset(token)
 
 
-def set_actor(actor: str) -> None:
-    _current.set(replace(current(), actor=actor))
+def set_actor(actor: str, agency: str | None = None) -> None:
+    ctx = current()
+    _current.set(replace(ctx, actor=actor, agency=ctx.agency if agency is None else agency))

@@ -59,5 +59,9 @@ class AuditUnavailable(Unavailable):
     """The audit record could not be committed; the operation is refused (fail closed)."""
 
 
+class AuditIntegrityError(RsignError):
+    """The audit log failed verification: rsign will not sign a checkpoint over it."""
+
+
 class ConfigurationError(RsignError):
     """The configuration is incomplete or contradictory."""

@@ -59,6 +59,12 @@ class CountingHsm:
     def public_key(self, cka_id: bytes) -> bytes:
         return self.inner.public_key(cka_id)
 
+    def generate_mac_key(self, cka_id: bytes, label: str) -> None:
+        self.inner.generate_mac_key(cka_id, label)
+
+    def mac(self, cka_id: bytes, messages: Sequence[bytes]) -> list[bytes]:
+        return self.inner.mac(cka_id, messages)
+
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         return self.inner.seal(plaintext, aad)
 

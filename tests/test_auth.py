@@ -71,8 +71,10 @@ def test_lockout_after_five_failures_and_unlock(env: Env, signer: Signer) -> Non
     # The CLI unlocks while the server runs.
     out = subprocess.run(
         [sys.executable, "-m", "rsign.cli", "users", "unlock", signer.user_id, "--state-dir", str(env.state_dir)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "unlocked" in out.stdout
     c.login(signer.user_id, signer.pin, signer.code())
     assert c.list_credentials() == []

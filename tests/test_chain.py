@@ -11,10 +11,21 @@ def build(n: int) -> list[dict[str, Any]]:
     rows, prev = [], chain.GENESIS
     for seq in range(1, n + 1):
         r: dict[str, Any] = {
-            "seq": seq, "ts": f"2026-11-26T00:00:{seq:02d}.000000Z", "actor": "lo.van.tuan", "action": "sign.hash",
-            "result": "success", "credential_id": "C1", "key_version": 1, "digest": f"{seq:064x}", "reason": "",
-            "request_id": "r", "client": "ipv4:127.0.0.1:1", "details": "{}", "prev_hash": prev,
-        }  # fmt: skip
+            "seq": seq,
+            "ts": f"2026-11-26T00:00:{seq:02d}.000000Z",
+            "actor": "lo.van.tuan",
+            "action": "sign.hash",
+            "result": "success",
+            "agency": "Sở Nội vụ, tỉnh Sơn La",
+            "credential_id": "C1",
+            "key_version": 1,
+            "digest": f"{seq:064x}",
+            "reason": "",
+            "request_id": "r",
+            "client": "ipv4:127.0.0.1:1",
+            "details": "{}",
+            "prev_hash": prev,
+        }
         r["hash"] = prev = chain.record_hash(r)
         rows.append(r)
     return rows

@@ -16,15 +16,27 @@ from tests.conftest import Env
 def verify(state: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rsign.cli", "audit", "verify", "--state-dir", str(state)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_audit_covers_the_run_and_verifies(env: Env, tmp_path: Path) -> None:
     with env.app.store.read() as t:
         actions = {r["action"] for r in t.audit_rows()}
-    for a in ("auth.login", "auth.lockout", "auth.unlock", "auth.logout", "auth.session_expired",
-              "sad.issue", "sad.consume", "sad.refuse", "sign.hash", "key.generate", "user.enrol"):  # fmt: skip
+    for a in (
+        "auth.login",
+        "auth.lockout",
+        "auth.unlock",
+        "auth.logout",
+        "auth.session_expired",
+        "sad.issue",
+        "sad.consume",
+        "sad.refuse",
+        "sign.hash",
+        "key.generate",
+        "user.enrol",
+    ):
         assert a in actions, a
     out = verify(env.state_dir)
     assert out.returncode == 0, out.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 
@@ -18,6 +19,7 @@ class RsignClient:
         self.channel = grpc.insecure_channel(target) if isinstance(target, str) else target
         self.auth = pb_grpc.AuthServiceStub(self.channel)
         self.signing = pb_grpc.SigningServiceStub(self.channel)
+        self.audit = pb_grpc.AuditServiceStub(self.channel)
         self.token = ""
 
     def _md(self) -> list[tuple[str, str]]:
@@ -79,13 +81,27 @@ class RsignClient:
                 part = list(hashes[i : i + chunk])
                 if i == 0:
                     yield pb.SignHashStreamRequest(
-                        credential_id=credential_id, sad=sad, hash_algorithm=HASH[hash_alg],
-                        signature_scheme=SCHEME[scheme], hashes=part,
-                    )  # fmt: skip
+                        credential_id=credential_id,
+                        sad=sad,
+                        hash_algorithm=HASH[hash_alg],
+                        signature_scheme=SCHEME[scheme],
+                        hashes=part,
+                    )
                 else:
                     yield pb.SignHashStreamRequest(hashes=part)
 
         return iter(self.signing.SignHashStream(requests(), metadata=self._md(), timeout=timeout))
+
+    def list_events(self, page_size: int = 100, page_token: str = "", **flt: Any) -> pb.ListEventsResponse:
+        req = pb.ListEventsRequest(filter=pb.EventFilter(**flt), page_size=page_size, page_token=page_token)
+        return self.audit.ListEvents(req, metadata=self._md())
+
+    def export_events(self, **flt: Any) -> bytes:
+        chunks = self.audit.ExportEvents(pb.ExportEventsRequest(filter=pb.EventFilter(**flt)), metadata=self._md())
+        return b"".join(c.data for c in chunks)
+
+    def verify_log(self) -> pb.VerifyLogResponse:
+        return self.audit.VerifyLog(pb.VerifyLogRequest(), metadata=self._md())
 
     def close(self) -> None:
         self.channel.close()

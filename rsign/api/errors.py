@@ -16,6 +16,7 @@ STATUS: list[tuple[type[errors.RsignError], grpc.StatusCode]] = [
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.AuditIntegrityError, grpc.StatusCode.DATA_LOSS),
     (errors.ConfigurationError, grpc.StatusCode.INTERNAL),
 ]
 

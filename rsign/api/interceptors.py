@@ -123,6 +123,27 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream, handler.request_deserializer, handler.response_serializer
             )
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            def unary_stream(request: Any, ctx: grpc.ServicerContext) -> Iterator[Any]:
+                rc = None
+                try:
+                    rc = setup(ctx)
+                    yield from inner_us(request, ctx)
+                except Exception as exc:
+                    if _is_abort(exc):
+                        raise
+                    fail(ctx, exc)
+                finally:
+                    _principal.set(None)
+                    if rc is not None:
+                        rc.__exit__(None, None, None)
+
+            if not public:
+                return grpc.unary_stream_rpc_method_handler(
+                    unary_stream, handler.request_deserializer, handler.response_serializer
+                )
         if not public:
             # Fail closed: an RPC shape this interceptor cannot authenticate is never served.
             raise RuntimeError(f"{method}: unsupported RPC shape for an authenticated method")

@@ -14,13 +14,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from rsign.api.interceptors import ServiceInterceptor
-from rsign.api.servicers import AuthServicer, SigningServicer
+from rsign.api.servicers import AuditServicer, AuthServicer, SigningServicer
 from rsign.app import App
+from rsign.audit.service import Checkpointer
 from rsign.v1 import rsign_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("rsign.v1.AuthService", "rsign.v1.SigningService")
+SERVICES = ("rsign.v1.AuthService", "rsign.v1.SigningService", "rsign.v1.AuditService")
 
 
 @dataclass
@@ -28,15 +29,44 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    checkpointer: Checkpointer
+    monitor: StoreMonitor
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace: float = 5.0) -> None:
-        for name in ("", *SERVICES):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.monitor.stop()
+        set_health(self.health, False)
         self.server.stop(grace).wait()
+        self.checkpointer.stop()  # signs a last checkpoint over everything written
+
+
+def set_health(hs: health.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICES):
+        hs.set(name, status)
+
+
+class StoreMonitor:
+    """Health follows the audit store: NOT_SERVING from the first failed write until a probe
+    (an audit insert, rolled back) succeeds again. Signing fails closed meanwhile."""
+
+    def __init__(self, app: App, hs: health.HealthServicer) -> None:
+        self._app = app
+        self._stop = threading.Event()
+        app.store.on_health_change(lambda ok: set_health(hs, ok and app.hsm_healthy()))
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rsign-store-monitor")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            if not self._app.store.healthy:
+                self._app.store.probe()
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def start_server(app: App, listen: str, max_workers: int = 64) -> RunningServer:
@@ -49,15 +79,20 @@ def start_server(app: App, listen: str, max_workers: int = 64) -> RunningServer:
     )
     pb_grpc.add_AuthServiceServicer_to_server(AuthServicer(app), server)
     pb_grpc.add_SigningServiceServicer_to_server(SigningServicer(app), server)
+    pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(app), server)
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     server.start()
-    for name in ("", *SERVICES):
-        hs.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, hs)
+    set_health(hs, app.store.healthy)
+    monitor = StoreMonitor(app, hs)
+    cp = Checkpointer(
+        app.audit, app.store, app.settings.checkpoint_every_records, app.settings.checkpoint_interval_seconds
+    )
+    cp.start()
+    return RunningServer(server, port, hs, cp, monitor)
 
 
 @contextlib.contextmanager

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 
 from rsign.api.interceptors import current_principal
 from rsign.app import App
+from rsign.audit.events import EventFilter
+from rsign.clock import iso_utc
 from rsign.errors import InvalidRequest
 from rsign.signing.algorithms import HashAlg, KeyAlgorithm, Scheme
 from rsign.store.db import CredentialView
@@ -134,3 +137,72 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
                 errors=[pb.ItemError(index=i, reason=r) for i, r in chunk.errors],
                 key_version=chunk.key_version,
             )
+
+
+def event_filter(f: pb.EventFilter) -> EventFilter:
+    def iso(t: int) -> str:
+        return iso_utc(float(t)) if t else ""
+
+    if f.result and f.result not in ("success", "failure"):
+        raise InvalidRequest("result must be 'success' or 'failure'")
+    return EventFilter(
+        from_ts=iso(f.from_time),
+        to_ts=iso(f.to_time),
+        actor=f.user_id,
+        credential_id=f.credential_id,
+        agency=f.agency,
+        action=f.action,
+        result=f.result,
+    )
+
+
+def audit_event_pb(r: dict[str, Any]) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        seq=r["seq"],
+        time=r["ts"],
+        actor=r["actor"],
+        agency=r["agency"],
+        action=r["action"],
+        result=r["result"],
+        credential_id=r["credential_id"],
+        key_version=r["key_version"],
+        digest=r["digest"],
+        reason=r["reason"],
+        request_id=r["request_id"],
+        client=r["client"],
+        details_json=r["details"],
+        hash=r["hash"],
+    )
+
+
+class AuditServicer(pb_grpc.AuditServiceServicer):
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    def ListEvents(self, request: pb.ListEventsRequest, context: grpc.ServicerContext) -> pb.ListEventsResponse:
+        page = self._app.audit.list_events(
+            current_principal(), event_filter(request.filter), request.page_size, request.page_token
+        )
+        return pb.ListEventsResponse(events=[audit_event_pb(r) for r in page.events], next_page_token=page.next_token)
+
+    def ExportEvents(self, request: pb.ExportEventsRequest, context: grpc.ServicerContext) -> Iterator[pb.ExportChunk]:
+        buf = bytearray()
+        for line in self._app.audit.export(current_principal(), event_filter(request.filter)):
+            buf += line
+            if len(buf) >= 64 * 1024:
+                yield pb.ExportChunk(data=bytes(buf))
+                buf.clear()
+        if buf:
+            yield pb.ExportChunk(data=bytes(buf))
+
+    def VerifyLog(self, request: pb.VerifyLogRequest, context: grpc.ServicerContext) -> pb.VerifyLogResponse:
+        rep = self._app.audit.verify_log(current_principal())
+        return pb.VerifyLogResponse(
+            ok=rep.ok,
+            records=rep.records,
+            head_seq=rep.head_seq,
+            bad_seq=rep.bad_seq or 0,
+            problem=rep.problem,
+            checkpoints=rep.checkpoints,
+            last_checkpoint_seq=rep.last_checkpoint_seq,
+        )

@@ -1,9 +1,23 @@
-"""Canonical encoding and hash chaining of audit records (pure functions).
+"""The audit log's integrity scheme (pure functions, shared by the service and the offline verifier).
 
-record.hash = SHA-256(prev_hash || 0x0a || canonical_json(record fields including seq and prev_hash)).
-A verifier recomputes every hash in sequence order and checks that sequence numbers have no gaps.
-This alone protects against accidental or partial edits; an attacker able to rewrite the database
-can recompute the chain, which keyed integrity and signed checkpoints address.
+For record ``seq``:
+
+    content_hash = SHA-256(canonical JSON of the record's fields, prev_hash excluded)
+    hash         = SHA-256("rsign-audit-link/v1\\n" || prev_hash || "\\n" || content_hash)
+
+so each record commits to every record before it. Splitting content from link lets an export
+leave out a record's content (another agency's, for a scoped auditor) while still proving the
+chain: it carries that record's ``content_hash`` only.
+
+Three layers, each closing a gap the previous one leaves:
+
+1. the hash chain and gap-free sequence numbers catch edits, insertions, deletions and reordering
+   by anyone who does not recompute the chain;
+2. a MAC under an HSM-held key on the last record of every append transaction (covering, through
+   the chain, every record before it) catches a database administrator who edits a record and
+   recomputes every hash after it;
+3. checkpoints signed by an HSM-held audit key over (sequence, head hash, UTC time) catch a
+   truncated tail, and let anyone verify an export offline with the audit certificate alone.
 """
 
 from __future__ import annotations
@@ -17,10 +31,11 @@ from typing import Any
 
 GENESIS = "0" * 64
 
-HASHED_FIELDS = (
+CONTENT_FIELDS = (
     "seq",
     "ts",
     "actor",
+    "agency",
     "action",
     "result",
     "credential_id",
@@ -30,25 +45,22 @@ HASHED_FIELDS = (
     "request_id",
     "client",
     "details",
-    "prev_hash",
 )
+_SORTED = sorted(CONTENT_FIELDS)
+_INT_FIELDS = frozenset({"seq", "key_version"})
+_enc = encode_basestring  # the C string encoder json.dumps(ensure_ascii=False) uses
 
 
 def canonical_reference(fields: Mapping[str, Any]) -> bytes:
     """The definition: compact JSON, keys sorted, UTF-8. An offline verifier may use exactly this."""
     return json.dumps(
-        {k: fields[k] for k in HASHED_FIELDS}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        {k: fields[k] for k in CONTENT_FIELDS}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
     ).encode("utf-8")
-
-
-_SORTED = sorted(HASHED_FIELDS)
-_INT_FIELDS = frozenset({"seq", "key_version"})
-_enc = encode_basestring  # the C string encoder json.dumps(ensure_ascii=False) uses
 
 
 def canonical(fields: Mapping[str, Any]) -> bytes:
     """Byte-for-byte ``canonical_reference``, about twice as fast (the batch path hashes one record
-    per signature); tests/test_chain.py checks the two agree."""
+    per signature); tests/test_chain.py checks that the two agree."""
     parts = []
     for k in _SORTED:
         v = fields[k]
@@ -56,8 +68,25 @@ def canonical(fields: Mapping[str, Any]) -> bytes:
     return ("{" + ",".join(parts) + "}").encode("utf-8")
 
 
+def content_hash(fields: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(fields)).hexdigest()
+
+
+def link(prev_hash: str, content: str) -> str:
+    return hashlib.sha256(f"rsign-audit-link/v1\n{prev_hash}\n{content}".encode("ascii")).hexdigest()
+
+
 def record_hash(fields: Mapping[str, Any]) -> str:
-    return hashlib.sha256(fields["prev_hash"].encode("ascii") + b"\n" + canonical(fields)).hexdigest()
+    return link(fields["prev_hash"], content_hash(fields))
+
+
+def mac_message(seq: int, head_hash: str) -> bytes:
+    return f"rsign-audit-mac/v1\n{seq}\n{head_hash}".encode("ascii")
+
+
+def checkpoint_message(seq: int, head_hash: str, ts: str) -> bytes:
+    """What an audit checkpoint signs (ECDSA P-256 with SHA-256 over these bytes)."""
+    return f"rsign-audit-checkpoint/v1\n{seq}\n{head_hash}\n{ts}\n".encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -70,32 +99,48 @@ class ChainReport:
     problem: str = ""
 
 
-def verify(rows: Iterable[Mapping[str, Any]], expect_head: tuple[int, str] | None = None) -> ChainReport:
-    """Walk ``rows`` in sequence order; report the first record that breaks the chain."""
-    prev_hash = GENESIS
-    expected_seq = 1
+def verify(
+    rows: Iterable[Mapping[str, Any]],
+    expect_head: tuple[int, str] | None = None,
+    start: tuple[int, str] = (0, GENESIS),
+) -> ChainReport:
+    """Walk ``rows`` in sequence order from ``start`` (sequence, hash of the record before the
+    first row); report the first record that breaks the chain.
+
+    A row is either a full record (its content is hashed) or a link (``content_hash`` given,
+    content withheld). ``expect_head`` is the head the log claims (its own head row, or a signed
+    checkpoint): a shorter chain is reported as truncation.
+    """
+    prev_seq, prev_hash = start
+    expected_seq = prev_seq + 1
     count = 0
     for row in rows:
         seq = int(row["seq"])
         if seq != expected_seq:
+            if seq < expected_seq:
+                return ChainReport(
+                    False, count, expected_seq - 1, prev_hash, seq, f"record {seq} appears twice or out of order"
+                )
             return ChainReport(
                 False,
                 count,
                 expected_seq - 1,
                 prev_hash,
                 expected_seq,
-                f"record {expected_seq} is missing (next present record is {seq})",
+                f"record {expected_seq} is missing (the next record present is {seq})",
             )
-        if row["prev_hash"] != prev_hash:
+        if "prev_hash" in row and row["prev_hash"] != prev_hash:
             return ChainReport(
                 False,
                 count,
                 seq - 1,
                 prev_hash,
                 seq,
-                f"record {seq} does not link to record {seq - 1} (prev_hash mismatch)",
+                f"record {seq} does not link to record {seq - 1} (prev_hash differs)",
             )
-        if record_hash(row) != row["hash"]:
+        ch = row["content_hash"] if "content_hash" in row and "action" not in row else content_hash(row)
+        h = link(prev_hash, ch)
+        if h != row["hash"]:
             return ChainReport(
                 False,
                 count,
@@ -104,7 +149,7 @@ def verify(rows: Iterable[Mapping[str, Any]], expect_head: tuple[int, str] | Non
                 seq,
                 f"record {seq} was modified (its hash does not match its content)",
             )
-        prev_hash = row["hash"]
+        prev_hash = h
         expected_seq += 1
         count += 1
     head_seq = expected_seq - 1
@@ -117,7 +162,7 @@ def verify(rows: Iterable[Mapping[str, Any]], expect_head: tuple[int, str] | Non
                 head_seq,
                 prev_hash,
                 head_seq + 1,
-                f"records {head_seq + 1}..{want_seq} are missing (log truncated)",
+                f"records {head_seq + 1}..{want_seq} are missing (the log was truncated)",
             )
         return ChainReport(
             False,
@@ -125,6 +170,6 @@ def verify(rows: Iterable[Mapping[str, Any]], expect_head: tuple[int, str] | Non
             head_seq,
             prev_hash,
             want_seq,
-            f"the chain head does not match the recorded head at record {want_seq}",
+            f"the chain does not end where the log says it does (record {want_seq})",
         )
     return ChainReport(True, count, head_seq, prev_hash)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ class Action(enum.StrEnum):
     BATCH_END = "batch.end"
     KEY_GENERATE = "key.generate"
     AUDIT_VERIFY = "audit.verify"
+    AUDIT_EXPORT = "audit.export"
+    AUDIT_QUERY = "audit.query"
 
 
 class Result(enum.StrEnum):
@@ -36,6 +39,7 @@ class AuditEvent:
     action: Action
     result: Result = Result.SUCCESS
     actor: str = ""
+    agency: str = ""
     credential_id: str = ""
     key_version: int = 0
     digest: str = ""  # hex digest signed or authorised (never a secret)
@@ -49,4 +53,36 @@ def event(action: Action, result: Result = Result.SUCCESS, **kw: Any) -> AuditEv
     """Build an event stamped with the current request's id, client and (default) actor."""
     ctx = context.current()
     kw.setdefault("actor", ctx.actor)
+    kw.setdefault("agency", ctx.agency)
     return AuditEvent(action, result, request_id=ctx.request_id, client=ctx.client, **kw)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Audit query filter; empty fields do not filter. Times are ISO 8601 UTC strings."""
+
+    from_ts: str = ""
+    to_ts: str = ""
+    actor: str = ""
+    credential_id: str = ""
+    agency: str = ""
+    action: str = ""
+    result: str = ""
+
+
+def matches(flt: EventFilter, rec: Mapping[str, Any]) -> bool:
+    """The same filter, applied in Python (export decides record vs link per row)."""
+    if flt.from_ts and rec["ts"] < flt.from_ts:
+        return False
+    if flt.to_ts and rec["ts"] >= flt.to_ts:
+        return False
+    return all(
+        not want or rec[col] == want
+        for col, want in (
+            ("actor", flt.actor),
+            ("credential_id", flt.credential_id),
+            ("agency", flt.agency),
+            ("action", flt.action),
+            ("result", flt.result),
+        )
+    )

@@ -1,28 +1,363 @@
-"""Audit log verification."""
+"""Audit for auditors: verification, signed checkpoints, queries and exports.
+
+Authorization: the audit API is for the ``auditor`` role (and ``admin``). An auditor's scope is
+either their agency (they see and export only records of that agency; other records appear in an
+export as content-free links, so the chain still verifies) or the whole province.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
 from rsign.audit import chain
-from rsign.audit.events import Action, Result, event
-from rsign.store.db import Store
+from rsign.audit.events import Action, EventFilter, Result, event, matches
+from rsign.audit.keys import AuditKeys
+from rsign.audit.offline import FORMAT, export_signature_message
+from rsign.auth.service import Principal
+from rsign.clock import Clock, iso_utc
+from rsign.errors import AuditIntegrityError, InvalidRequest, PermissionDenied, RsignError
+from rsign.store.db import CheckpointView, Store
+
+log = logging.getLogger(__name__)
+
+AUDIT_ROLES = frozenset({"auditor", "admin"})
+_MAC_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class LogReport:
+    ok: bool
+    records: int
+    head_seq: int
+    bad_seq: int | None
+    problem: str
+    checkpoints: int
+    last_checkpoint_seq: int
+
+
+@dataclass(frozen=True)
+class Page:
+    events: list[dict[str, Any]]
+    next_token: str
 
 
 class AuditService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, keys: AuditKeys, clock: Clock) -> None:
         self._store = store
+        self._keys = keys
+        self._clock = clock
+        # One checkpoint at a time in this process; the database arbitrates between replicas.
+        self._cp_lock = threading.Lock()
 
-    def verify(self) -> chain.ChainReport:
-        """Walk the whole chain against the recorded head; the verification itself is audited."""
-        with self._store.read() as t:
-            head = t.audit_head()
-            report = chain.verify(t.audit_rows(), expect_head=head)
+    # -- authorization -----------------------------------------------------------------------
+
+    @staticmethod
+    def scoped(who: Principal | None, flt: EventFilter) -> EventFilter:
+        """Apply the caller's scope. ``None`` is the local operator (CLI on the state directory)."""
+        if who is None:
+            return flt
+        if who.role not in AUDIT_ROLES:
+            raise PermissionDenied("the audit API is reserved to auditors")
+        if who.role == "admin" or who.scope == "province":
+            return flt
+        if flt.agency and flt.agency != who.agency:
+            raise PermissionDenied(f"your audit scope is {who.agency!r}; you cannot see {flt.agency!r}")
+        return replace(flt, agency=who.agency)
+
+    # -- verification ------------------------------------------------------------------------
+
+    def verify_log(self, who: Principal | None = None) -> LogReport:
+        """Verify the stored log: chain, MACs (HSM key), checkpoints, truncation. Audited."""
+        self.scoped(who, EventFilter())
+        report = self._verify()
         with self._store.tx() as t:
             t.append(
                 event(
                     Action.AUDIT_VERIFY,
                     Result.SUCCESS if report.ok else Result.FAILURE,
                     reason=report.problem,
-                    details={"records": report.records, "head_seq": report.head_seq},
+                    details={"records": report.records, "head_seq": report.head_seq, "checkpoints": report.checkpoints},
                 )
             )
         return report
+
+    def _verify(self, after: int = 0, start_hash: str = chain.GENESIS) -> LogReport:
+        with self._store.read() as t:
+            head = t.audit_head()
+            cps = t.checkpoints()
+            macs: list[tuple[int, str, str]] = []
+            cp_hash = {cp.seq: cp.head_hash for cp in cps}
+            seen_cp: dict[int, str] = {}
+
+            def rows() -> Iterator[dict[str, Any]]:
+                for r in t.audit_rows(after):
+                    if r["mac"]:
+                        macs.append((int(r["seq"]), r["hash"], r["mac"]))
+                    if r["seq"] in cp_hash:
+                        seen_cp[int(r["seq"])] = r["hash"]
+                    yield r
+
+            rep = chain.verify(rows(), start=(after, start_hash))
+        problems: list[tuple[int, str]] = []
+        if not rep.ok:
+            problems.append((rep.bad_seq or 0, rep.problem))
+        # Keyed integrity: recompute the MACs in the HSM, in batches.
+        for i in range(0, len(macs), _MAC_BATCH):
+            part = macs[i : i + _MAC_BATCH]
+            want = self._keys.macs([chain.mac_message(seq, h) for seq, h, _ in part])
+            for (seq, _, got), w in zip(part, want, strict=True):
+                if not hmac.compare_digest(got, w):
+                    problems.append((seq, f"record {seq} fails its MAC (forged, or the chain was recomputed)"))
+                    break
+        if rep.ok and rep.head_seq > after and (not macs or macs[-1][0] != rep.head_seq):
+            problems.append(
+                (
+                    rep.head_seq,
+                    f"record {rep.head_seq} ends the log without a MAC (records were removed after it,"
+                    " or it was forged)",
+                )
+            )
+        if rep.ok and (rep.head_seq, rep.head_hash) != head:
+            problems.append((rep.head_seq, f"the records end at {rep.head_seq}, the log head says {head[0]}"))
+        # Checkpoints: signed, consistent with the records, and none beyond the last record.
+        cert = self._checkpoint_public_key()
+        for cp in cps:
+            if not _ecdsa_ok(cert, cp.signature, chain.checkpoint_message(cp.seq, cp.head_hash, cp.ts)):
+                problems.append((cp.seq, f"checkpoint {cp.seq}: signature invalid"))
+            elif cp.seq > rep.head_seq and rep.ok:
+                problems.append(
+                    (
+                        rep.head_seq + 1,
+                        f"records {rep.head_seq + 1}..{cp.seq} are missing: checkpoint"
+                        f" {cp.seq} was signed over them (the log was truncated)",
+                    )
+                )
+            elif cp.seq in seen_cp and seen_cp[cp.seq] != cp.head_hash:
+                problems.append(
+                    (
+                        cp.seq,
+                        f"checkpoint {cp.seq} does not match the log: the records up to {cp.seq}"
+                        " differ from what was signed",
+                    )
+                )
+        problems.sort(key=lambda p: p[0])
+        bad_seq, problem = problems[0] if problems else (None, "")
+        return LogReport(not problems, rep.records, rep.head_seq, bad_seq, problem, len(cps), cps[-1].seq if cps else 0)
+
+    def _checkpoint_public_key(self) -> Any:
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(self._keys.signing_key.certificate).public_key()
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint(self) -> CheckpointView | None:
+        """Sign (head seq, head hash, now) if the log grew since the last checkpoint.
+
+        Never signs a state inconsistent with an earlier checkpoint: the records since the last
+        checkpoint must chain from its head and carry valid MACs, or nothing is signed.
+        """
+        with self._cp_lock:
+            with self._store.read() as t:
+                last = t.last_checkpoint()
+                head = t.audit_head()
+                if last is not None:
+                    at_last = t.audit_record(last.seq)
+            if head[0] == 0 or (last is not None and head[0] <= last.seq):
+                return None
+            after, start_hash = 0, chain.GENESIS
+            if last is not None:
+                if at_last is None or at_last["hash"] != last.head_hash:
+                    raise AuditIntegrityError(
+                        f"refusing to sign a checkpoint: the log no longer matches checkpoint {last.seq}"
+                    )
+                after, start_hash = last.seq, last.head_hash
+            rep = self._verify(after, start_hash)
+            if not rep.ok:
+                raise AuditIntegrityError(f"refusing to sign a checkpoint: {rep.problem}")
+            ts = iso_utc(self._clock.now())
+            sig = self._keys.sign(chain.checkpoint_message(rep.head_seq, head[1], ts))
+            cp = CheckpointView(rep.head_seq, head[1], ts, sig)
+            with self._store.tx() as t:
+                added = t.add_checkpoint(cp)
+            return cp if added else None
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def list_events(self, who: Principal | None, flt: EventFilter, page_size: int, page_token: str) -> Page:
+        flt = self.scoped(who, flt)
+        size = max(1, min(page_size or 100, 1000))
+        after = _decode_token(page_token)
+        with self._store.read() as t:
+            rows = t.find_events(flt, after, size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        with self._store.tx() as t:
+            t.append(event(Action.AUDIT_QUERY, details={"filter": _flt_dict(flt), "returned": len(rows)}))
+        return Page(rows, _encode_token(int(rows[-1]["seq"])) if more else "")
+
+    def tail(self, flt: EventFilter, limit: int) -> list[dict[str, Any]]:
+        with self._store.read() as t:
+            return t.last_events(flt, limit)
+
+    # -- export ------------------------------------------------------------------------------
+
+    def export(self, who: Principal | None, flt: EventFilter) -> Iterator[bytes]:
+        """The export file, line by line (see ``rsign.audit.offline`` for the format). A fresh
+        checkpoint is signed first so that every exported record is covered; if the log fails
+        verification none is signed, and the export says so. The export is audited."""
+        flt = self.scoped(who, flt)
+        warning = ""
+        try:
+            self.checkpoint()
+        except RsignError as exc:
+            warning = exc.message
+            log.error("audit export without a fresh checkpoint: %s", warning)
+        with self._store.tx() as t:
+            t.append(
+                event(
+                    Action.AUDIT_EXPORT,
+                    Result.FAILURE if warning else Result.SUCCESS,
+                    reason=warning,
+                    details={"filter": _flt_dict(flt)},
+                )
+            )
+        return self._export_lines(who, flt, warning)
+
+    def _export_lines(self, who: Principal | None, flt: EventFilter, warning: str) -> Iterator[bytes]:
+        digest = hashlib.sha256()
+
+        def emit(obj: dict[str, Any]) -> bytes:
+            line = (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+            digest.update(line)
+            return line
+
+        with self._store.read() as t:
+            head_seq, head_hash = t.audit_head()
+            certs = self._keys.certificates
+            yield emit(
+                {
+                    "type": "header",
+                    "format": FORMAT,
+                    "exported_at": iso_utc(self._clock.now()),
+                    "exported_by": who.user_id if who else "local operator",
+                    "scope": "province"
+                    if who is None or who.scope == "province" or who.role == "admin"
+                    else who.agency,
+                    "filter": _flt_dict(flt),
+                    "head": {"seq": head_seq, "hash": head_hash},
+                    "audit_certificate": base64.b64encode(certs[0]).decode("ascii"),
+                    "issuer_certificates": [base64.b64encode(c).decode("ascii") for c in certs[1:]],
+                    "warning": warning,
+                }
+            )
+            for cp in t.checkpoints():
+                if cp.seq <= head_seq:
+                    yield emit(
+                        {
+                            "type": "checkpoint",
+                            "seq": cp.seq,
+                            "head_hash": cp.head_hash,
+                            "ts": cp.ts,
+                            "signature": base64.b64encode(cp.signature).decode("ascii"),
+                        }
+                    )
+            for r in t.audit_rows(0, head_seq):
+                if matches(flt, r):
+                    yield emit(
+                        {
+                            "type": "record",
+                            **{k: r[k] for k in chain.CONTENT_FIELDS},
+                            "prev_hash": r["prev_hash"],
+                            "hash": r["hash"],
+                        }
+                    )
+                else:
+                    yield emit(
+                        {"type": "link", "seq": r["seq"], "content_hash": chain.content_hash(r), "hash": r["hash"]}
+                    )
+        hexd = digest.hexdigest()
+        sig = self._keys.sign(export_signature_message(hexd))
+        yield (
+            json.dumps({"type": "signature", "sha256": hexd, "signature": base64.b64encode(sig).decode("ascii")}) + "\n"
+        ).encode("utf-8")
+
+
+class Checkpointer:
+    """Signs a checkpoint every ``every_records`` records or ``interval`` seconds, and at stop."""
+
+    def __init__(self, audit: AuditService, store: Store, every_records: int, interval: float) -> None:
+        self._audit = audit
+        self._store = store
+        self._every = every_records
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rsign-checkpointer")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        waited = 0.0
+        while not self._stop.wait(1.0):
+            waited += 1.0
+            try:
+                with self._store.read() as t:
+                    head = t.audit_head()[0]
+                    last = t.last_checkpoint()
+                grown = head - (last.seq if last else 0)
+                if grown > 0 and (grown >= self._every or waited >= self._interval):
+                    self._audit.checkpoint()
+                    waited = 0.0
+            except RsignError as exc:
+                log.error("audit checkpoint not signed: %s", exc.message)
+
+    def stop(self) -> None:
+        """Stop, then sign a last checkpoint over everything written."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        try:
+            self._audit.checkpoint()
+        except RsignError as exc:
+            log.error("final audit checkpoint not signed: %s", exc.message)
+
+
+def _ecdsa_ok(public_key: Any, signature: bytes, message: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _flt_dict(flt: EventFilter) -> dict[str, str]:
+    return {k: v for k, v in flt.__dict__.items() if v}
+
+
+def _encode_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{seq}".encode()).decode("ascii")
+
+
+def _decode_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
+        if not text.startswith("after:"):
+            raise ValueError
+        return int(text[6:])
+    except (ValueError, UnicodeError):
+        raise InvalidRequest("page_token is not one this service issued") from None

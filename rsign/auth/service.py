@@ -27,6 +27,7 @@ from rsign.store.db import Store, UserView
 # Refresh a session's idle timer at most this often: saves a database write on most calls, at the
 # cost of idle expiry being up to this much late.
 _TOUCH_INTERVAL = 30.0
+ROLES = frozenset({"signer", "auditor", "agency_admin", "key_officer", "admin"})
 _LOGIN_FAILED = "login failed: wrong user id, PIN or one-time code"
 
 
@@ -47,6 +48,7 @@ class Principal:
     session_id: int
     role: str
     agency: str
+    scope: str = "agency"  # auditors: "agency" or "province"
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,9 @@ class AuthService:
 
     # -- enrolment ---------------------------------------------------------------------------
 
-    def enrol(self, user_id: str, name: str, pin: str, agency: str = "", role: str = "signer") -> Enrolment:
+    def enrol(
+        self, user_id: str, name: str, pin: str, agency: str = "", role: str = "signer", scope: str = "agency"
+    ) -> Enrolment:
         user_id = user_id.strip()
         if not user_id or len(user_id) > 128:
             raise InvalidRequest("a user id is required (at most 128 characters)")
@@ -73,27 +77,35 @@ class AuthService:
             raise InvalidRequest("a name is required")
         if len(pin) < self._settings.pin_min_length:
             raise InvalidRequest(f"the PIN must have at least {self._settings.pin_min_length} characters")
+        if role not in ROLES:
+            raise InvalidRequest(f"unknown role {role!r}; expected one of {', '.join(sorted(ROLES))}")
+        if scope not in ("agency", "province"):
+            raise InvalidRequest("scope must be 'agency' or 'province'")
         with self._store.read() as t:
             if t.get_user(user_id) is not None:
                 raise AlreadyExists(f"user {user_id} already exists")
         seed = totp.new_seed()
         sealed = self._hsm.seal(seed, seed_aad(user_id))
         with self._store.tx() as t:
-            t.add_user(user_id, name.strip(), agency.strip(), role, pins.hash_pin(pin), sealed, self._clock.now())
+            t.add_user(
+                user_id, name.strip(), agency.strip(), role, pins.hash_pin(pin), sealed, self._clock.now(), scope
+            )
             t.append(
                 event(
                     Action.USER_ENROL,
                     actor=context.current().actor or "cli",
-                    details={"user_id": user_id, "agency": agency, "role": role},
+                    agency=agency.strip(),
+                    details={"user_id": user_id, "agency": agency, "role": role, "scope": scope},
                 )
             )
         return Enrolment(user_id, seed, totp.provisioning_uri(seed, user_id))
 
     def unlock(self, user_id: str) -> None:
         with self._store.tx() as t:
-            if not t.unlock_user(user_id):
+            user = t.get_user(user_id)
+            if user is None or not t.unlock_user(user_id):
                 raise NotFound(f"no user {user_id}")
-            t.append(event(Action.UNLOCK, details={"user_id": user_id}))
+            t.append(event(Action.UNLOCK, agency=user.agency, details={"user_id": user_id}))
 
     # -- login / sessions --------------------------------------------------------------------
 
@@ -105,6 +117,7 @@ class AuthService:
         if user is None:
             self._audit_only(event(Action.LOGIN, Result.FAILURE, reason="unknown user"))
             raise AuthenticationFailed(_LOGIN_FAILED)
+        context.set_actor(user_id, user.agency)
         if user.locked:
             self._audit_only(event(Action.LOGIN, Result.FAILURE, reason="user locked"))
             raise FailedPrecondition(
@@ -154,15 +167,19 @@ class AuthService:
                 if t.end_session(sess.id, now, "expired"):
                     t.append(
                         event(
-                            Action.SESSION_EXPIRED, actor=user.user_id, reason=reason, details={"session_id": sess.id}
+                            Action.SESSION_EXPIRED,
+                            actor=user.user_id,
+                            agency=user.agency,
+                            reason=reason,
+                            details={"session_id": sess.id},
                         )
                     )
             raise AuthenticationFailed(f"session {reason}; log in again")
         if now - sess.last_seen >= _TOUCH_INTERVAL:
             with self._store.tx() as t:
                 t.touch_session(sess.id, now)
-        context.set_actor(user.user_id)
-        return Principal(user.user_id, sess.id, user.role, user.agency)
+        context.set_actor(user.user_id, user.agency)
+        return Principal(user.user_id, sess.id, user.role, user.agency, user.scope)
 
     def logout(self, principal: Principal) -> None:
         with self._store.tx() as t:
@@ -213,9 +230,25 @@ class AuthService:
         """Count a failure, lock at the threshold, audit both; then raise ``err`` (or the lock)."""
         with self._store.tx() as t:
             failures, locked_now = t.record_auth_failure(user.user_id, self._settings.lockout_threshold)
-            evs = [event(action, Result.FAILURE, actor=user.user_id, reason=reason, details={"failures": failures})]
+            evs = [
+                event(
+                    action,
+                    Result.FAILURE,
+                    actor=user.user_id,
+                    agency=user.agency,
+                    reason=reason,
+                    details={"failures": failures},
+                )
+            ]
             if locked_now:
-                evs.append(event(Action.LOCKOUT, actor=user.user_id, reason=f"{failures} consecutive failures"))
+                evs.append(
+                    event(
+                        Action.LOCKOUT,
+                        actor=user.user_id,
+                        agency=user.agency,
+                        reason=f"{failures} consecutive failures",
+                    )
+                )
             t.append(*evs)
         if locked_now:
             raise FailedPrecondition(

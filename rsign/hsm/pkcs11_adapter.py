@@ -199,6 +199,45 @@ class Pkcs11Token:
             raise NotFound("the key is not present in the HSM") from exc
         return _spki(pub)
 
+    # -- MAC keys (audit integrity) -----------------------------------------------------------
+
+    def generate_mac_key(self, cka_id: bytes, label: str) -> None:
+        try:
+            self._session.generate_key(
+                KeyType.GENERIC_SECRET,
+                256,
+                id=cka_id,
+                label=label,
+                store=True,
+                template={
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.SIGN: True,
+                    Attribute.VERIFY: True,
+                },
+            )
+        except PKCS11Error as exc:
+            raise HsmUnavailable(f"the HSM could not generate the MAC key ({type(exc).__name__})") from exc
+
+    def mac(self, cka_id: bytes, messages: Sequence[bytes]) -> list[bytes]:
+        key: Any = self._keys.get(cka_id)
+        try:
+            if key is None:
+                try:
+                    key = self._session.get_key(object_class=ObjectClass.SECRET_KEY, id=cka_id)
+                except NoSuchKey:
+                    self._reinitialize()
+                    try:
+                        key = self._session.get_key(object_class=ObjectClass.SECRET_KEY, id=cka_id)
+                    except NoSuchKey as exc:
+                        raise NotFound("the audit MAC key is not present in the HSM") from exc
+                self._keys[cka_id] = key
+            return [bytes(key.sign(m, mechanism=P11Mech.SHA256_HMAC)) for m in messages]
+        except PKCS11Error as exc:
+            raise HsmUnavailable(f"the HSM could not compute the MAC ({type(exc).__name__})") from exc
+
     # -- sealing small secrets -------------------------------------------------------------
 
     def _seal_keys(self, refresh: bool = False) -> list[Any]:

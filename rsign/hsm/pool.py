@@ -63,6 +63,8 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: HsmConfig)
         "generate_keypair": token.generate_keypair,
         "public_key": token.public_key,
         "seal": token.seal,
+        "generate_mac_key": token.generate_mac_key,
+        "mac": token.mac,
         "unseal": token.unseal,
         "ping": lambda: os.getpid(),
     }
@@ -203,8 +205,12 @@ class HsmPool:
                 with slot.lock:
                     failed = list(slot.pending)
                     slot.pending.clear()
-                    log.error("HSM worker %d failed holding %d job(s) (%s); replacing it",
-                              worker.pid, len(failed), type(exc).__name__)  # fmt: skip
+                    log.error(
+                        "HSM worker %d failed holding %d job(s) (%s); replacing it",
+                        worker.pid,
+                        len(failed),
+                        type(exc).__name__,
+                    )
                     if slot.worker is worker:
                         self._restart(slot)
                 for job in failed:
@@ -294,6 +300,13 @@ class HsmPool:
 
     def public_key(self, cka_id: bytes) -> bytes:
         result: bytes = self._call("public_key", cka_id)
+        return result
+
+    def generate_mac_key(self, cka_id: bytes, label: str) -> None:
+        self._call("generate_mac_key", cka_id, label)
+
+    def mac(self, cka_id: bytes, messages: Sequence[bytes]) -> list[bytes]:
+        result: list[bytes] = self._call("mac", cka_id, list(messages))
         return result
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:

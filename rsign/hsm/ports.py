@@ -53,6 +53,14 @@ class Hsm(Protocol):
         """SubjectPublicKeyInfo DER of the key pair ``cka_id``."""
         ...
 
+    def generate_mac_key(self, cka_id: bytes, label: str) -> None:
+        """Generate an HMAC-SHA256 key inside the HSM (sensitive, non-extractable)."""
+        ...
+
+    def mac(self, cka_id: bytes, messages: Sequence[bytes]) -> list[bytes]:
+        """HMAC-SHA256 of each message under the HSM key ``cka_id``."""
+        ...
+
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         """Encrypt a small secret (a TOTP seed) under the HSM-resident wrapping key."""
         ...

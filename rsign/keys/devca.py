@@ -123,3 +123,44 @@ class DevCA:
             .sign(self._key, hashes.SHA384())
         )
         return cert.public_bytes(serialization.Encoding.DER)
+
+    def issue_audit(self, spki_der: bytes, days: int = 3650) -> bytes:
+        """Certificate for the audit log's checkpoint key (it signs checkpoints and exports)."""
+        public_key = serialization.load_der_public_key(spki_der)
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(
+                x509.Name(
+                    [
+                        x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rsign development"),
+                        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, DEV_MARK),
+                        x509.NameAttribute(NameOID.COMMON_NAME, "rsign audit log signer"),
+                    ]
+                )
+            )
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)  # type: ignore[arg-type]
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=True,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False)
+            .sign(self._key, hashes.SHA384())
+        )
+        return cert.public_bytes(serialization.Encoding.DER)

@@ -60,6 +60,7 @@ class KeyService:
                 event(
                     Action.KEY_GENERATE,
                     actor=context.current().actor or "cli",
+                    agency=holder.agency,
                     credential_id=credential_id,
                     key_version=1,
                     details={"algorithm": alg.value, "holder": holder.user_id, "cka_id": cka_id.hex()},

@@ -240,6 +240,7 @@ class BatchRun:
             at = p.start + i
             common: dict[str, Any] = {
                 "credential_id": cred.credential_id,
+                "agency": cred.agency,
                 "key_version": cred.key_version,
                 "digest": d.hex(),
                 "details": {**base, "position": at},
@@ -283,6 +284,7 @@ class BatchRun:
                     Action.BATCH_END,
                     outcome,
                     credential_id=self.cred.credential_id,
+                    agency=self.cred.agency,
                     key_version=self.cred.key_version,
                     digest=self.fingerprint,
                     reason=reason,

@@ -145,6 +145,7 @@ class SigningService:
                     event(
                         Action.SAD_ISSUE,
                         credential_id=credential_id,
+                        agency=cred.agency,
                         key_version=cred.key_version,
                         digest=fp,
                         details={
@@ -195,6 +196,7 @@ class SigningService:
                     event(
                         Action.SIGN,
                         credential_id=cred.credential_id,
+                        agency=cred.agency,
                         key_version=cred.key_version,
                         digest=d.hex(),
                         details={
@@ -256,6 +258,7 @@ class SigningService:
                 event(
                     Action.SAD_CONSUME,
                     credential_id=cred.credential_id,
+                    agency=cred.agency,
                     key_version=cred.key_version,
                     digest=fp,
                     details={"sad_id": row.id, "count": len(row.hashes)},
@@ -266,6 +269,7 @@ class SigningService:
                     event(
                         Action.BATCH_START,
                         credential_id=cred.credential_id,
+                        agency=cred.agency,
                         key_version=cred.key_version,
                         digest=fp,
                         details={"sad_id": row.id, "authorized": len(row.hashes)},
@@ -344,6 +348,7 @@ class SigningService:
                     Action.SIGN,
                     Result.FAILURE,
                     credential_id=cred.credential_id,
+                    agency=cred.agency,
                     key_version=cred.key_version,
                     digest=fp,
                     reason=reason,

@@ -11,7 +11,7 @@ import json
 import logging
 import struct
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, 
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from rsign.audit import chain
-from rsign.audit.events import AuditEvent
+from rsign.audit.events import AuditEvent, EventFilter
 from rsign.clock import Clock, SystemClock, iso_utc
 from rsign.errors import AlreadyExists, AuditUnavailable, Unavailable
 from rsign.store import models as m
@@ -37,6 +37,8 @@ SADS: Table = m.Sad.__table__  # type: ignore[assignment]
 CONSUMED: Table = m.ConsumedHash.__table__  # type: ignore[assignment]
 AUDIT: Table = m.AuditRecord.__table__  # type: ignore[assignment]
 HEAD: Table = m.AuditHead.__table__  # type: ignore[assignment]
+CHECKPOINTS: Table = m.AuditCheckpoint.__table__  # type: ignore[assignment]
+AUDIT_KEYS: Table = m.AuditKey.__table__  # type: ignore[assignment]
 
 
 # -- plain views handed to the domain (no ORM objects leave this package) ----------------------
@@ -54,6 +56,7 @@ class UserView:
     last_otp_step: int
     failed_attempts: int
     locked: bool
+    scope: str = "agency"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,22 @@ class SadView:
     consumed_at: float | None
 
 
+@dataclass(frozen=True)
+class CheckpointView:
+    seq: int
+    head_hash: str
+    ts: str
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class AuditKeyView:
+    purpose: str
+    cka_id: bytes
+    certificate: bytes
+    chain: tuple[bytes, ...]
+
+
 def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0))
 
@@ -119,7 +138,7 @@ def split_hashes(blob: bytes, size: int) -> tuple[bytes, ...]:
 # -- engine --------------------------------------------------------------------------------------
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout: float = 5.0) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20)
 
@@ -133,7 +152,7 @@ def make_engine(url: str) -> Engine:
             # FULL: a commit is on disk before we answer; an audit record must survive a power cut.
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -147,10 +166,14 @@ def make_engine(url: str) -> Engine:
 
 
 class Store:
-    def __init__(self, url: str, clock: Clock | None = None) -> None:
+    def __init__(self, url: str, clock: Clock | None = None, busy_timeout: float = 5.0) -> None:
         self.url = url
         self.clock = clock or SystemClock()
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, busy_timeout)
+        # Set by the audit layer once its HSM MAC key is known; appends fail closed without it.
+        self.mac: Callable[[bytes], str] | None = None
+        self._healthy = True
+        self._listeners: list[Callable[[bool], None]] = []
         self._write_engine = self.engine.execution_options(rsign_write=True)
         # SQLite allows one writer; waiting writers poll with sleeps of up to 100 ms (busy
         # handler back-off), which wrecks latency under load. Queue this process's writers on a
@@ -180,12 +203,61 @@ class Store:
         carries audit records, and failing closed is the point."""
         try:
             with self._write_lock, self._write_engine.begin() as conn:
-                yield Tx(conn, self.clock)
+                yield Tx(conn, self.clock, self.mac)
         except IntegrityError as exc:
             raise AlreadyExists("the object already exists") from exc
         except (DBAPIError, SQLAlchemyError) as exc:
             log.error("audit store write failed: %s", type(exc).__name__)
+            self._set_health(False)
             raise AuditUnavailable("the audit store is unavailable; the operation was not performed") from exc
+        self._set_health(True)
+
+    # -- health ------------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def on_health_change(self, listener: Callable[[bool], None]) -> None:
+        self._listeners.append(listener)
+
+    def _set_health(self, ok: bool) -> None:
+        if ok != self._healthy:
+            self._healthy = ok
+            log.warning("audit store is %s", "back" if ok else "UNAVAILABLE: signing refused until it returns")
+            for fn in list(self._listeners):
+                fn(ok)
+
+    def probe(self) -> bool:
+        """Can an audit record be written right now? Inserts one and rolls it back."""
+        try:
+            with self._write_lock, self._write_engine.connect() as conn, conn.begin() as trans:
+                conn.execute(
+                    insert(AUDIT).values(
+                        seq=-1,
+                        ts="",
+                        actor="",
+                        agency="",
+                        action="probe",
+                        result="",
+                        credential_id="",
+                        key_version=0,
+                        digest="",
+                        reason="",
+                        request_id="",
+                        client="",
+                        details="{}",
+                        prev_hash="",
+                        hash="",
+                        mac="",
+                    )
+                )
+                trans.rollback()
+        except (DBAPIError, SQLAlchemyError):
+            self._set_health(False)
+            return False
+        self._set_health(True)
+        return True
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Tx]:
@@ -203,9 +275,10 @@ class Store:
 class Tx:
     """Repository methods over one database transaction (SQLAlchemy Core)."""
 
-    def __init__(self, conn: Connection, clock: Clock) -> None:
+    def __init__(self, conn: Connection, clock: Clock, mac: Callable[[bytes], str] | None = None) -> None:
         self.c = conn
         self._clock = clock
+        self._mac = mac
 
     def init_head(self) -> None:
         if self.c.execute(select(HEAD.c.id).where(HEAD.c.id == 1)).first() is None:
@@ -228,10 +301,19 @@ class Tx:
             u.last_otp_step,
             u.failed_attempts,
             bool(u.locked),
+            u.scope or "agency",
         )
 
     def add_user(
-        self, user_id: str, name: str, agency: str, role: str, pin_hash: str, totp_sealed: bytes, now: float
+        self,
+        user_id: str,
+        name: str,
+        agency: str,
+        role: str,
+        pin_hash: str,
+        totp_sealed: bytes,
+        now: float,
+        scope: str = "agency",
     ) -> None:
         self.c.execute(
             insert(USERS).values(
@@ -246,6 +328,7 @@ class Tx:
                 failed_attempts=0,
                 locked=False,
                 created_at=now,
+                scope=scope,
             )
         )
 
@@ -511,6 +594,7 @@ class Tx:
                 "seq": seq,
                 "ts": ts,
                 "actor": ev.actor,
+                "agency": ev.agency,
                 "action": str(ev.action),
                 "result": str(ev.result),
                 "credential_id": ev.credential_id,
@@ -525,7 +609,15 @@ class Tx:
             fields["hash"] = prev = chain.record_hash(fields)
             rows.append(fields)
         if rows:
+            for r in rows:
+                r["mac"] = ""
             self._insert_many(AUDIT, rows)
+            # The MAC comes after the insert succeeded, so a store that refuses writes never
+            # causes an HSM call. It covers, through the chain, every record before it.
+            if self._mac is None:
+                raise AuditUnavailable("the audit MAC key is not configured")
+            mac = self._mac(chain.mac_message(seq, prev))
+            self.c.execute(update(AUDIT).where(AUDIT.c.seq == seq).values(mac=mac))
             self.c.execute(update(HEAD).where(HEAD.c.id == 1).values(seq=seq, hash=prev))
         return seq
 
@@ -533,13 +625,86 @@ class Tx:
         h = self.c.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).first()
         return (0, chain.GENESIS) if h is None else (int(h.seq), str(h.hash))
 
-    def audit_rows(self, batch: int = 5000) -> Iterator[Mapping[str, Any]]:
-        cols = [AUDIT.c[f] for f in (*chain.HASHED_FIELDS, "hash")]
-        last = 0
+    def audit_rows(self, after: int = 0, upto: int | None = None, batch: int = 5000) -> Iterator[dict[str, Any]]:
+        """Records ``after`` < seq <= ``upto`` in order, with prev_hash, hash and mac."""
+        cols = [AUDIT.c[f] for f in (*chain.CONTENT_FIELDS, "prev_hash", "hash", "mac")]
+        last = after
         while True:
-            rows = self.c.execute(select(*cols).where(AUDIT.c.seq > last).order_by(AUDIT.c.seq).limit(batch)).all()
+            q = select(*cols).where(AUDIT.c.seq > last)
+            if upto is not None:
+                q = q.where(AUDIT.c.seq <= upto)
+            rows = self.c.execute(q.order_by(AUDIT.c.seq).limit(batch)).all()
             if not rows:
                 return
             for r in rows:
                 yield dict(r._mapping)
             last = int(rows[-1].seq)
+
+    def audit_record(self, seq: int) -> dict[str, Any] | None:
+        r = self.c.execute(select(AUDIT).where(AUDIT.c.seq == seq)).first()
+        return None if r is None else dict(r._mapping)
+
+    def find_events(self, flt: EventFilter, after: int, limit: int) -> list[dict[str, Any]]:
+        """Records matching ``flt`` with seq > ``after``, oldest first (stable pagination by seq)."""
+        q = select(AUDIT).where(AUDIT.c.seq > after)
+        for clause in _filter_clauses(flt):
+            q = q.where(clause)
+        return [dict(r._mapping) for r in self.c.execute(q.order_by(AUDIT.c.seq).limit(limit)).all()]
+
+    def last_events(self, flt: EventFilter, limit: int) -> list[dict[str, Any]]:
+        q = select(AUDIT)
+        for clause in _filter_clauses(flt):
+            q = q.where(clause)
+        rows = self.c.execute(q.order_by(AUDIT.c.seq.desc()).limit(limit)).all()
+        return [dict(r._mapping) for r in reversed(rows)]
+
+    # -- checkpoints and audit keys -------------------------------------------------------------
+
+    def checkpoints(self) -> list[CheckpointView]:
+        rows = self.c.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.seq)).all()
+        return [CheckpointView(int(r.seq), r.head_hash, r.ts, bytes(r.signature)) for r in rows]
+
+    def last_checkpoint(self) -> CheckpointView | None:
+        r = self.c.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.seq.desc()).limit(1)).first()
+        return None if r is None else CheckpointView(int(r.seq), r.head_hash, r.ts, bytes(r.signature))
+
+    def add_checkpoint(self, cp: CheckpointView) -> bool:
+        """Insert unless a checkpoint at or beyond this sequence exists (another replica won)."""
+        newer = self.c.execute(select(CHECKPOINTS.c.seq).where(CHECKPOINTS.c.seq >= cp.seq).limit(1)).first()
+        if newer is not None:
+            return False
+        self.c.execute(insert(CHECKPOINTS).values(seq=cp.seq, head_hash=cp.head_hash, ts=cp.ts, signature=cp.signature))
+        return True
+
+    def audit_key(self, purpose: str) -> AuditKeyView | None:
+        r = self.c.execute(select(AUDIT_KEYS).where(AUDIT_KEYS.c.purpose == purpose)).first()
+        if r is None:
+            return None
+        return AuditKeyView(r.purpose, bytes(r.cka_id), bytes(r.certificate), unpack_certs(bytes(r.chain)))
+
+    def add_audit_key(
+        self, purpose: str, cka_id: bytes, certificate: bytes, chain_certs: Sequence[bytes], now: float
+    ) -> None:
+        self.c.execute(
+            insert(AUDIT_KEYS).values(
+                purpose=purpose, cka_id=cka_id, certificate=certificate, chain=pack_certs(chain_certs), created_at=now
+            )
+        )
+
+
+def _filter_clauses(flt: EventFilter) -> list[Any]:
+    out: list[Any] = []
+    if flt.from_ts:
+        out.append(AUDIT.c.ts >= flt.from_ts)
+    if flt.to_ts:
+        out.append(AUDIT.c.ts < flt.to_ts)
+    for col, value in (
+        ("actor", flt.actor),
+        ("credential_id", flt.credential_id),
+        ("agency", flt.agency),
+        ("action", flt.action),
+        ("result", flt.result),
+    ):
+        if value:
+            out.append(AUDIT.c[col] == value)
+    return out

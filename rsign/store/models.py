@@ -18,6 +18,8 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(256))
     agency: Mapped[str] = mapped_column(String(256), default="")
     role: Mapped[str] = mapped_column(String(32), default="signer")
+    # For auditors: "agency" (their own agency's records) or "province" (all records).
+    scope: Mapped[str] = mapped_column(String(16), default="agency")
     status: Mapped[str] = mapped_column(String(16), default="active")
     pin_hash: Mapped[str] = mapped_column(String(256))
     totp_sealed: Mapped[bytes] = mapped_column(LargeBinary)  # seed encrypted under the HSM seal key
@@ -101,6 +103,7 @@ class AuditRecord(Base):
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     ts: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(128), default="")
+    agency: Mapped[str] = mapped_column(String(256), default="")
     action: Mapped[str] = mapped_column(String(64))
     result: Mapped[str] = mapped_column(String(16))
     credential_id: Mapped[str] = mapped_column(String(128), default="")
@@ -112,12 +115,39 @@ class AuditRecord(Base):
     details: Mapped[str] = mapped_column(Text, default="{}")
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # HMAC (HSM key) over (seq, hash) on the last record of each append transaction; "" elsewhere.
+    mac: Mapped[str] = mapped_column(String(64), default="")
 
     __table_args__ = (
         Index("ix_audit_ts", "ts"),
+        Index("ix_audit_agency", "agency"),
+        Index("ix_audit_action", "action"),
         Index("ix_audit_actor", "actor"),
         Index("ix_audit_credential", "credential_id"),
     )
+
+
+class AuditCheckpoint(Base):
+    """A signed statement "the log had ``seq`` records ending in ``head_hash`` at ``ts``"."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[str] = mapped_column(String(32))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)  # DER ECDSA over chain.checkpoint_message
+
+
+class AuditKey(Base):
+    """The HSM keys that protect the log, by purpose ("mac", "checkpoint")."""
+
+    __tablename__ = "audit_keys"
+
+    purpose: Mapped[str] = mapped_column(String(16), primary_key=True)
+    cka_id: Mapped[bytes] = mapped_column(LargeBinary(32))
+    certificate: Mapped[bytes] = mapped_column(LargeBinary, default=b"")  # DER, checkpoint key only
+    chain: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class AuditHead(Base):

@@ -170,3 +170,105 @@ class SignHashStreamResponse(_message.Message):
     errors: _containers.RepeatedCompositeFieldContainer[ItemError]
     key_version: int
     def __init__(self, offset: _Optional[int] = ..., signatures: _Optional[_Iterable[bytes]] = ..., errors: _Optional[_Iterable[_Union[ItemError, _Mapping]]] = ..., key_version: _Optional[int] = ...) -> None: ...
+
+class EventFilter(_message.Message):
+    __slots__ = ("from_time", "to_time", "user_id", "credential_id", "agency", "action", "result")
+    FROM_TIME_FIELD_NUMBER: _ClassVar[int]
+    TO_TIME_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENCY_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    from_time: int
+    to_time: int
+    user_id: str
+    credential_id: str
+    agency: str
+    action: str
+    result: str
+    def __init__(self, from_time: _Optional[int] = ..., to_time: _Optional[int] = ..., user_id: _Optional[str] = ..., credential_id: _Optional[str] = ..., agency: _Optional[str] = ..., action: _Optional[str] = ..., result: _Optional[str] = ...) -> None: ...
+
+class AuditEvent(_message.Message):
+    __slots__ = ("seq", "time", "actor", "agency", "action", "result", "credential_id", "key_version", "digest", "reason", "request_id", "client", "details_json", "hash")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    AGENCY_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    time: str
+    actor: str
+    agency: str
+    action: str
+    result: str
+    credential_id: str
+    key_version: int
+    digest: str
+    reason: str
+    request_id: str
+    client: str
+    details_json: str
+    hash: str
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[str] = ..., actor: _Optional[str] = ..., agency: _Optional[str] = ..., action: _Optional[str] = ..., result: _Optional[str] = ..., credential_id: _Optional[str] = ..., key_version: _Optional[int] = ..., digest: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., client: _Optional[str] = ..., details_json: _Optional[str] = ..., hash: _Optional[str] = ...) -> None: ...
+
+class ListEventsRequest(_message.Message):
+    __slots__ = ("filter", "page_size", "page_token")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    filter: EventFilter
+    page_size: int
+    page_token: str
+    def __init__(self, filter: _Optional[_Union[EventFilter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListEventsResponse(_message.Message):
+    __slots__ = ("events", "next_page_token")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
+    next_page_token: str
+    def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ExportEventsRequest(_message.Message):
+    __slots__ = ("filter",)
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    filter: EventFilter
+    def __init__(self, filter: _Optional[_Union[EventFilter, _Mapping]] = ...) -> None: ...
+
+class ExportChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class VerifyLogRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VerifyLogResponse(_message.Message):
+    __slots__ = ("ok", "records", "head_seq", "bad_seq", "problem", "checkpoints", "last_checkpoint_seq")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    BAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKPOINT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    records: int
+    head_seq: int
+    bad_seq: int
+    problem: str
+    checkpoints: int
+    last_checkpoint_seq: int
+    def __init__(self, ok: _Optional[bool] = ..., records: _Optional[int] = ..., head_seq: _Optional[int] = ..., bad_seq: _Optional[int] = ..., problem: _Optional[str] = ..., checkpoints: _Optional[int] = ..., last_checkpoint_seq: _Optional[int] = ...) -> None: ...

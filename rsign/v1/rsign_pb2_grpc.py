@@ -408,3 +408,174 @@ class SigningService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AuditServiceStub:
+    """---------------------------------------------------------------------------------------------
+    Audit (role "auditor": scoped to the auditor's agency, or province-wide)
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListEvents = channel.unary_unary(
+                '/rsign.v1.AuditService/ListEvents',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
+        self.ExportEvents = channel.unary_stream(
+                '/rsign.v1.AuditService/ExportEvents',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.ExportEventsRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.ExportChunk.FromString,
+                _registered_method=True)
+        self.VerifyLog = channel.unary_unary(
+                '/rsign.v1.AuditService/VerifyLog',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.VerifyLogRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.VerifyLogResponse.FromString,
+                _registered_method=True)
+
+
+class AuditServiceServicer:
+    """---------------------------------------------------------------------------------------------
+    Audit (role "auditor": scoped to the auditor's agency, or province-wide)
+
+    """
+
+    def ListEvents(self, request, context):
+        """Records matching the filter, oldest first; page with next_page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEvents(self, request, context):
+        """A self-contained export (JSON Lines, signed), streamed in chunks; verify it offline with
+        `rsign audit verify-export FILE`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyLog(self, request, context):
+        """Verifies the stored log (hash chain, HSM MACs, signed checkpoints) and names the first problem.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AuditServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.ListEventsRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'ExportEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportEvents,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.ExportEventsRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.ExportChunk.SerializeToString,
+            ),
+            'VerifyLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyLog,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.VerifyLogRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.VerifyLogResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'rsign.v1.AuditService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('rsign.v1.AuditService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AuditService:
+    """---------------------------------------------------------------------------------------------
+    Audit (role "auditor": scoped to the auditor's agency, or province-wide)
+
+    """
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AuditService/ListEvents',
+            rsign_dot_v1_dot_rsign__pb2.ListEventsRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rsign.v1.AuditService/ExportEvents',
+            rsign_dot_v1_dot_rsign__pb2.ExportEventsRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AuditService/VerifyLog',
+            rsign_dot_v1_dot_rsign__pb2.VerifyLogRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.VerifyLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
