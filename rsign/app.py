@@ -64,7 +64,7 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
         # them from queueing behind batch signing jobs while the write lock is held.
         audit_hsm = HsmPool(settings.hsm, workers=1)
     audit_keys = AuditKeys.ensure(store, audit_hsm, ca, clk)
-    store.mac = audit_keys.mac
+    store.mac = audit_keys.macs
     auth = AuthService(store, hsm, clk, settings)
     return App(
         settings=settings,

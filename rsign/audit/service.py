@@ -78,15 +78,25 @@ class AuditService:
         """Verify the stored log: chain, MACs (HSM key), checkpoints, truncation. Audited."""
         self.scoped(who, EventFilter())
         report = self._verify()
-        with self._store.tx() as t:
-            t.append(
-                event(
-                    Action.AUDIT_VERIFY,
-                    Result.SUCCESS if report.ok else Result.FAILURE,
-                    reason=report.problem,
-                    details={"records": report.records, "head_seq": report.head_seq, "checkpoints": report.checkpoints},
+        try:
+            with self._store.tx() as t:
+                t.append(
+                    event(
+                        Action.AUDIT_VERIFY,
+                        Result.SUCCESS if report.ok else Result.FAILURE,
+                        reason=report.problem,
+                        details={
+                            "records": report.records,
+                            "head_seq": report.head_seq,
+                            "checkpoints": report.checkpoints,
+                        },
+                    )
                 )
-            )
+        except AuditIntegrityError:
+            # The log refuses appends because it was tampered with; the report says why. Reporting
+            # beats failing closed here: this is the auditor's tool for finding out.
+            if report.ok:
+                raise
         return report
 
     def _verify(self, after: int = 0, start_hash: str = chain.GENESIS) -> LogReport:
@@ -117,7 +127,8 @@ class AuditService:
                 if not hmac.compare_digest(got, w):
                     problems.append((seq, f"record {seq} fails its MAC (forged, or the chain was recomputed)"))
                     break
-        if rep.ok and rep.head_seq > after and (not macs or macs[-1][0] != rep.head_seq):
+        truncated = any(cp.seq > rep.head_seq for cp in cps)  # reported below, more precisely
+        if rep.ok and not truncated and rep.head_seq > after and (not macs or macs[-1][0] != rep.head_seq):
             problems.append(
                 (
                     rep.head_seq,
@@ -215,21 +226,19 @@ class AuditService:
         checkpoint is signed first so that every exported record is covered; if the log fails
         verification none is signed, and the export says so. The export is audited."""
         flt = self.scoped(who, flt)
+        # Recorded first, so that the checkpoint signed next covers the export's own record.
         warning = ""
+        try:
+            with self._store.tx() as t:
+                t.append(event(Action.AUDIT_EXPORT, details={"filter": _flt_dict(flt)}))
+        except AuditIntegrityError as exc:
+            # Auditors need the export most when the log is broken: export what is there, flagged.
+            warning = exc.message
         try:
             self.checkpoint()
         except RsignError as exc:
-            warning = exc.message
-            log.error("audit export without a fresh checkpoint: %s", warning)
-        with self._store.tx() as t:
-            t.append(
-                event(
-                    Action.AUDIT_EXPORT,
-                    Result.FAILURE if warning else Result.SUCCESS,
-                    reason=warning,
-                    details={"filter": _flt_dict(flt)},
-                )
-            )
+            warning = warning or exc.message
+            log.error("audit export without a fresh checkpoint: %s", exc.message)
         return self._export_lines(who, flt, warning)
 
     def _export_lines(self, who: Principal | None, flt: EventFilter, warning: str) -> Iterator[bytes]:
@@ -259,17 +268,16 @@ class AuditService:
                     "warning": warning,
                 }
             )
-            for cp in t.checkpoints():
-                if cp.seq <= head_seq:
-                    yield emit(
-                        {
-                            "type": "checkpoint",
-                            "seq": cp.seq,
-                            "head_hash": cp.head_hash,
-                            "ts": cp.ts,
-                            "signature": base64.b64encode(cp.signature).decode("ascii"),
-                        }
-                    )
+            for cp in t.checkpoints():  # all of them: one beyond the head reveals a truncation
+                yield emit(
+                    {
+                        "type": "checkpoint",
+                        "seq": cp.seq,
+                        "head_hash": cp.head_hash,
+                        "ts": cp.ts,
+                        "signature": base64.b64encode(cp.signature).decode("ascii"),
+                    }
+                )
             for r in t.audit_rows(0, head_seq):
                 if matches(flt, r):
                     yield emit(

@@ -7,6 +7,7 @@ transaction, so a change and its audit record are committed together or not at a
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import struct
@@ -21,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from rsign.audit import chain
 from rsign.audit.events import AuditEvent, EventFilter
 from rsign.clock import Clock, SystemClock, iso_utc
-from rsign.errors import AlreadyExists, AuditUnavailable, Unavailable
+from rsign.errors import AlreadyExists, AuditIntegrityError, AuditUnavailable, Unavailable
 from rsign.store import models as m
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class Store:
         self.clock = clock or SystemClock()
         self.engine = make_engine(url, busy_timeout)
         # Set by the audit layer once its HSM MAC key is known; appends fail closed without it.
-        self.mac: Callable[[bytes], str] | None = None
+        self.mac: Callable[[Sequence[bytes]], list[str]] | None = None
         self._healthy = True
         self._listeners: list[Callable[[bool], None]] = []
         self._write_engine = self.engine.execution_options(rsign_write=True)
@@ -275,7 +276,9 @@ class Store:
 class Tx:
     """Repository methods over one database transaction (SQLAlchemy Core)."""
 
-    def __init__(self, conn: Connection, clock: Clock, mac: Callable[[bytes], str] | None = None) -> None:
+    def __init__(
+        self, conn: Connection, clock: Clock, mac: Callable[[Sequence[bytes]], list[str]] | None = None
+    ) -> None:
         self.c = conn
         self._clock = clock
         self._mac = mac
@@ -612,11 +615,23 @@ class Tx:
             for r in rows:
                 r["mac"] = ""
             self._insert_many(AUDIT, rows)
-            # The MAC comes after the insert succeeded, so a store that refuses writes never
-            # causes an HSM call. It covers, through the chain, every record before it.
+            # The MACs come after the insert succeeded, so a store that refuses writes never
+            # causes an HSM call. One HSM call checks the record we build on (the previous
+            # transaction's last record must carry rsign's MAC: nothing was slipped in or cut off
+            # since) and MACs the new last record, which covers every record before it.
             if self._mac is None:
                 raise AuditUnavailable("the audit MAC key is not configured")
-            mac = self._mac(chain.mac_message(seq, prev))
+            old_seq, old_hash = int(head.seq), str(head.hash)
+            if old_seq > 0:
+                stored = self.c.execute(select(AUDIT.c.mac, AUDIT.c.hash).where(AUDIT.c.seq == old_seq)).first()
+                want, mac = self._mac([chain.mac_message(old_seq, old_hash), chain.mac_message(seq, prev)])
+                if stored is None or stored.hash != old_hash or not hmac.compare_digest(str(stored.mac), want):
+                    raise AuditIntegrityError(
+                        f"audit record {old_seq}, the last one written, does not carry rsign's MAC: the log was"
+                        " altered outside rsign; refusing to append (run 'rsign audit verify')"
+                    )
+            else:
+                (mac,) = self._mac([chain.mac_message(seq, prev)])
             self.c.execute(update(AUDIT).where(AUDIT.c.seq == seq).values(mac=mac))
             self.c.execute(update(HEAD).where(HEAD.c.id == 1).values(seq=seq, hash=prev))
         return seq
