@@ -26,7 +26,8 @@ _current: ContextVar[RequestContext | None] = ContextVar("rsign_request", defaul
 
 def current() -> RequestContext:
     ctx = _current.get()
-    return ctx if ctx is not None else RequestContext(request_id=uuid.uuid4().hex, client="local")
+    # Outside any RPC or CLI command (background threads, library use): the process itself.
+    return ctx if ctx is not None else RequestContext(request_id=uuid.uuid4().hex, client="local", actor="system")
 
 
 @contextlib.contextmanager

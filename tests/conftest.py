@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 import secrets
 import threading
@@ -29,6 +30,45 @@ from rsign.signing.algorithms import KeyAlgorithm, SignSpec
 
 T0 = float(int(__import__("time").time()) // 30 * 30)  # a step boundary near the real time
 _ids = itertools.count(1)
+
+
+@dataclass
+class Secrets:
+    """Every PIN, OTP, session token and SAD the test run handed out (test_zz_audit searches the
+    database and the logs for them)."""
+
+    pins: set[str] = field(default_factory=set)
+    otps: set[str] = field(default_factory=set)
+    tokens: set[str] = field(default_factory=set)
+
+
+SECRETS = Secrets()
+
+
+def _record_secrets() -> None:
+    """Observe (not replace) the client: remember what the server handed out."""
+    login, authorize = RsignClient.login, RsignClient.authorize
+
+    def login_rec(self: RsignClient, user_id: str, pin: str, otp: str) -> Any:
+        # (PINs come from make_signer; a login may carry a deliberately wrong one like "000000".)
+        SECRETS.otps.add(otp)
+        resp = login(self, user_id, pin, otp)
+        SECRETS.tokens.add(resp.session_token)
+        return resp
+
+    def authorize_rec(
+        self: RsignClient, credential_id: str, hashes: list[bytes], otp: str, hash_alg: str = "SHA256"
+    ) -> Any:
+        SECRETS.otps.add(otp)
+        resp = authorize(self, credential_id, hashes, otp, hash_alg)
+        SECRETS.tokens.add(resp.sad)
+        return resp
+
+    RsignClient.login = login_rec  # type: ignore[method-assign]
+    RsignClient.authorize = authorize_rec  # type: ignore[method-assign]
+
+
+_record_secrets()
 
 
 class CountingHsm:
@@ -106,7 +146,9 @@ class Signer:
         if step > now_step + 1:
             self.env.clock.advance((step - now_step - 1) * totp.STEP_SECONDS)
         self.last_step = step
-        return totp.code_for_step(self.seed, step)
+        code = totp.code_for_step(self.seed, step)
+        SECRETS.otps.add(code)
+        return code
 
     def client(self, login: bool = True) -> RsignClient:
         c = RsignClient(self.env.server.address)
@@ -121,10 +163,14 @@ class Signer:
         return cid
 
 
-def make_signer(env: Env, prefix: str = "user", agency: str = "Sở Nội vụ, tỉnh Sơn La") -> Signer:
+def make_signer(
+    env: Env, prefix: str = "user", agency: str = "Sở Nội vụ, tỉnh Sơn La", role: str = "signer", scope: str = "agency"
+) -> Signer:
     user_id = f"{prefix}.{next(_ids):04d}"
-    pin = f"{secrets.randbelow(10**6):06d}"
-    enr = env.app.auth.enrol(user_id, "Lò Văn Tuấn", pin, agency=agency)
+    # Distinctive, so that the secrets test can search the database and logs for every PIN.
+    pin = f"P{secrets.randbelow(10**8):08d}"
+    SECRETS.pins.add(pin)
+    enr = env.app.auth.enrol(user_id, "Lò Văn Tuấn", pin, agency=agency, role=role, scope=scope)
     return Signer(env, user_id, pin, enr.seed)
 
 
@@ -141,7 +187,15 @@ def digests(n: int, alg: str = "sha256", tag: str = "") -> list[bytes]:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     state = tmp_path_factory.mktemp("rsign-state")
     os.environ.pop("RSIGN_PKCS11_MODULE", None)
-    settings = load_settings(state).with_overrides(hsm_workers=2)
+    settings = load_settings(state).with_overrides(
+        hsm_workers=2, database_busy_timeout_seconds=1.0, checkpoint_every_records=500, checkpoint_interval_seconds=5
+    )
+    # Everything the service logs during the run goes to a file the secrets test reads.
+    log_file = state / "service.log"
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.DEBUG)
     clock = FakeClock(T0)
     counting = CountingHsm(HsmPool(settings.hsm, workers=2))
     app = build_app(settings, pool=True, clock=clock, hsm=counting)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import Env
+from tests.conftest import SECRETS, Env
 
 
 def verify(state: Path) -> subprocess.CompletedProcess[str]:
@@ -23,21 +23,37 @@ def verify(state: Path) -> subprocess.CompletedProcess[str]:
 
 def test_audit_covers_the_run_and_verifies(env: Env, tmp_path: Path) -> None:
     with env.app.store.read() as t:
-        actions = {r["action"] for r in t.audit_rows()}
-    for a in (
-        "auth.login",
-        "auth.lockout",
-        "auth.unlock",
-        "auth.logout",
-        "auth.session_expired",
-        "sad.issue",
-        "sad.consume",
-        "sad.refuse",
-        "sign.hash",
-        "key.generate",
-        "user.enrol",
+        rows = list(t.audit_rows())
+    seen = {(r["action"], r["result"]) for r in rows}
+    for action, result in (
+        ("auth.login", "success"),
+        ("auth.login", "failure"),
+        ("auth.lockout", "success"),
+        ("auth.unlock", "success"),
+        ("auth.logout", "success"),
+        ("auth.session_expired", "success"),
+        ("sad.issue", "success"),
+        ("sad.issue", "failure"),  # wrong or replayed OTP at Authorize
+        ("sad.consume", "success"),
+        ("sad.refuse", "failure"),
+        ("sign.hash", "success"),
+        ("sign.hash", "failure"),
+        ("batch.start", "success"),
+        ("batch.end", "success"),
+        ("batch.end", "failure"),
+        ("key.generate", "success"),
+        ("user.enrol", "success"),
+        ("audit.export", "success"),
+        ("audit.verify", "success"),
+        ("audit.query", "success"),
     ):
-        assert a in actions, a
+        assert (action, result) in seen, (action, result)
+    # Every record says who, when (UTC), which request and from where.
+    for r in rows:
+        assert r["actor"] and r["request_id"] and r["client"], (r["action"], r["result"], r["reason"], r["client"])
+        assert r["ts"].endswith("Z") and len(r["ts"]) == 27, r["ts"]
+    grpc_rows = [r for r in rows if r["client"].startswith(("ipv4:", "ipv6:"))]
+    assert grpc_rows and all(len(r["request_id"]) >= 16 for r in grpc_rows)
     out = verify(env.state_dir)
     assert out.returncode == 0, out.stderr
     assert "intact" in out.stdout
@@ -55,31 +71,17 @@ def test_audit_covers_the_run_and_verifies(env: Env, tmp_path: Path) -> None:
     assert f"record {seq}" in out.stderr and "modified" in out.stderr
 
 
-def test_no_secret_in_database_dump(env: Env) -> None:
-    """PIN, OTPs, session token and SAD of a full flow appear nowhere in the database."""
-    from rsign.api.client import RsignClient
-    from tests.conftest import digests, make_signer
-
-    s = make_signer(env)
-    s.pin = "pin-Zq9xY-Lò"
-    from rsign.auth.pins import hash_pin
-
-    with env.app.store.tx() as t:  # a distinctive PIN, so that a match in the dump means a leak
-        t.set_pin_hash(s.user_id, hash_pin(s.pin))
-    cid = s.add_key("ec-p256")
-    c = RsignClient(env.server.address)
-    login_otp = s.code()
-    c.login(s.user_id, s.pin, login_otp)
-    hs = digests(2)
-    authz_otp = s.code()
-    sad = c.authorize(cid, hs, authz_otp).sad
-    c.sign_hash(cid, sad, hs, "ECDSA")
-    token = c.token
-    c.logout()
+def test_no_secret_in_database_dump_or_logs(env: Env) -> None:
+    """Every PIN, OTP, session token and SAD handed out during the whole run: none appears in a
+    dump of the database or in the service's log."""
     db = sqlite3.connect(env.state_dir / "rsign.db")
     dump = "\n".join(db.iterdump())
     db.close()
-    for secret in (s.pin, token, sad):
-        assert secret and secret not in dump
-    for otp in (login_otp, authz_otp):
-        assert not re.search(rf"\b{otp}\b", dump)
+    logs = (env.state_dir / "service.log").read_text(encoding="utf-8", errors="replace")
+    assert SECRETS.pins and SECRETS.otps and SECRETS.tokens
+    for where, text in (("database", dump), ("log", logs)):
+        for secret in SECRETS.pins | SECRETS.tokens:
+            assert secret not in text, f"a PIN, session token or SAD appears in the {where}"
+        # OTPs are 6 digits: look for them as values, not inside hex digests or timestamps.
+        for otp in SECRETS.otps:
+            assert not re.search(rf"['\"=: ]{otp}['\", ]", text), f"an OTP appears in the {where}"
