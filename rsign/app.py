@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rsign.admin.service import AdminService
 from rsign.audit.keys import AuditKeys
 from rsign.audit.service import AuditService
 from rsign.auth.service import AuthService
@@ -27,6 +28,7 @@ class App:
     keys: KeyService
     audit: AuditService
     audit_hsm: Hsm
+    admin: AdminService
 
     def hsm_healthy(self) -> bool:
         healthy = getattr(self.hsm, "healthy", None)
@@ -66,6 +68,7 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
     audit_keys = AuditKeys.ensure(store, audit_hsm, ca, clk)
     store.mac = audit_keys.macs
     auth = AuthService(store, hsm, clk, settings)
+    keys = KeyService(store, hsm, clk, settings, ca)
     return App(
         settings=settings,
         clock=clk,
@@ -73,7 +76,8 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
         hsm=hsm,
         auth=auth,
         signing=SigningService(store, hsm, clk, settings, auth),
-        keys=KeyService(store, hsm, clk, settings, ca),
+        keys=keys,
         audit=AuditService(store, audit_keys, clk),
         audit_hsm=audit_hsm,
+        admin=AdminService(store, hsm, clk, auth, keys),
     )

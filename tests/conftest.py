@@ -102,6 +102,9 @@ class CountingHsm:
     def generate_mac_key(self, cka_id: bytes, label: str) -> None:
         self.inner.generate_mac_key(cka_id, label)
 
+    def destroy_keypair(self, cka_id: bytes) -> int:
+        return self.inner.destroy_keypair(cka_id)
+
     def mac(self, cka_id: bytes, messages: Sequence[bytes]) -> list[bytes]:
         return self.inner.mac(cka_id, messages)
 

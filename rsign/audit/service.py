@@ -41,6 +41,7 @@ class LogReport:
     problem: str
     checkpoints: int
     last_checkpoint_seq: int
+    head_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,16 @@ class AuditService:
                 )
         problems.sort(key=lambda p: p[0])
         bad_seq, problem = problems[0] if problems else (None, "")
-        return LogReport(not problems, rep.records, rep.head_seq, bad_seq, problem, len(cps), cps[-1].seq if cps else 0)
+        return LogReport(
+            not problems,
+            rep.records,
+            rep.head_seq,
+            bad_seq,
+            problem,
+            len(cps),
+            cps[-1].seq if cps else 0,
+            rep.head_hash,
+        )
 
     def _checkpoint_public_key(self) -> Any:
         from cryptography import x509
@@ -195,8 +205,9 @@ class AuditService:
             if not rep.ok:
                 raise AuditIntegrityError(f"refusing to sign a checkpoint: {rep.problem}")
             ts = iso_utc(self._clock.now())
-            sig = self._keys.sign(chain.checkpoint_message(rep.head_seq, head[1], ts))
-            cp = CheckpointView(rep.head_seq, head[1], ts, sig)
+            # Sign what was verified (one snapshot), not the head read earlier: appends go on meanwhile.
+            sig = self._keys.sign(chain.checkpoint_message(rep.head_seq, rep.head_hash, ts))
+            cp = CheckpointView(rep.head_seq, rep.head_hash, ts, sig)
             with self._store.tx() as t:
                 added = t.add_checkpoint(cp)
             return cp if added else None

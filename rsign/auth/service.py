@@ -195,6 +195,8 @@ class AuthService:
             user = t.get_user(user_id)
         if user is None:
             raise AuthenticationFailed("invalid session; log in again")
+        if user.status != "active":
+            raise FailedPrecondition(f"this user is {user.status}")
         if user.locked:
             raise FailedPrecondition(
                 "this user is locked after too many failed attempts; ask an agency admin to unlock it"

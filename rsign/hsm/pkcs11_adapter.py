@@ -199,6 +199,16 @@ class Pkcs11Token:
             raise NotFound("the key is not present in the HSM") from exc
         return _spki(pub)
 
+    def destroy_keypair(self, cka_id: bytes) -> int:
+        self._keys.pop(cka_id, None)
+        try:
+            objs = list(self._session.get_objects({Attribute.ID: cka_id}))
+            for obj in objs:
+                obj.destroy()
+        except PKCS11Error as exc:
+            raise HsmUnavailable(f"the HSM could not destroy the key ({type(exc).__name__})") from exc
+        return len(objs)
+
     # -- MAC keys (audit integrity) -----------------------------------------------------------
 
     def generate_mac_key(self, cka_id: bytes, label: str) -> None:

@@ -64,6 +64,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: HsmConfig)
         "public_key": token.public_key,
         "seal": token.seal,
         "generate_mac_key": token.generate_mac_key,
+        "destroy_keypair": token.destroy_keypair,
         "mac": token.mac,
         "unseal": token.unseal,
         "ping": lambda: os.getpid(),
@@ -304,6 +305,10 @@ class HsmPool:
 
     def generate_mac_key(self, cka_id: bytes, label: str) -> None:
         self._call("generate_mac_key", cka_id, label)
+
+    def destroy_keypair(self, cka_id: bytes) -> int:
+        result: int = self._call("destroy_keypair", cka_id)
+        return result
 
     def mac(self, cka_id: bytes, messages: Sequence[bytes]) -> list[bytes]:
         result: list[bytes] = self._call("mac", cka_id, list(messages))

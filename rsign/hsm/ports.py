@@ -53,6 +53,10 @@ class Hsm(Protocol):
         """SubjectPublicKeyInfo DER of the key pair ``cka_id``."""
         ...
 
+    def destroy_keypair(self, cka_id: bytes) -> int:
+        """Destroy every object with this CKA_ID (private and public key); returns how many."""
+        ...
+
     def generate_mac_key(self, cka_id: bytes, label: str) -> None:
         """Generate an HMAC-SHA256 key inside the HSM (sensitive, non-extractable)."""
         ...

@@ -1,18 +1,50 @@
-"""Key generation inside the HSM, with a development certificate."""
+"""Key and certificate lifecycle: generate in the HSM, CSR signed in the HSM, import a CA-issued
+chain, rotate, disable/enable, revoke, destroy under dual control, expiry report."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
+from datetime import UTC
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from rsign import context
-from rsign.audit.events import Action, event
+from rsign.audit.events import Action, Result, event
 from rsign.clock import Clock
 from rsign.config import Settings
-from rsign.errors import AlreadyExists, InvalidRequest, NotFound
-from rsign.hsm.ports import Hsm
+from rsign.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    HsmUnavailable,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+)
+from rsign.hsm.ports import Hsm, ItemFailure
+from rsign.keys.csr import build_csr, subject_name
 from rsign.keys.devca import DevCA
-from rsign.signing.algorithms import KeyAlgorithm
-from rsign.store.db import CredentialView, Store
+from rsign.signing.algorithms import KeyAlgorithm, SignSpec
+from rsign.store.db import CredentialView, KeyVersionView, Store
+
+# Decree 68/2024: a certificate is revoked on job change, retirement, or at the agency's request.
+REVOCATION_REASONS = ("job change", "retirement", "agency request", "key compromise", "other")
+
+
+def _not_after(cert_der: bytes) -> float:
+    return x509.load_der_x509_certificate(cert_der).not_valid_after_utc.timestamp()
+
+
+def load_certificates(data: bytes) -> list[x509.Certificate]:
+    """PEM (one or more) or a single DER certificate."""
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return x509.load_pem_x509_certificates(data)
+    try:
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise InvalidRequest("not a certificate: expected PEM or DER") from None
 
 
 class KeyService:
@@ -23,9 +55,34 @@ class KeyService:
         self._settings = settings
         self._ca = ca
 
+    # -- lookups -----------------------------------------------------------------------------
+
+    def get(self, credential_id: str) -> CredentialView:
+        with self._store.read() as t:
+            cred = t.get_credential(credential_id)
+        if cred is None:
+            raise NotFound(f"no credential {credential_id!r}")
+        return cred
+
+    def history(self, credential_id: str) -> list[KeyVersionView]:
+        self.get(credential_id)
+        with self._store.read() as t:
+            return t.key_versions(credential_id)
+
+    # -- generate ----------------------------------------------------------------------------
+
     def generate(
-        self, credential_id: str, algorithm: str, holder_user_id: str, multisign: int | None = None
+        self,
+        credential_id: str,
+        algorithm: str,
+        holder_user_id: str = "",
+        multisign: int | None = None,
+        *,
+        seal_agency: str = "",
+        seal_users: Sequence[str] = (),
     ) -> CredentialView:
+        """A person's credential (``holder_user_id``) or an organisation seal (``seal_agency`` and
+        the users allowed to activate it)."""
         alg = KeyAlgorithm.parse(algorithm)
         credential_id = credential_id.strip()
         if not credential_id or len(credential_id) > 128:
@@ -33,39 +90,320 @@ class KeyService:
         ms = multisign or self._settings.multisign_default
         if not 1 <= ms <= self._settings.multisign_max:
             raise InvalidRequest(f"multisign must be between 1 and {self._settings.multisign_max}")
+        seal = bool(seal_agency)
+        if seal == bool(holder_user_id):
+            raise InvalidRequest("name either a holder (personal credential) or an agency (organisation seal)")
         with self._store.read() as t:
-            holder = t.get_user(holder_user_id)
-            if holder is None:
-                raise NotFound(f"no user {holder_user_id}")
             if t.get_credential(credential_id) is not None:
                 raise AlreadyExists(f"credential {credential_id} already exists")
+            if seal:
+                for u in seal_users:
+                    su = t.get_user(u)
+                    if su is None:
+                        raise NotFound(f"no user {u}")
+                    if su.agency != seal_agency:
+                        raise InvalidRequest(f"user {u} is not in {seal_agency}; a seal's users must be")
+                name, agency, uid = seal_agency, seal_agency, ""
+            else:
+                holder = t.get_user(holder_user_id)
+                if holder is None:
+                    raise NotFound(f"no user {holder_user_id}")
+                if holder.status != "active":
+                    raise FailedPrecondition(f"user {holder_user_id} is {holder.status}")
+                name, agency, uid = holder.name, holder.agency, holder.user_id
         cka_id = secrets.token_bytes(16)
         # If the database insert below fails, the HSM keeps an orphan key that no credential names:
         # it can never be used to sign, and is preferable to a credential without a key.
         spki = self._hsm.generate_keypair(alg, cka_id, f"{credential_id}/v1")
-        cert = self._ca.issue(spki, holder.name, holder.user_id, holder.agency)
+        cert = self._ca.issue(spki, name, uid or credential_id, agency)
         with self._store.tx() as t:
             t.add_credential(
                 credential_id,
-                holder.user_id,
-                holder.agency,
+                uid,
+                agency,
                 alg.value,
                 ms,
                 cka_id,
                 cert,
                 [self._ca.certificate_der],
                 self._clock.now(),
+                kind="seal" if seal else "person",
+                not_after=_not_after(cert),
             )
+            if seal:
+                t.set_seal_users(credential_id, list(seal_users))
             t.append(
                 event(
                     Action.KEY_GENERATE,
                     actor=context.current().actor or "cli",
-                    agency=holder.agency,
+                    agency=agency,
                     credential_id=credential_id,
                     key_version=1,
-                    details={"algorithm": alg.value, "holder": holder.user_id, "cka_id": cka_id.hex()},
+                    details={
+                        "algorithm": alg.value,
+                        "holder": uid,
+                        "seal_users": list(seal_users),
+                        "kind": "seal" if seal else "person",
+                        "cka_id": cka_id.hex(),
+                    },
                 )
             )
             view = t.get_credential(credential_id)
         assert view is not None
         return view
+
+    def set_seal_users(self, credential_id: str, users: Sequence[str]) -> None:
+        cred = self.get(credential_id)
+        if cred.kind != "seal":
+            raise InvalidRequest(f"{credential_id} is a personal credential, not an organisation seal")
+        with self._store.tx() as t:
+            for u in users:
+                su = t.get_user(u)
+                if su is None or su.agency != cred.agency:
+                    raise InvalidRequest(f"user {u} is not in {cred.agency}")
+            t.set_seal_users(credential_id, list(users))
+            t.append(
+                event(
+                    Action.KEY_SEAL_USERS,
+                    agency=cred.agency,
+                    credential_id=credential_id,
+                    details={"users": list(users)},
+                )
+            )
+
+    # -- CSR and certificate import ----------------------------------------------------------
+
+    def csr(self, credential_id: str) -> bytes:
+        """PEM PKCS#10 request for the current key version, signed inside the HSM."""
+        cred = self.get(credential_id)
+        if cred.status in ("revoked", "destroyed"):
+            raise FailedPrecondition(f"credential {credential_id} is {cred.status}")
+        alg = KeyAlgorithm(cred.key_algorithm)
+        with self._store.read() as t:
+            holder = t.get_user(cred.holder_user_id) if cred.holder_user_id else None
+        name = holder.name if holder else cred.agency
+        subject = subject_name(name, cred.agency, user_id=holder.user_id if holder else "")
+        spki = self._hsm.public_key(cred.cka_id)
+
+        def hsm_sign(spec: SignSpec, digest: bytes) -> bytes:
+            (result,) = self._hsm.sign(cred.cka_id, spec, [digest])
+            if isinstance(result, ItemFailure):
+                raise HsmUnavailable(f"the HSM could not sign the CSR: {result.reason}")
+            return result
+
+        der = build_csr(spki, subject, alg, hsm_sign)
+        with self._store.tx() as t:
+            t.append(
+                event(Action.KEY_CSR, agency=cred.agency, credential_id=credential_id, key_version=cred.key_version)
+            )
+        return x509.load_der_x509_csr(der).public_bytes(serialization.Encoding.PEM)
+
+    def trust_anchors(self) -> list[x509.Certificate]:
+        anchors = [self._ca.certificate]
+        folder: Path = self._settings.state_dir / "trust-anchors"
+        if folder.is_dir():
+            for f in sorted(folder.iterdir()):
+                if f.suffix.lower() in (".pem", ".crt", ".cer", ".der"):
+                    anchors += load_certificates(f.read_bytes())
+        return anchors
+
+    def import_certificate(self, credential_id: str, chain_data: bytes) -> CredentialView:
+        """Install a CA-issued certificate (leaf first, then intermediates) for the current key
+        version. Refused unless it certifies this very key and chains to a trust anchor."""
+        cred = self.get(credential_id)
+        if cred.status in ("revoked", "destroyed"):
+            raise FailedPrecondition(f"credential {credential_id} is {cred.status}")
+        certs = load_certificates(chain_data)
+        leaf = certs[0]
+        spki = self._hsm.public_key(cred.cka_id)
+        leaf_spki = leaf.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if leaf_spki != spki:
+            raise InvalidRequest(f"the certificate is not for {credential_id}'s key (version {cred.key_version})")
+        now = self._clock.now()
+        if not leaf.not_valid_before_utc.timestamp() <= now < leaf.not_valid_after_utc.timestamp():
+            raise InvalidRequest("the certificate is not valid now")
+        path = self._chain_to_anchor(leaf, certs[1:])
+        with self._store.tx() as t:
+            t.set_certificate(
+                credential_id,
+                cred.key_version,
+                leaf.public_bytes(serialization.Encoding.DER),
+                [c.public_bytes(serialization.Encoding.DER) for c in path],
+                leaf.not_valid_after_utc.timestamp(),
+            )
+            t.append(
+                event(
+                    Action.KEY_IMPORT_CERT,
+                    agency=cred.agency,
+                    credential_id=credential_id,
+                    key_version=cred.key_version,
+                    details={
+                        "subject": leaf.subject.rfc4514_string(),
+                        "issuer": leaf.issuer.rfc4514_string(),
+                        "serial": format(leaf.serial_number, "x"),
+                        "not_after": leaf.not_valid_after_utc.astimezone(UTC).isoformat(),
+                    },
+                )
+            )
+            view = t.get_credential(credential_id)
+        assert view is not None
+        return view
+
+    def _chain_to_anchor(self, leaf: x509.Certificate, given: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+        anchors = self.trust_anchors()
+        pool = list(given) + anchors
+        path: list[x509.Certificate] = []
+        current = leaf
+        for _ in range(8):
+            if any(current == a for a in anchors) and current is not leaf:
+                return path
+            issuer = next((c for c in pool if c.subject == current.issuer and _issued_by(current, c)), None)
+            if issuer is None:
+                break
+            path.append(issuer)
+            if any(issuer == a for a in anchors):
+                return path
+            current = issuer
+        raise InvalidRequest("the certificate does not chain to a configured trust anchor")
+
+    # -- rotation and status -----------------------------------------------------------------
+
+    def rotate(self, credential_id: str, algorithm: str | None = None) -> CredentialView:
+        """New key version inside the HSM (with a development certificate until a CA-issued one
+        is imported); the previous version stops signing, its certificate stays for verification."""
+        cred = self.get(credential_id)
+        if cred.status != "active":
+            raise FailedPrecondition(f"credential {credential_id} is {cred.status}; only an active one rotates")
+        alg = KeyAlgorithm.parse(algorithm) if algorithm else KeyAlgorithm(cred.key_algorithm)
+        if alg.value != cred.key_algorithm:
+            raise InvalidRequest("rotation keeps the key algorithm; issue a new credential to change it")
+        version = cred.key_version + 1
+        cka_id = secrets.token_bytes(16)
+        spki = self._hsm.generate_keypair(alg, cka_id, f"{credential_id}/v{version}")
+        with self._store.read() as t:
+            holder = t.get_user(cred.holder_user_id) if cred.holder_user_id else None
+        cert = self._ca.issue(
+            spki, holder.name if holder else cred.agency, holder.user_id if holder else credential_id, cred.agency
+        )
+        with self._store.tx() as t:
+            t.add_key_version(
+                credential_id, version, cka_id, cert, [self._ca.certificate_der], _not_after(cert), self._clock.now()
+            )
+            t.append(
+                event(
+                    Action.KEY_ROTATE,
+                    agency=cred.agency,
+                    credential_id=credential_id,
+                    key_version=version,
+                    details={"previous_version": cred.key_version, "cka_id": cka_id.hex()},
+                )
+            )
+            view = t.get_credential(credential_id)
+        assert view is not None
+        return view
+
+    def set_enabled(self, credential_id: str, enabled: bool, reason: str = "") -> CredentialView:
+        cred = self.get(credential_id)
+        target, source = ("active", ("disabled",)) if enabled else ("disabled", ("active",))
+        with self._store.tx() as t:
+            if not t.set_credential_status(credential_id, target, reason, source):
+                raise FailedPrecondition(f"credential {credential_id} is {cred.status}; cannot make it {target}")
+            t.append(
+                event(
+                    Action.KEY_ENABLE if enabled else Action.KEY_DISABLE,
+                    agency=cred.agency,
+                    credential_id=credential_id,
+                    key_version=cred.key_version,
+                    reason=reason,
+                )
+            )
+        return self.get(credential_id)
+
+    def revoke(self, credential_id: str, reason: str) -> CredentialView:
+        if reason not in REVOCATION_REASONS:
+            raise InvalidRequest(f"reason must be one of: {', '.join(REVOCATION_REASONS)}")
+        cred = self.get(credential_id)
+        with self._store.tx() as t:
+            if not t.set_credential_status(credential_id, "revoked", reason, ("active", "disabled")):
+                raise FailedPrecondition(f"credential {credential_id} is {cred.status}")
+            t.append(
+                event(
+                    Action.KEY_REVOKE,
+                    agency=cred.agency,
+                    credential_id=credential_id,
+                    key_version=cred.key_version,
+                    reason=reason,
+                )
+            )
+        return self.get(credential_id)
+
+    def destroy(self, credential_id: str, officer: str) -> str:
+        """Dual control: the first key officer's call records a request; a second, different
+        officer's call destroys every key version in the HSM. Returns "requested" or "destroyed"."""
+        cred = self.get(credential_id)
+        if cred.status != "revoked":
+            raise FailedPrecondition(f"credential {credential_id} is {cred.status}; revoke it before destroying")
+        with self._store.tx() as t:
+            approvals = t.destroy_approvals(credential_id)
+            if officer in approvals:
+                t.append(
+                    event(
+                        Action.KEY_DESTROY,
+                        Result.FAILURE,
+                        agency=cred.agency,
+                        credential_id=credential_id,
+                        reason="the same officer approved twice",
+                    )
+                )
+                refused = True
+            else:
+                refused = False
+                t.add_destroy_approval(credential_id, officer, self._clock.now())
+                if not approvals:
+                    t.append(
+                        event(
+                            Action.KEY_DESTROY_REQUEST,
+                            agency=cred.agency,
+                            credential_id=credential_id,
+                            details={"first_officer": officer},
+                        )
+                    )
+                    return "requested"
+        if refused:
+            raise PermissionDenied("destroying keys needs a second, different key officer to approve")
+        with self._store.read() as t:
+            versions = t.key_versions(credential_id)
+        destroyed = sum(self._hsm.destroy_keypair(v.cka_id) for v in versions)
+        with self._store.tx() as t:
+            t.set_credential_status(credential_id, "destroyed", cred.status_reason, ("revoked",))
+            t.mark_keys_destroyed(credential_id)
+            t.append(
+                event(
+                    Action.KEY_DESTROY,
+                    agency=cred.agency,
+                    credential_id=credential_id,
+                    details={
+                        "approved_by": [*approvals, officer],
+                        "objects_destroyed": destroyed,
+                        "versions": [v.version for v in versions],
+                    },
+                )
+            )
+        return "destroyed"
+
+    def expiring(self, days: int, agency: str = "") -> list[CredentialView]:
+        """Active credentials whose current certificate expires within ``days`` days."""
+        horizon = self._clock.now() + days * 86400
+        with self._store.read() as t:
+            found = t.search_credentials(agency=agency, status="active", expires_before=horizon)
+        return sorted(found, key=lambda c: c.not_after)
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, Exception):  # InvalidSignature and friends
+        return False
+    return True

@@ -86,7 +86,14 @@ class SigningService:
             cred = t.get_credential(credential_id)
         if cred is None:
             raise NotFound(f"no credential {credential_id!r}")
-        if cred.holder_user_id != who.user_id:
+        if cred.kind == "seal":
+            # An organisation seal: any of its authorized users activates it, each with their own
+            # fresh TOTP; the audit records who.
+            with self._store.read() as t:
+                allowed = t.may_activate(credential_id, who.user_id)
+        else:
+            allowed = cred.holder_user_id == who.user_id
+        if not allowed:
             raise PermissionDenied(f"credential {credential_id} is not yours")
         return cred
 

@@ -12,6 +12,7 @@ import json
 import logging
 import struct
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,8 @@ AUDIT: Table = m.AuditRecord.__table__  # type: ignore[assignment]
 HEAD: Table = m.AuditHead.__table__  # type: ignore[assignment]
 CHECKPOINTS: Table = m.AuditCheckpoint.__table__  # type: ignore[assignment]
 AUDIT_KEYS: Table = m.AuditKey.__table__  # type: ignore[assignment]
+SEAL_USERS: Table = m.SealUser.__table__  # type: ignore[assignment]
+APPROVALS: Table = m.DestroyApproval.__table__  # type: ignore[assignment]
 
 
 # -- plain views handed to the domain (no ORM objects leave this package) ----------------------
@@ -74,7 +77,7 @@ class SessionView:
 @dataclass(frozen=True)
 class CredentialView:
     credential_id: str
-    holder_user_id: str
+    holder_user_id: str  # "" for an organisation seal
     agency: str
     key_algorithm: str
     status: str
@@ -83,6 +86,19 @@ class CredentialView:
     cka_id: bytes
     certificate: bytes
     chain: tuple[bytes, ...]
+    kind: str = "person"
+    status_reason: str = ""
+    not_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class KeyVersionView:
+    credential_id: str
+    version: int
+    cka_id: bytes
+    certificate: bytes
+    chain: tuple[bytes, ...]
+    status: str
 
 
 @dataclass(frozen=True)
@@ -113,6 +129,12 @@ class AuditKeyView:
     cka_id: bytes
     certificate: bytes
     chain: tuple[bytes, ...]
+
+
+def fold(text: str) -> str:
+    """Case- and diacritic-insensitive form for search: "Lò Văn Tuấn" -> "lo van tuan"."""
+    decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
+    return " ".join("".join(ch for ch in decomposed if not unicodedata.combining(ch)).lower().split())
 
 
 def _rowcount(result: Any) -> int:
@@ -332,8 +354,49 @@ class Tx:
                 locked=False,
                 created_at=now,
                 scope=scope,
+                name_folded=fold(name),
             )
         )
+
+    def search_users(
+        self, agency: str = "", name_folded: str = "", status: str = "", limit: int = 1000
+    ) -> list[UserView]:
+        q = select(USERS.c.user_id)
+        if agency:
+            q = q.where(USERS.c.agency == agency)
+        if status:
+            q = q.where(USERS.c.status == status)
+        if name_folded:
+            q = q.where(USERS.c.name_folded.contains(name_folded, autoescape=True))
+        ids = [r[0] for r in self.c.execute(q.order_by(USERS.c.user_id).limit(limit)).all()]
+        return [u for u in (self.get_user(i) for i in ids) if u is not None]
+
+    def set_user_status(self, user_id: str, status: str) -> bool:
+        res = self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(status=status))
+        return _rowcount(res) == 1
+
+    def set_user_agency(self, user_id: str, agency: str) -> None:
+        self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(agency=agency))
+
+    def set_totp(self, user_id: str, sealed: bytes) -> None:
+        self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(totp_sealed=sealed, failed_attempts=0))
+
+    def end_user_sessions(self, user_id: str, now: float, reason: str) -> int:
+        res = self.c.execute(
+            update(SESSIONS)
+            .where(SESSIONS.c.user_id == user_id, SESSIONS.c.ended_at.is_(None))
+            .values(ended_at=now, end_reason=reason)
+        )
+        return _rowcount(res)
+
+    def expire_user_sads(self, user_id: str, now: float) -> int:
+        """Unused SADs of the user stop working now (kept, for the audit trail)."""
+        res = self.c.execute(
+            update(SADS)
+            .where(SADS.c.user_id == user_id, SADS.c.consumed_at.is_(None), SADS.c.expires_at > now)
+            .values(expires_at=now)
+        )
+        return _rowcount(res)
 
     def set_pin_hash(self, user_id: str, pin_hash: str) -> None:
         self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(pin_hash=pin_hash))
@@ -408,7 +471,7 @@ class Tx:
         return [
             CredentialView(
                 r.credential_id,
-                r.holder_user_id,
+                r.holder_user_id or "",
                 r.agency,
                 r.key_algorithm,
                 r.status,
@@ -417,6 +480,9 @@ class Tx:
                 bytes(r.cka_id),
                 bytes(r.certificate),
                 unpack_certs(bytes(r.chain)),
+                r.kind,
+                r.status_reason,
+                r.not_after,
             )
             for r in rows
         ]
@@ -426,7 +492,134 @@ class Tx:
         return found[0] if found else None
 
     def list_credentials(self, holder_user_id: str) -> list[CredentialView]:
-        return self._credentials(CREDS.c.holder_user_id == holder_user_id)
+        """The user's own credentials and the organisation seals they may activate."""
+        seals = select(SEAL_USERS.c.credential_id).where(SEAL_USERS.c.user_id == holder_user_id)
+        return self._credentials((CREDS.c.holder_user_id == holder_user_id) | CREDS.c.credential_id.in_(seals))
+
+    def may_activate(self, credential_id: str, user_id: str) -> bool:
+        """Holder of a personal credential, or an authorized user of a seal."""
+        row = self.c.execute(
+            select(CREDS.c.kind, CREDS.c.holder_user_id).where(CREDS.c.credential_id == credential_id)
+        ).first()
+        if row is None:
+            return False
+        if row.kind != "seal":
+            return bool(row.holder_user_id == user_id)
+        return (
+            self.c.execute(
+                select(SEAL_USERS.c.user_id).where(
+                    SEAL_USERS.c.credential_id == credential_id, SEAL_USERS.c.user_id == user_id
+                )
+            ).first()
+            is not None
+        )
+
+    def set_seal_users(self, credential_id: str, user_ids: Sequence[str]) -> None:
+        self.c.execute(delete(SEAL_USERS).where(SEAL_USERS.c.credential_id == credential_id))
+        if user_ids:
+            self.c.execute(insert(SEAL_USERS), [{"credential_id": credential_id, "user_id": u} for u in user_ids])
+
+    def seal_users(self, credential_id: str) -> list[str]:
+        rows = self.c.execute(select(SEAL_USERS.c.user_id).where(SEAL_USERS.c.credential_id == credential_id)).all()
+        return sorted(r[0] for r in rows)
+
+    def search_credentials(
+        self, agency: str = "", name_folded: str = "", status: str = "", expires_before: float = 0.0, limit: int = 1000
+    ) -> list[CredentialView]:
+        where: list[Any] = []
+        if agency:
+            where.append(CREDS.c.agency == agency)
+        if status:
+            where.append(CREDS.c.status == status)
+        if expires_before:
+            where.append(CREDS.c.not_after < expires_before)
+        if name_folded:
+            holders = select(USERS.c.user_id).where(USERS.c.name_folded.contains(name_folded, autoescape=True))
+            where.append(CREDS.c.holder_user_id.in_(holders))
+        return self._credentials(*where)[:limit]
+
+    def credentials_of(self, user_id: str) -> list[CredentialView]:
+        return self._credentials(CREDS.c.holder_user_id == user_id)
+
+    def key_versions(self, credential_id: str) -> list[KeyVersionView]:
+        rows = self.c.execute(select(KEYS).where(KEYS.c.credential_id == credential_id).order_by(KEYS.c.version)).all()
+        return [
+            KeyVersionView(
+                r.credential_id,
+                r.version,
+                bytes(r.cka_id),
+                bytes(r.certificate),
+                unpack_certs(bytes(r.chain)),
+                r.status,
+            )
+            for r in rows
+        ]
+
+    def add_key_version(
+        self,
+        credential_id: str,
+        version: int,
+        cka_id: bytes,
+        certificate: bytes,
+        chain_certs: Sequence[bytes],
+        not_after: float,
+        now: float,
+    ) -> None:
+        """A new current key version; the previous one is retired (verifies, never signs)."""
+        self.c.execute(
+            update(KEYS)
+            .where(KEYS.c.credential_id == credential_id, KEYS.c.status == "active")
+            .values(status="retired")
+        )
+        self.c.execute(
+            insert(KEYS).values(
+                credential_id=credential_id,
+                version=version,
+                cka_id=cka_id,
+                certificate=certificate,
+                chain=pack_certs(chain_certs),
+                status="active",
+                created_at=now,
+            )
+        )
+        self.c.execute(
+            update(CREDS).where(CREDS.c.credential_id == credential_id).values(key_version=version, not_after=not_after)
+        )
+
+    def set_certificate(
+        self, credential_id: str, version: int, certificate: bytes, chain_certs: Sequence[bytes], not_after: float
+    ) -> None:
+        self.c.execute(
+            update(KEYS)
+            .where(KEYS.c.credential_id == credential_id, KEYS.c.version == version)
+            .values(certificate=certificate, chain=pack_certs(chain_certs))
+        )
+        self.c.execute(
+            update(CREDS)
+            .where(CREDS.c.credential_id == credential_id, CREDS.c.key_version == version)
+            .values(not_after=not_after)
+        )
+
+    def set_credential_status(self, credential_id: str, status: str, reason: str, only_from: Sequence[str]) -> bool:
+        """Move to ``status`` if the credential is currently in one of ``only_from``."""
+        res = self.c.execute(
+            update(CREDS)
+            .where(CREDS.c.credential_id == credential_id, CREDS.c.status.in_(list(only_from)))
+            .values(status=status, status_reason=reason)
+        )
+        return _rowcount(res) == 1
+
+    def mark_keys_destroyed(self, credential_id: str) -> None:
+        self.c.execute(update(KEYS).where(KEYS.c.credential_id == credential_id).values(status="destroyed"))
+
+    def destroy_approvals(self, credential_id: str) -> list[str]:
+        rows = self.c.execute(
+            select(APPROVALS.c.officer_user_id).where(APPROVALS.c.credential_id == credential_id)
+        ).all()
+        return [r[0] for r in rows]
+
+    def add_destroy_approval(self, credential_id: str, officer: str, now: float) -> None:
+        self.c.execute(insert(APPROVALS).values(credential_id=credential_id, officer_user_id=officer, requested_at=now))
 
     def add_credential(
         self,
@@ -439,16 +632,21 @@ class Tx:
         certificate: bytes,
         chain_certs: Sequence[bytes],
         now: float,
+        kind: str = "person",
+        not_after: float = 0.0,
     ) -> None:
         self.c.execute(
             insert(CREDS).values(
                 credential_id=credential_id,
-                holder_user_id=holder_user_id,
+                holder_user_id=holder_user_id or None,
+                kind=kind,
                 agency=agency,
                 key_algorithm=key_algorithm,
                 status="active",
+                status_reason="",
                 key_version=1,
                 multisign=multisign,
+                not_after=not_after,
                 created_at=now,
             )
         )
@@ -459,6 +657,7 @@ class Tx:
                 cka_id=cka_id,
                 certificate=certificate,
                 chain=pack_certs(chain_certs),
+                status="active",
                 created_at=now,
             )
         )

@@ -16,7 +16,9 @@ class User(Base):
 
     user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     name: Mapped[str] = mapped_column(String(256))
-    agency: Mapped[str] = mapped_column(String(256), default="")
+    # Lower-case, diacritics removed ("Lò Văn Tuấn" -> "lo van tuan"), for search.
+    name_folded: Mapped[str] = mapped_column(String(256), default="", index=True)
+    agency: Mapped[str] = mapped_column(String(256), default="", index=True)
     role: Mapped[str] = mapped_column(String(32), default="signer")
     # For auditors: "agency" (their own agency's records) or "province" (all records).
     scope: Mapped[str] = mapped_column(String(16), default="agency")
@@ -47,13 +49,37 @@ class Credential(Base):
     __tablename__ = "credentials"
 
     credential_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    holder_user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"), index=True)
-    agency: Mapped[str] = mapped_column(String(256), default="")
+    # A person's credential has a holder; an organisation seal has none (see SealUser).
+    holder_user_id: Mapped[str | None] = mapped_column(ForeignKey("users.user_id"), index=True, nullable=True)
+    kind: Mapped[str] = mapped_column(String(16), default="person")  # "person" or "seal"
+    agency: Mapped[str] = mapped_column(String(256), default="", index=True)
     key_algorithm: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    # active, disabled (reversible), revoked (final: Decree 68 reasons), destroyed (keys gone)
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    status_reason: Mapped[str] = mapped_column(String(256), default="")
     key_version: Mapped[int] = mapped_column(Integer, default=1)
     multisign: Mapped[int] = mapped_column(Integer)
+    not_after: Mapped[float] = mapped_column(Float, default=0.0, index=True)  # current certificate's expiry
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class SealUser(Base):
+    """Users allowed to activate an organisation seal (each activation: their own fresh TOTP)."""
+
+    __tablename__ = "seal_users"
+
+    credential_id: Mapped[str] = mapped_column(ForeignKey("credentials.credential_id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"), primary_key=True)
+
+
+class DestroyApproval(Base):
+    """Dual control: destroying a credential's keys needs two different key officers."""
+
+    __tablename__ = "destroy_approvals"
+
+    credential_id: Mapped[str] = mapped_column(ForeignKey("credentials.credential_id"), primary_key=True)
+    officer_user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requested_at: Mapped[float] = mapped_column(Float)
 
 
 class KeyVersion(Base):
@@ -64,6 +90,8 @@ class KeyVersion(Base):
     cka_id: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     certificate: Mapped[bytes] = mapped_column(LargeBinary)  # DER
     chain: Mapped[bytes] = mapped_column(LargeBinary)  # DER certificates of the issuers, each length-prefixed
+    # active (signs), retired (rotated out: verifies old signatures only), destroyed
+    status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[float] = mapped_column(Float)
 
 

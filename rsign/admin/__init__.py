@@ -1,0 +1,1 @@
+"""Administration: user lifecycle, search, and the role/agency policy for every admin operation."""
