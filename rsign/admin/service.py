@@ -63,9 +63,10 @@ class AdminService:
             raise InvalidRequest("an agency admin cannot create a province-wide auditor")
         return self._auth.enrol(user_id, name, pin, agency=agency, role=role, scope=scope)
 
-    def unlock(self, who: Principal | None, user_id: str) -> None:
+    def unlock(self, who: Principal | None, user_id: str) -> UserView:
         authorize(who, Op.USERS, self._user(user_id).agency)
         self._auth.unlock(user_id)
+        return self._user(user_id)
 
     def suspend(self, who: Principal | None, user_id: str, reason: str) -> UserView:
         """No login, no signing, open sessions ended; reversible with ``reactivate``."""
@@ -227,9 +228,10 @@ class AdminService:
         officer = who.user_id if who is not None else "local-operator"
         return self._keys.destroy(credential_id, officer)
 
-    def set_seal_users(self, who: Principal | None, credential_id: str, users: Sequence[str]) -> None:
+    def set_seal_users(self, who: Principal | None, credential_id: str, users: Sequence[str]) -> CredentialView:
         authorize(who, Op.KEYS)
         self._keys.set_seal_users(credential_id, users)
+        return self._keys.get(credential_id)
 
     def history(self, who: Principal | None, credential_id: str) -> list[KeyVersionView]:
         authorize(who, Op.SEARCH_CREDENTIALS, self._cred_agency(credential_id))

@@ -20,7 +20,12 @@ class RsignClient:
         self.auth = pb_grpc.AuthServiceStub(self.channel)
         self.signing = pb_grpc.SigningServiceStub(self.channel)
         self.audit = pb_grpc.AuditServiceStub(self.channel)
+        self.admin = pb_grpc.AdminServiceStub(self.channel)
         self.token = ""
+
+    def md(self) -> list[tuple[str, str]]:
+        """Call metadata carrying the session (for calling the stubs directly)."""
+        return self._md()
 
     def _md(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.token}")] if self.token else []

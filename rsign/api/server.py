@@ -14,14 +14,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from rsign.api.interceptors import ServiceInterceptor
-from rsign.api.servicers import AuditServicer, AuthServicer, SigningServicer
+from rsign.api.servicers import AdminServicer, AuditServicer, AuthServicer, SigningServicer
 from rsign.app import App
 from rsign.audit.service import Checkpointer
 from rsign.v1 import rsign_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("rsign.v1.AuthService", "rsign.v1.SigningService", "rsign.v1.AuditService")
+SERVICES = ("rsign.v1.AuthService", "rsign.v1.SigningService", "rsign.v1.AuditService", "rsign.v1.AdminService")
 
 
 @dataclass
@@ -80,6 +80,7 @@ def start_server(app: App, listen: str, max_workers: int = 64) -> RunningServer:
     pb_grpc.add_AuthServiceServicer_to_server(AuthServicer(app), server)
     pb_grpc.add_SigningServiceServicer_to_server(SigningServicer(app), server)
     pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(app), server)
+    pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(app), server)
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     port = server.add_insecure_port(listen)

@@ -13,7 +13,7 @@ from rsign.audit.events import EventFilter
 from rsign.clock import iso_utc
 from rsign.errors import InvalidRequest
 from rsign.signing.algorithms import HashAlg, KeyAlgorithm, Scheme
-from rsign.store.db import CredentialView
+from rsign.store.db import CredentialView, UserView
 from rsign.v1 import rsign_pb2 as pb
 from rsign.v1 import rsign_pb2_grpc as pb_grpc
 
@@ -46,6 +46,9 @@ def credential_pb(c: CredentialView) -> pb.Credential:
         certificates=[c.certificate, *c.chain],
         signature_algorithm_oids=KeyAlgorithm(c.key_algorithm).signature_algorithm_oids(),
         multisign=c.multisign,
+        kind=c.kind,
+        not_after=int(c.not_after),
+        status_reason=c.status_reason,
     )
 
 
@@ -206,3 +209,120 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             checkpoints=rep.checkpoints,
             last_checkpoint_seq=rep.last_checkpoint_seq,
         )
+
+
+def user_pb(u: UserView) -> pb.User:
+    return pb.User(
+        user_id=u.user_id, name=u.name, agency=u.agency, role=u.role, status=u.status, locked=u.locked, scope=u.scope
+    )
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    """Thin: every rule lives in rsign.admin (policy) and the domain services (audit)."""
+
+    def __init__(self, app: App) -> None:
+        self._admin = app.admin
+
+    def EnrolUser(self, request: pb.EnrolUserRequest, context: grpc.ServicerContext) -> pb.EnrolUserResponse:
+        enr = self._admin.enrol(
+            current_principal(),
+            request.user_id,
+            request.name,
+            request.pin,
+            request.agency,
+            request.role or "signer",
+            request.scope or "agency",
+        )
+        return pb.EnrolUserResponse(user_id=enr.user_id, otpauth_uri=enr.otpauth_uri)
+
+    def SuspendUser(self, request: pb.UserActionRequest, context: grpc.ServicerContext) -> pb.User:
+        return user_pb(self._admin.suspend(current_principal(), request.user_id, request.reason))
+
+    def ReactivateUser(self, request: pb.UserActionRequest, context: grpc.ServicerContext) -> pb.User:
+        return user_pb(self._admin.reactivate(current_principal(), request.user_id))
+
+    def UnlockUser(self, request: pb.UserActionRequest, context: grpc.ServicerContext) -> pb.User:
+        return user_pb(self._admin.unlock(current_principal(), request.user_id))
+
+    def ResetTotp(self, request: pb.UserActionRequest, context: grpc.ServicerContext) -> pb.EnrolUserResponse:
+        enr = self._admin.reset_totp(current_principal(), request.user_id)
+        return pb.EnrolUserResponse(user_id=enr.user_id, otpauth_uri=enr.otpauth_uri)
+
+    def MoveUser(self, request: pb.MoveUserRequest, context: grpc.ServicerContext) -> pb.MoveUserResponse:
+        res = self._admin.move(current_principal(), request.user_id, request.new_agency)
+        return pb.MoveUserResponse(user=user_pb(res.user), revoked_credentials=res.revoked)
+
+    def RetireUser(self, request: pb.UserActionRequest, context: grpc.ServicerContext) -> pb.MoveUserResponse:
+        res = self._admin.retire(current_principal(), request.user_id)
+        return pb.MoveUserResponse(user=user_pb(res.user), revoked_credentials=res.revoked)
+
+    def SearchUsers(self, request: pb.SearchUsersRequest, context: grpc.ServicerContext) -> pb.SearchUsersResponse:
+        users = self._admin.search_users(
+            current_principal(), request.agency, request.name, request.status, request.limit or 100
+        )
+        return pb.SearchUsersResponse(users=[user_pb(u) for u in users])
+
+    def GenerateKey(self, request: pb.GenerateKeyRequest, context: grpc.ServicerContext) -> pb.Credential:
+        return credential_pb(
+            self._admin.generate(
+                current_principal(),
+                request.credential_id,
+                request.algorithm,
+                request.holder_user_id,
+                request.multisign or None,
+                request.seal_agency,
+                list(request.seal_user_ids),
+            )
+        )
+
+    def CreateCsr(self, request: pb.CredentialRequest, context: grpc.ServicerContext) -> pb.CsrResponse:
+        return pb.CsrResponse(pem=self._admin.csr(current_principal(), request.credential_id).decode("ascii"))
+
+    def ImportCertificate(self, request: pb.ImportCertificateRequest, context: grpc.ServicerContext) -> pb.Credential:
+        return credential_pb(
+            self._admin.import_certificate(current_principal(), request.credential_id, request.certificate_chain)
+        )
+
+    def RotateKey(self, request: pb.CredentialRequest, context: grpc.ServicerContext) -> pb.Credential:
+        return credential_pb(self._admin.rotate(current_principal(), request.credential_id))
+
+    def DisableCredential(self, request: pb.CredentialRequest, context: grpc.ServicerContext) -> pb.Credential:
+        return credential_pb(self._admin.set_enabled(current_principal(), request.credential_id, False, request.reason))
+
+    def EnableCredential(self, request: pb.CredentialRequest, context: grpc.ServicerContext) -> pb.Credential:
+        return credential_pb(self._admin.set_enabled(current_principal(), request.credential_id, True, request.reason))
+
+    def RevokeCredential(self, request: pb.RevokeCredentialRequest, context: grpc.ServicerContext) -> pb.Credential:
+        return credential_pb(self._admin.revoke(current_principal(), request.credential_id, request.reason))
+
+    def DestroyCredential(
+        self, request: pb.CredentialRequest, context: grpc.ServicerContext
+    ) -> pb.DestroyCredentialResponse:
+        return pb.DestroyCredentialResponse(state=self._admin.destroy(current_principal(), request.credential_id))
+
+    def SetSealUsers(self, request: pb.SetSealUsersRequest, context: grpc.ServicerContext) -> pb.Credential:
+        return credential_pb(
+            self._admin.set_seal_users(current_principal(), request.credential_id, list(request.user_ids))
+        )
+
+    def GetKeyHistory(self, request: pb.CredentialRequest, context: grpc.ServicerContext) -> pb.KeyHistoryResponse:
+        versions = self._admin.history(current_principal(), request.credential_id)
+        return pb.KeyHistoryResponse(
+            versions=[
+                pb.KeyVersion(version=v.version, status=v.status, certificates=[v.certificate, *v.chain])
+                for v in versions
+            ]
+        )
+
+    def SearchCredentials(
+        self, request: pb.SearchCredentialsRequest, context: grpc.ServicerContext
+    ) -> pb.SearchCredentialsResponse:
+        creds = self._admin.search_credentials(
+            current_principal(),
+            request.agency,
+            request.holder_name,
+            request.status,
+            request.expires_within_days,
+            request.limit or 100,
+        )
+        return pb.SearchCredentialsResponse(credentials=[credential_pb(c) for c in creds])

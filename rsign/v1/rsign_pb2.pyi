@@ -56,7 +56,7 @@ class LogoutResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Credential(_message.Message):
-    __slots__ = ("credential_id", "holder_user_id", "agency", "key_algorithm", "status", "key_version", "certificates", "signature_algorithm_oids", "multisign")
+    __slots__ = ("credential_id", "holder_user_id", "agency", "key_algorithm", "status", "key_version", "certificates", "signature_algorithm_oids", "multisign", "kind", "not_after", "status_reason")
     CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
     HOLDER_USER_ID_FIELD_NUMBER: _ClassVar[int]
     AGENCY_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,9 @@ class Credential(_message.Message):
     CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_ALGORITHM_OIDS_FIELD_NUMBER: _ClassVar[int]
     MULTISIGN_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
     credential_id: str
     holder_user_id: str
     agency: str
@@ -75,7 +78,10 @@ class Credential(_message.Message):
     certificates: _containers.RepeatedScalarFieldContainer[bytes]
     signature_algorithm_oids: _containers.RepeatedScalarFieldContainer[str]
     multisign: int
-    def __init__(self, credential_id: _Optional[str] = ..., holder_user_id: _Optional[str] = ..., agency: _Optional[str] = ..., key_algorithm: _Optional[str] = ..., status: _Optional[str] = ..., key_version: _Optional[int] = ..., certificates: _Optional[_Iterable[bytes]] = ..., signature_algorithm_oids: _Optional[_Iterable[str]] = ..., multisign: _Optional[int] = ...) -> None: ...
+    kind: str
+    not_after: int
+    status_reason: str
+    def __init__(self, credential_id: _Optional[str] = ..., holder_user_id: _Optional[str] = ..., agency: _Optional[str] = ..., key_algorithm: _Optional[str] = ..., status: _Optional[str] = ..., key_version: _Optional[int] = ..., certificates: _Optional[_Iterable[bytes]] = ..., signature_algorithm_oids: _Optional[_Iterable[str]] = ..., multisign: _Optional[int] = ..., kind: _Optional[str] = ..., not_after: _Optional[int] = ..., status_reason: _Optional[str] = ...) -> None: ...
 
 class ListCredentialsRequest(_message.Message):
     __slots__ = ()
@@ -272,3 +278,183 @@ class VerifyLogResponse(_message.Message):
     checkpoints: int
     last_checkpoint_seq: int
     def __init__(self, ok: _Optional[bool] = ..., records: _Optional[int] = ..., head_seq: _Optional[int] = ..., bad_seq: _Optional[int] = ..., problem: _Optional[str] = ..., checkpoints: _Optional[int] = ..., last_checkpoint_seq: _Optional[int] = ...) -> None: ...
+
+class User(_message.Message):
+    __slots__ = ("user_id", "name", "agency", "role", "status", "locked", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AGENCY_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    name: str
+    agency: str
+    role: str
+    status: str
+    locked: bool
+    scope: str
+    def __init__(self, user_id: _Optional[str] = ..., name: _Optional[str] = ..., agency: _Optional[str] = ..., role: _Optional[str] = ..., status: _Optional[str] = ..., locked: _Optional[bool] = ..., scope: _Optional[str] = ...) -> None: ...
+
+class EnrolUserRequest(_message.Message):
+    __slots__ = ("user_id", "name", "agency", "pin", "role", "scope")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AGENCY_FIELD_NUMBER: _ClassVar[int]
+    PIN_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    name: str
+    agency: str
+    pin: str
+    role: str
+    scope: str
+    def __init__(self, user_id: _Optional[str] = ..., name: _Optional[str] = ..., agency: _Optional[str] = ..., pin: _Optional[str] = ..., role: _Optional[str] = ..., scope: _Optional[str] = ...) -> None: ...
+
+class EnrolUserResponse(_message.Message):
+    __slots__ = ("user_id", "otpauth_uri")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    OTPAUTH_URI_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    otpauth_uri: str
+    def __init__(self, user_id: _Optional[str] = ..., otpauth_uri: _Optional[str] = ...) -> None: ...
+
+class UserActionRequest(_message.Message):
+    __slots__ = ("user_id", "reason")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    reason: str
+    def __init__(self, user_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class MoveUserRequest(_message.Message):
+    __slots__ = ("user_id", "new_agency")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_AGENCY_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    new_agency: str
+    def __init__(self, user_id: _Optional[str] = ..., new_agency: _Optional[str] = ...) -> None: ...
+
+class MoveUserResponse(_message.Message):
+    __slots__ = ("user", "revoked_credentials")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    revoked_credentials: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ..., revoked_credentials: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SearchUsersRequest(_message.Message):
+    __slots__ = ("agency", "name", "status", "limit")
+    AGENCY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    agency: str
+    name: str
+    status: str
+    limit: int
+    def __init__(self, agency: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class SearchUsersResponse(_message.Message):
+    __slots__ = ("users",)
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedCompositeFieldContainer[User]
+    def __init__(self, users: _Optional[_Iterable[_Union[User, _Mapping]]] = ...) -> None: ...
+
+class GenerateKeyRequest(_message.Message):
+    __slots__ = ("credential_id", "algorithm", "holder_user_id", "multisign", "seal_agency", "seal_user_ids")
+    CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    MULTISIGN_FIELD_NUMBER: _ClassVar[int]
+    SEAL_AGENCY_FIELD_NUMBER: _ClassVar[int]
+    SEAL_USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    credential_id: str
+    algorithm: str
+    holder_user_id: str
+    multisign: int
+    seal_agency: str
+    seal_user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, credential_id: _Optional[str] = ..., algorithm: _Optional[str] = ..., holder_user_id: _Optional[str] = ..., multisign: _Optional[int] = ..., seal_agency: _Optional[str] = ..., seal_user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CredentialRequest(_message.Message):
+    __slots__ = ("credential_id", "reason")
+    CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    credential_id: str
+    reason: str
+    def __init__(self, credential_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CsrResponse(_message.Message):
+    __slots__ = ("pem",)
+    PEM_FIELD_NUMBER: _ClassVar[int]
+    pem: str
+    def __init__(self, pem: _Optional[str] = ...) -> None: ...
+
+class ImportCertificateRequest(_message.Message):
+    __slots__ = ("credential_id", "certificate_chain")
+    CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    credential_id: str
+    certificate_chain: bytes
+    def __init__(self, credential_id: _Optional[str] = ..., certificate_chain: _Optional[bytes] = ...) -> None: ...
+
+class RevokeCredentialRequest(_message.Message):
+    __slots__ = ("credential_id", "reason")
+    CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    credential_id: str
+    reason: str
+    def __init__(self, credential_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DestroyCredentialResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    def __init__(self, state: _Optional[str] = ...) -> None: ...
+
+class SetSealUsersRequest(_message.Message):
+    __slots__ = ("credential_id", "user_ids")
+    CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    credential_id: str
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, credential_id: _Optional[str] = ..., user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class KeyVersion(_message.Message):
+    __slots__ = ("version", "status", "certificates")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    status: str
+    certificates: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, version: _Optional[int] = ..., status: _Optional[str] = ..., certificates: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class KeyHistoryResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[KeyVersion]
+    def __init__(self, versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ...) -> None: ...
+
+class SearchCredentialsRequest(_message.Message):
+    __slots__ = ("agency", "holder_name", "status", "expires_within_days", "limit")
+    AGENCY_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_WITHIN_DAYS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    agency: str
+    holder_name: str
+    status: str
+    expires_within_days: int
+    limit: int
+    def __init__(self, agency: _Optional[str] = ..., holder_name: _Optional[str] = ..., status: _Optional[str] = ..., expires_within_days: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class SearchCredentialsResponse(_message.Message):
+    __slots__ = ("credentials",)
+    CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    credentials: _containers.RepeatedCompositeFieldContainer[Credential]
+    def __init__(self, credentials: _Optional[_Iterable[_Union[Credential, _Mapping]]] = ...) -> None: ...

@@ -579,3 +579,866 @@ class AuditService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminServiceStub:
+    """---------------------------------------------------------------------------------------------
+    Administration. Roles: admin (everything), key_officer (keys and certificates, province-wide),
+    agency_admin (users of their own agency; search their agency). Every call is audited.
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.EnrolUser = channel.unary_unary(
+                '/rsign.v1.AdminService/EnrolUser',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.EnrolUserRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.EnrolUserResponse.FromString,
+                _registered_method=True)
+        self.SuspendUser = channel.unary_unary(
+                '/rsign.v1.AdminService/SuspendUser',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.UserActionRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.User.FromString,
+                _registered_method=True)
+        self.ReactivateUser = channel.unary_unary(
+                '/rsign.v1.AdminService/ReactivateUser',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.UserActionRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.User.FromString,
+                _registered_method=True)
+        self.UnlockUser = channel.unary_unary(
+                '/rsign.v1.AdminService/UnlockUser',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.UserActionRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.User.FromString,
+                _registered_method=True)
+        self.ResetTotp = channel.unary_unary(
+                '/rsign.v1.AdminService/ResetTotp',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.UserActionRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.EnrolUserResponse.FromString,
+                _registered_method=True)
+        self.MoveUser = channel.unary_unary(
+                '/rsign.v1.AdminService/MoveUser',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.MoveUserRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.MoveUserResponse.FromString,
+                _registered_method=True)
+        self.RetireUser = channel.unary_unary(
+                '/rsign.v1.AdminService/RetireUser',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.UserActionRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.MoveUserResponse.FromString,
+                _registered_method=True)
+        self.SearchUsers = channel.unary_unary(
+                '/rsign.v1.AdminService/SearchUsers',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.SearchUsersRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.SearchUsersResponse.FromString,
+                _registered_method=True)
+        self.GenerateKey = channel.unary_unary(
+                '/rsign.v1.AdminService/GenerateKey',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.GenerateKeyRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+                _registered_method=True)
+        self.CreateCsr = channel.unary_unary(
+                '/rsign.v1.AdminService/CreateCsr',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.CredentialRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.CsrResponse.FromString,
+                _registered_method=True)
+        self.ImportCertificate = channel.unary_unary(
+                '/rsign.v1.AdminService/ImportCertificate',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.ImportCertificateRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+                _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/rsign.v1.AdminService/RotateKey',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.CredentialRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+                _registered_method=True)
+        self.DisableCredential = channel.unary_unary(
+                '/rsign.v1.AdminService/DisableCredential',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.CredentialRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+                _registered_method=True)
+        self.EnableCredential = channel.unary_unary(
+                '/rsign.v1.AdminService/EnableCredential',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.CredentialRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+                _registered_method=True)
+        self.RevokeCredential = channel.unary_unary(
+                '/rsign.v1.AdminService/RevokeCredential',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.RevokeCredentialRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+                _registered_method=True)
+        self.DestroyCredential = channel.unary_unary(
+                '/rsign.v1.AdminService/DestroyCredential',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.CredentialRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.DestroyCredentialResponse.FromString,
+                _registered_method=True)
+        self.SetSealUsers = channel.unary_unary(
+                '/rsign.v1.AdminService/SetSealUsers',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.SetSealUsersRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+                _registered_method=True)
+        self.GetKeyHistory = channel.unary_unary(
+                '/rsign.v1.AdminService/GetKeyHistory',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.CredentialRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.KeyHistoryResponse.FromString,
+                _registered_method=True)
+        self.SearchCredentials = channel.unary_unary(
+                '/rsign.v1.AdminService/SearchCredentials',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.SearchCredentialsRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.SearchCredentialsResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServiceServicer:
+    """---------------------------------------------------------------------------------------------
+    Administration. Roles: admin (everything), key_officer (keys and certificates, province-wide),
+    agency_admin (users of their own agency; search their agency). Every call is audited.
+
+    """
+
+    def EnrolUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SuspendUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReactivateUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlockUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResetTotp(self, request, context):
+        """New TOTP seed; the old seed, all sessions and unused SADs of the user stop working.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveUser(self, request, context):
+        """Job change: revokes the user's individual credentials (Decree 68), ends sessions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCsr(self, request, context):
+        """PKCS#10, signed in the HSM
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKey(self, request, context):
+        """new key version
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableCredential(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableCredential(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCredential(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DestroyCredential(self, request, context):
+        """Dual control: the first key officer's call records the request, a second officer's destroys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSealUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchCredentials(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'EnrolUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrolUser,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.EnrolUserRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.EnrolUserResponse.SerializeToString,
+            ),
+            'SuspendUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendUser,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.UserActionRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.User.SerializeToString,
+            ),
+            'ReactivateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReactivateUser,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.UserActionRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.User.SerializeToString,
+            ),
+            'UnlockUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlockUser,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.UserActionRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.User.SerializeToString,
+            ),
+            'ResetTotp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetTotp,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.UserActionRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.EnrolUserResponse.SerializeToString,
+            ),
+            'MoveUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveUser,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.MoveUserRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.MoveUserResponse.SerializeToString,
+            ),
+            'RetireUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireUser,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.UserActionRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.MoveUserResponse.SerializeToString,
+            ),
+            'SearchUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchUsers,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.SearchUsersRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.SearchUsersResponse.SerializeToString,
+            ),
+            'GenerateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateKey,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.GenerateKeyRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.Credential.SerializeToString,
+            ),
+            'CreateCsr': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCsr,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.CredentialRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.CsrResponse.SerializeToString,
+            ),
+            'ImportCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportCertificate,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.ImportCertificateRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.Credential.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.CredentialRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.Credential.SerializeToString,
+            ),
+            'DisableCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableCredential,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.CredentialRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.Credential.SerializeToString,
+            ),
+            'EnableCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableCredential,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.CredentialRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.Credential.SerializeToString,
+            ),
+            'RevokeCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCredential,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.RevokeCredentialRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.Credential.SerializeToString,
+            ),
+            'DestroyCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.DestroyCredential,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.CredentialRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.DestroyCredentialResponse.SerializeToString,
+            ),
+            'SetSealUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSealUsers,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.SetSealUsersRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.Credential.SerializeToString,
+            ),
+            'GetKeyHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyHistory,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.CredentialRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.KeyHistoryResponse.SerializeToString,
+            ),
+            'SearchCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchCredentials,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.SearchCredentialsRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.SearchCredentialsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'rsign.v1.AdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('rsign.v1.AdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AdminService:
+    """---------------------------------------------------------------------------------------------
+    Administration. Roles: admin (everything), key_officer (keys and certificates, province-wide),
+    agency_admin (users of their own agency; search their agency). Every call is audited.
+
+    """
+
+    @staticmethod
+    def EnrolUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/EnrolUser',
+            rsign_dot_v1_dot_rsign__pb2.EnrolUserRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.EnrolUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/SuspendUser',
+            rsign_dot_v1_dot_rsign__pb2.UserActionRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReactivateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/ReactivateUser',
+            rsign_dot_v1_dot_rsign__pb2.UserActionRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlockUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/UnlockUser',
+            rsign_dot_v1_dot_rsign__pb2.UserActionRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetTotp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/ResetTotp',
+            rsign_dot_v1_dot_rsign__pb2.UserActionRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.EnrolUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/MoveUser',
+            rsign_dot_v1_dot_rsign__pb2.MoveUserRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.MoveUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/RetireUser',
+            rsign_dot_v1_dot_rsign__pb2.UserActionRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.MoveUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/SearchUsers',
+            rsign_dot_v1_dot_rsign__pb2.SearchUsersRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.SearchUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/GenerateKey',
+            rsign_dot_v1_dot_rsign__pb2.GenerateKeyRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCsr(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/CreateCsr',
+            rsign_dot_v1_dot_rsign__pb2.CredentialRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.CsrResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/ImportCertificate',
+            rsign_dot_v1_dot_rsign__pb2.ImportCertificateRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/RotateKey',
+            rsign_dot_v1_dot_rsign__pb2.CredentialRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/DisableCredential',
+            rsign_dot_v1_dot_rsign__pb2.CredentialRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/EnableCredential',
+            rsign_dot_v1_dot_rsign__pb2.CredentialRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/RevokeCredential',
+            rsign_dot_v1_dot_rsign__pb2.RevokeCredentialRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DestroyCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/DestroyCredential',
+            rsign_dot_v1_dot_rsign__pb2.CredentialRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.DestroyCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSealUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/SetSealUsers',
+            rsign_dot_v1_dot_rsign__pb2.SetSealUsersRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.Credential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/GetKeyHistory',
+            rsign_dot_v1_dot_rsign__pb2.CredentialRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.KeyHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.AdminService/SearchCredentials',
+            rsign_dot_v1_dot_rsign__pb2.SearchCredentialsRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.SearchCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
