@@ -8,56 +8,17 @@ never stores either in clear.
 from __future__ import annotations
 
 import base64
-import csv
 import fcntl
 import json
-import secrets
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rsign.app import App
-from rsign.errors import AlreadyExists, InvalidRequest
 from rsign.hsm.softhsm import write_private
+from rsign.provision import apply, load
 
 SECRETS_FILE = "demo-secrets.json"
-
-
-@dataclass(frozen=True)
-class CredentialRow:
-    line: int
-    credential_id: str
-    holder_user_id: str
-    holder_name: str
-    agency: str
-    title: str
-    key_algorithm: str
-
-
-def read_credentials(path: Path) -> list[CredentialRow]:
-    """Parse centralized_credentials.csv (RFC 4180, UTF-8); every bad row is reported by line."""
-    rows: list[CredentialRow] = []
-    problems: list[str] = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        need = ["credential_id", "holder_user_id", "holder_name", "agency", "title", "key_algorithm"]
-        missing = [c for c in need if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InvalidRequest(f"{path}: missing columns {', '.join(missing)}")
-        for rec in reader:
-            line = reader.line_num
-            vals = {k: (rec.get(k) or "").strip() for k in need}
-            if None in rec or any(
-                not vals[k] for k in ("credential_id", "holder_user_id", "holder_name", "key_algorithm")
-            ):
-                problems.append(f"line {line}: malformed row")
-                continue
-            rows.append(CredentialRow(line, **vals))
-    if problems:
-        raise InvalidRequest(f"{path}: " + "; ".join(problems[:20]))
-    return rows
 
 
 class DemoSecrets:
@@ -81,50 +42,33 @@ class DemoSecrets:
         return base64.b32decode(self.load()["users"][user_id]["seed_b32"])
 
 
-def provision(app: App, csv_path: Path, progress: Callable[[int, int], None] | None = None) -> int:
-    """Enrol every holder and generate every credential that does not exist yet. Idempotent.
-
-    Returns how many credentials were created in this run.
-    """
-    rows = read_credentials(csv_path)
+def provision(app: App, data: Path, progress: Callable[[int, int], None] | None = None) -> int:
+    """Enrol the 176 centralized credentials' holders and generate the credentials (idempotent),
+    keeping each new holder's PIN and TOTP seed in the demo secrets file. Returns how many
+    credentials were created."""
+    plan = load(data, only_centralized=True)
     store = DemoSecrets(app.settings.state_dir)
-    with app.store.read() as t:
-        todo = [r for r in rows if t.get_credential(r.credential_id) is None]
-    done = len(rows) - len(todo)
+    names = {u.user_id: u.name for u in plan.users}
+
+    def remember(user_id: str, pin: str, seed: bytes) -> None:
+        seed_b32 = base64.b32encode(seed).decode("ascii")
+
+        def put(d: dict[str, Any]) -> None:
+            d["users"][user_id] = {"pin": pin, "seed_b32": seed_b32, "name": names.get(user_id, "")}
+
+        store.update(put)
+
+    def put_creds(d: dict[str, Any]) -> None:
+        d["credentials"].update({c.credential_id: c.holder for c in plan.credentials})
+
+    store.update(put_creds)
+    total = len(plan.credentials)
+
+    def report(stage: str, done: int, n: int) -> None:
+        if progress and stage == "credentials":
+            progress(total - n + done, total)
+
+    summary = apply(app, plan, report, on_enrolled=remember, letters_dir=app.settings.state_dir / "demo-letters")
     if progress:
-        progress(done, len(rows))
-
-    def one(r: CredentialRow) -> None:
-        with app.store.read() as t:
-            exists = t.get_user(r.holder_user_id) is not None
-        if not exists:
-            pin = f"{secrets.randbelow(10**6):06d}"
-            try:
-                enr = app.auth.enrol(r.holder_user_id, r.holder_name, pin, agency=r.agency)
-            except AlreadyExists:
-                pass  # the same holder on two rows, enrolled by the other thread
-            else:
-                seed_b32 = base64.b32encode(enr.seed).decode("ascii")
-
-                def put(d: dict[str, Any]) -> None:
-                    d["users"][r.holder_user_id] = {"pin": pin, "seed_b32": seed_b32, "name": r.holder_name}
-
-                store.update(put)
-        app.keys.generate(r.credential_id, r.key_algorithm, r.holder_user_id)
-
-        def put_cred(d: dict[str, Any]) -> None:
-            d["credentials"][r.credential_id] = r.holder_user_id
-
-        store.update(put_cred)
-
-    created = 0
-    # Key generation runs inside the HSM worker processes; one caller thread per worker keeps
-    # them all busy (RSA-2048 generation is ~0.1-0.5 s per key on SoftHSMv2).
-    workers = max(1, getattr(app.hsm, "size", 1))
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        for _ in ex.map(one, todo):
-            created += 1
-            done += 1
-            if progress:
-                progress(done, len(rows))
-    return created
+        progress(total, total)
+    return summary.credentials_created

@@ -377,7 +377,7 @@ def demo(state_dir: Path, listen: str, data: Path) -> None:
         with context.request(client="cli", actor="demo-provisioning"):
             prog, update = _progress_bar("provisioning Son La credentials")
             with prog:
-                created = provision(app, data / "centralized_credentials.csv", update)
+                created = provision(app, data, update)
         with app.store.read() as t:
             total = t.count_credentials()
         console.print(f"{created} credentials created, {total} in the HSM")
@@ -390,6 +390,55 @@ def demo(state_dir: Path, listen: str, data: Path) -> None:
         serve_forever(app, listen, on_ready=msg)
     finally:
         app.close()
+
+
+# -- provision ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=EXAMPLES,
+    show_default=True,
+    help="Folder with the deployment's CSV files.",
+)
+@click.option(
+    "--health-education",
+    is_flag=True,
+    help="Also enrol the 25,065 health and education officials with EC P-256 credentials.",
+)
+@state_dir_option
+@friendly_errors
+def provision(data: Path, health_education: bool, state_dir: Path) -> None:
+    """Enrol users and generate credentials from the province's CSV files (idempotent).
+
+    Validates every file first: a malformed row is reported with its line number and nothing is
+    imported. New users' initial PINs and authenticator URIs go to an enrolment-letters file (0600).
+    """
+    from rsign import provision as prov
+
+    plan = prov.load(data, health_education=health_education)
+    click.echo(f"{len(plan.users)} users and {len(plan.credentials)} credentials in {data}")
+    with local_app(state_dir, pool=True) as app:
+        prog = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        )
+        tasks: dict[str, Any] = {}
+        with prog:
+
+            def update(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = prog.add_task(f"{stage:12}", total=total)
+                prog.update(tasks[stage], completed=done)
+
+            summary = prov.apply(app, plan, update)
+    click.echo(
+        f"created {summary.users_created} users and {summary.credentials_created} credentials"
+        f" ({summary.users_total} and {summary.credentials_total} in the plan)"
+    )
+    if summary.letters:
+        click.echo(f"enrolment letters (initial PINs, authenticator URIs; mode 0600): {summary.letters}")
 
 
 # -- bench ----------------------------------------------------------------------------------------
@@ -410,10 +459,27 @@ def demo(state_dir: Path, listen: str, data: Path) -> None:
     default=None,
     help="Also stream 100,000 hashes and report RSS growth [default: on unless --quick].",
 )
-def bench(quick: bool, workers: int | None, algorithms: tuple[str, ...], memory: bool | None) -> None:
+@click.option("--scale", is_flag=True, help="Instead: 176 credentials, then 25,065 more; latency and start-up.")
+def bench(quick: bool, workers: int | None, algorithms: tuple[str, ...], memory: bool | None, scale: bool) -> None:
     """Measure the batch path against a direct python-pkcs11 loop; prints one JSON object per line."""
     from rsign import bench as b
     from rsign.signing.algorithms import KeyAlgorithm
+
+    if scale:
+        prog = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        )
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            key = f"{stage}:{total}"
+            if key not in tasks:
+                tasks[key] = prog.add_task(f"provisioning {stage}", total=total)
+            prog.update(tasks[key], completed=done)
+
+        with prog:
+            b.scale(EXAMPLES, 100, lambda msg: prog.console.log(msg), update)
+        return
 
     algs = [KeyAlgorithm.parse(a) for a in (algorithms or ("rsa-2048", "ec-p256"))]
     with console.status("benchmark") as status:

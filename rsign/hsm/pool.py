@@ -54,6 +54,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: HsmConfig)
     try:
         token = Pkcs11Token(config)
         token.ensure_seal_key()  # workers start one after another, so only the first creates it
+        token.warm()
     except RsignError as exc:
         conn.send(("fatal", type(exc).__name__, exc.message))
         return

@@ -371,6 +371,12 @@ class Tx:
         ids = [r[0] for r in self.c.execute(q.order_by(USERS.c.user_id).limit(limit)).all()]
         return [u for u in (self.get_user(i) for i in ids) if u is not None]
 
+    def user_ids(self) -> set[str]:
+        return {r[0] for r in self.c.execute(select(USERS.c.user_id)).all()}
+
+    def credential_ids(self) -> set[str]:
+        return {r[0] for r in self.c.execute(select(CREDS.c.credential_id)).all()}
+
     def set_user_status(self, user_id: str, status: str) -> bool:
         res = self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(status=status))
         return _rowcount(res) == 1
