@@ -7,11 +7,13 @@ disables its own mutexes. Use it from one thread only; ``HsmPool`` gives each wo
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 import pkcs11
 from cryptography.hazmat.primitives import serialization
@@ -32,7 +34,9 @@ from rsign.errors import HsmUnavailable, NotFound
 from rsign.hsm.ports import HsmConfig, ItemFailure, SignResult
 from rsign.signing.algorithms import KeyAlgorithm, Mechanism, SignSpec
 
+T = TypeVar("T")
 SEAL_KEY_LABEL = "rsign-seal-v1"
+_active_softhsm_conf: str | None = None
 _SEAL_VERSION = b"\x01"
 
 _MECH = {
@@ -60,16 +64,38 @@ _PUBLIC_TEMPLATE = {Attribute.TOKEN: True, Attribute.VERIFY: True, Attribute.ENC
 _RETRYABLE = (SessionHandleInvalid, SessionClosed, UserNotLoggedIn)
 
 
+def _serialised(fn: Callable[..., T]) -> Callable[..., T]:
+    """One PKCS#11 call at a time on this token object. Worker processes use a token from one
+    thread (the lock is then free); an in-process user with threads (CLI provisioning) must not
+    reach SoftHSMv2 concurrently: it runs without mutexes and crashes."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Pkcs11Token, *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Pkcs11Token:
     def __init__(self, config: HsmConfig) -> None:
+        self._lock = threading.RLock()
         if config.softhsm_conf:
             os.environ["SOFTHSM2_CONF"] = config.softhsm_conf
         self._config = config
         # python-pkcs11's key classes are mixins typed loosely; Any keeps mypy honest elsewhere.
         self._keys: dict[bytes, Any] = {}
         self._seal_cache: list[Any] = []
+        global _active_softhsm_conf
         try:
             self._lib = pkcs11.lib(config.module)
+            # python-pkcs11 loads a module once per process and SoftHSMv2 reads SOFTHSM2_CONF at
+            # C_Initialize: switching to another embedded token (another state directory) in the
+            # same process needs a re-initialisation, which invalidates the previous one's
+            # sessions. A process serves one state directory at a time.
+            if config.softhsm_conf and _active_softhsm_conf not in (None, config.softhsm_conf):
+                self._lib.reinitialize()
+            _active_softhsm_conf = config.softhsm_conf or _active_softhsm_conf
             self._token = self._lib.get_token(token_label=config.token_label)
         except (PKCS11Error, RuntimeError, OSError) as exc:
             raise HsmUnavailable(f"cannot open the HSM token {config.token_label!r}") from exc
@@ -108,6 +134,7 @@ class Pkcs11Token:
 
     # -- keys --------------------------------------------------------------------------------
 
+    @_serialised
     def warm(self) -> int:
         """Cache a handle for every private key on the token in one pass.
 
@@ -140,6 +167,7 @@ class Pkcs11Token:
             self._keys[cka_id] = key
         return key
 
+    @_serialised
     def sign(self, cka_id: bytes, spec: SignSpec, digests: Sequence[bytes]) -> list[SignResult]:
         try:
             return self._sign(cka_id, spec, digests)
@@ -176,6 +204,7 @@ class Pkcs11Token:
             out.append(_der_ecdsa(sig) if spec.der_ecdsa else sig)
         return out
 
+    @_serialised
     def generate_keypair(self, alg: KeyAlgorithm, cka_id: bytes, label: str) -> bytes:
         try:
             if alg.is_rsa:
@@ -205,6 +234,7 @@ class Pkcs11Token:
             raise HsmUnavailable(f"the HSM could not generate the key ({type(exc).__name__})") from exc
         return _spki(pub)
 
+    @_serialised
     def public_key(self, cka_id: bytes) -> bytes:
         try:
             pub = self._session.get_key(object_class=ObjectClass.PUBLIC_KEY, id=cka_id)
@@ -212,6 +242,7 @@ class Pkcs11Token:
             raise NotFound("the key is not present in the HSM") from exc
         return _spki(pub)
 
+    @_serialised
     def destroy_keypair(self, cka_id: bytes) -> int:
         self._keys.pop(cka_id, None)
         try:
@@ -224,6 +255,7 @@ class Pkcs11Token:
 
     # -- MAC keys (audit integrity) -----------------------------------------------------------
 
+    @_serialised
     def generate_mac_key(self, cka_id: bytes, label: str) -> None:
         try:
             self._session.generate_key(
@@ -244,6 +276,7 @@ class Pkcs11Token:
         except PKCS11Error as exc:
             raise HsmUnavailable(f"the HSM could not generate the MAC key ({type(exc).__name__})") from exc
 
+    @_serialised
     def mac(self, cka_id: bytes, messages: Sequence[bytes]) -> list[bytes]:
         key: Any = self._keys.get(cka_id)
         try:
@@ -295,12 +328,14 @@ class Pkcs11Token:
             self._seal_cache = sorted(found, key=lambda k: bytes(k[Attribute.ID]))
         return self._seal_cache
 
+    @_serialised
     def ensure_seal_key(self) -> None:
         try:
             self._seal_keys()
         except PKCS11Error as exc:
             raise HsmUnavailable(f"the HSM sealing key is unavailable ({type(exc).__name__})") from exc
 
+    @_serialised
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         nonce = secrets.token_bytes(12)
         try:
@@ -311,6 +346,7 @@ class Pkcs11Token:
             raise HsmUnavailable(f"the HSM could not seal the secret ({type(exc).__name__})") from exc
         return _SEAL_VERSION + nonce + bytes(ct)
 
+    @_serialised
     def unseal(self, blob: bytes, aad: bytes) -> bytes:
         if blob[:1] != _SEAL_VERSION or len(blob) < 1 + 12 + 16:
             raise HsmUnavailable("sealed secret has an unknown format")
@@ -325,6 +361,7 @@ class Pkcs11Token:
                     continue
         raise HsmUnavailable("the HSM could not unseal the secret (wrong key or altered data)")
 
+    @_serialised
     def close(self) -> None:
         try:
             self._session.close()
