@@ -156,6 +156,84 @@ def users_unlock(user_id: str, state_dir: Path) -> None:
     click.echo(f"unlocked {user_id}")
 
 
+def _print_user(u: Any) -> None:
+    click.echo(f"{u.user_id}\t{u.name}\t{u.agency}\t{u.role}\t{u.status}" + ("\tLOCKED" if u.locked else ""))
+
+
+@users.command("suspend")
+@click.argument("user_id")
+@click.option("--reason", default="", help="Why (recorded in the audit log).")
+@state_dir_option
+@friendly_errors
+def users_suspend(user_id: str, reason: str, state_dir: Path) -> None:
+    """Suspend USER_ID: no login, no signing; open sessions end."""
+    with local_app(state_dir) as app:
+        _print_user(app.admin.suspend(None, user_id, reason))
+
+
+@users.command("reactivate")
+@click.argument("user_id")
+@state_dir_option
+@friendly_errors
+def users_reactivate(user_id: str, state_dir: Path) -> None:
+    """Lift a suspension."""
+    with local_app(state_dir) as app:
+        _print_user(app.admin.reactivate(None, user_id))
+
+
+@users.command("reset-totp")
+@click.argument("user_id")
+@state_dir_option
+@friendly_errors
+def users_reset_totp(user_id: str, state_dir: Path) -> None:
+    """New authenticator for USER_ID (lost phone): old seed, sessions and SADs stop working."""
+    import segno
+
+    with local_app(state_dir) as app:
+        enr = app.admin.reset_totp(None, user_id)
+    segno.make(enr.otpauth_uri, error="m").terminal(compact=True)
+    click.echo(enr.otpauth_uri)
+
+
+@users.command("move")
+@click.argument("user_id")
+@click.option("--to", "agency", required=True, help="The agency the user moves to.")
+@state_dir_option
+@friendly_errors
+def users_move(user_id: str, agency: str, state_dir: Path) -> None:
+    """Job change: move USER_ID to another agency; their credentials are revoked (Decree 68)."""
+    with local_app(state_dir) as app:
+        res = app.admin.move(None, user_id, agency)
+    _print_user(res.user)
+    click.echo(f"revoked: {', '.join(res.revoked) or 'none'}")
+
+
+@users.command("retire")
+@click.argument("user_id")
+@state_dir_option
+@friendly_errors
+def users_retire(user_id: str, state_dir: Path) -> None:
+    """Retire USER_ID: their credentials are revoked, sessions end."""
+    with local_app(state_dir) as app:
+        res = app.admin.retire(None, user_id)
+    _print_user(res.user)
+    click.echo(f"revoked: {', '.join(res.revoked) or 'none'}")
+
+
+@users.command("search")
+@click.option("--agency", default="")
+@click.option("--name", default="", help="Diacritic-insensitive: 'Lo Van Tuan' finds 'Lò Văn Tuấn'.")
+@click.option("--status", default="", type=click.Choice(["", "active", "suspended", "retired"]))
+@click.option("--limit", default=100, show_default=True)
+@state_dir_option
+@friendly_errors
+def users_search(agency: str, name: str, status: str, limit: int, state_dir: Path) -> None:
+    """Find users by agency, name and status."""
+    with local_app(state_dir) as app:
+        for u in app.admin.search_users(None, agency, name, status, limit):
+            _print_user(u)
+
+
 # -- keys ---------------------------------------------------------------------------------------
 
 
@@ -185,6 +263,115 @@ def keys_generate(credential_id: str, algorithm: str, holder: str, multisign: in
     )
 
 
+def _print_cred(c: Any) -> None:
+    from datetime import UTC, datetime
+
+    exp = datetime.fromtimestamp(c.not_after, UTC).date().isoformat() if c.not_after else "-"
+    who = c.holder_user_id or f"seal of {c.agency}"
+    click.echo(f"{c.credential_id}\t{c.key_algorithm}\tv{c.key_version}\t{c.status}\t{who}\t{c.agency}\texpires {exp}")
+
+
+def _cred_command(name: str, help_text: str) -> Callable[[F], F]:
+    def deco(fn: F) -> F:
+        return keys.command(name, help=help_text)(  # type: ignore[return-value]
+            click.argument("credential_id")(state_dir_option(friendly_errors(fn)))
+        )
+
+    return deco
+
+
+@_cred_command("csr", "Print a PKCS#10 request for the current key, signed inside the HSM.")
+def keys_csr(credential_id: str, state_dir: Path) -> None:
+    with local_app(state_dir) as app:
+        click.echo(app.admin.csr(None, credential_id).decode("ascii"), nl=False)
+
+
+@keys.command("import-certificate")
+@click.argument("credential_id")
+@click.argument("chain", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@state_dir_option
+@friendly_errors
+def keys_import(credential_id: str, chain: Path, state_dir: Path) -> None:
+    """Install a CA-issued certificate chain (PEM, leaf first); it must certify the credential's key
+    and chain to a trust anchor (<state-dir>/trust-anchors/*.pem)."""
+    with local_app(state_dir) as app:
+        _print_cred(app.admin.import_certificate(None, credential_id, chain.read_bytes()))
+
+
+@_cred_command("rotate", "New key version in the HSM; the old one stops signing, its certificate stays.")
+def keys_rotate(credential_id: str, state_dir: Path) -> None:
+    with local_app(state_dir) as app:
+        _print_cred(app.admin.rotate(None, credential_id))
+
+
+@_cred_command("disable", "Stop the credential from signing (reversible).")
+def keys_disable(credential_id: str, state_dir: Path) -> None:
+    with local_app(state_dir) as app:
+        _print_cred(app.admin.set_enabled(None, credential_id, False))
+
+
+@_cred_command("enable", "Re-enable a disabled credential.")
+def keys_enable(credential_id: str, state_dir: Path) -> None:
+    with local_app(state_dir) as app:
+        _print_cred(app.admin.set_enabled(None, credential_id, True))
+
+
+@keys.command("revoke")
+@click.argument("credential_id")
+@click.option(
+    "--reason",
+    required=True,
+    type=click.Choice(["job change", "retirement", "agency request", "key compromise", "other"]),
+)
+@state_dir_option
+@friendly_errors
+def keys_revoke(credential_id: str, reason: str, state_dir: Path) -> None:
+    """Revoke (final)."""
+    with local_app(state_dir) as app:
+        _print_cred(app.admin.revoke(None, credential_id, reason))
+
+
+@_cred_command("history", "Every key version with its status and certificate subject.")
+def keys_history(credential_id: str, state_dir: Path) -> None:
+    from cryptography import x509
+
+    with local_app(state_dir) as app:
+        for v in app.admin.history(None, credential_id):
+            cert = x509.load_der_x509_certificate(v.certificate)
+            click.echo(
+                f"v{v.version}\t{v.status}\t{cert.subject.rfc4514_string()}\tuntil {cert.not_valid_after_utc.date()}"
+            )
+
+
+@keys.command("search")
+@click.option("--agency", default="")
+@click.option("--holder", default="", help="Holder name, diacritic-insensitive.")
+@click.option("--status", default="", type=click.Choice(["", "active", "disabled", "revoked", "destroyed"]))
+@click.option("--expires-within", "days", default=0, help="Only certificates expiring within N days.")
+@click.option("--limit", default=100, show_default=True)
+@state_dir_option
+@friendly_errors
+def keys_search(agency: str, holder: str, status: str, days: int, limit: int, state_dir: Path) -> None:
+    """Find credentials by agency, holder name, status and expiry window."""
+    with local_app(state_dir) as app:
+        for c in app.admin.search_credentials(None, agency, holder, status, days, limit):
+            _print_cred(c)
+
+
+@keys.command("expiring")
+@click.option("--days", default=30, show_default=True)
+@click.option("--agency", default="")
+@state_dir_option
+@friendly_errors
+def keys_expiring(days: int, agency: str, state_dir: Path) -> None:
+    """Expiry report: active credentials whose certificate expires within DAYS."""
+    with local_app(state_dir) as app:
+        found = app.admin.expiring(None, days, agency)
+    for c in found:
+        _print_cred(c)
+    click.echo(f"{len(found)} certificate(s) expire within {days} days")
+
+
 # -- audit --------------------------------------------------------------------------------------
 
 
@@ -209,6 +396,16 @@ def audit_verify(state_dir: Path) -> None:
         return
     click.echo(f"audit log BROKEN at record {report.bad_seq}: {report.problem}", err=True)
     sys.exit(1)
+
+
+@audit.command("checkpoint")
+@state_dir_option
+@friendly_errors
+def audit_checkpoint(state_dir: Path) -> None:
+    """Sign a checkpoint now (the server does so on its own every N records or T seconds)."""
+    with local_app(state_dir) as app:
+        cp = app.audit.checkpoint()
+    click.echo(f"checkpoint signed at record {cp.seq}" if cp else "nothing new since the last checkpoint")
 
 
 def filter_options(fn: F) -> F:
