@@ -49,8 +49,40 @@ def friendly_errors(fn: F) -> F:
         except RsignError as exc:
             console.print(f"[red]error:[/red] {exc.message}")
             sys.exit(2)
+        except Exception as exc:
+            # A status from a remote server (grpc.RpcError: this layer does not import grpc).
+            details, code = getattr(exc, "details", None), getattr(exc, "code", None)
+            if not (callable(details) and callable(code)):
+                raise
+            console.print(f"[red]error ({code().name}):[/red] {details()}")
+            sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def admin_target(state_dir: Path) -> Iterator[Any]:
+    """The AdminService to use: the local state directory's, or a server's after an interactive
+    login (PIN hidden, never on the command line; a fresh one-time code)."""
+    obj = click.get_current_context().find_object(dict) or {}
+    if not obj.get("server"):
+        with local_app(state_dir) as app:
+            yield app.admin
+        return
+    if not obj.get("as"):
+        raise InvalidRequest("--server needs --as USER_ID (an admin, key officer or agency admin)")
+    from rsign.api.admin_client import RemoteAdmin
+    from rsign.api.client import RsignClient
+
+    client = RsignClient(obj["server"])
+    try:
+        pin = click.prompt("PIN", hide_input=True, err=True)
+        otp = click.prompt("one-time code", err=True)
+        client.login(obj["as"], pin, otp)
+        yield RemoteAdmin(client)
+        client.logout()
+    finally:
+        client.close()
 
 
 @contextmanager
@@ -118,9 +150,35 @@ def serve(state_dir: Path, listen: str | None) -> None:
 # -- users --------------------------------------------------------------------------------------
 
 
+server_options = [
+    click.option(
+        "--server",
+        default=None,
+        metavar="HOST:PORT",
+        help="Act through a running server's AdminService instead of the local state directory.",
+    ),
+    click.option(
+        "--as",
+        "as_user",
+        default=None,
+        metavar="USER_ID",
+        help="With --server: your admin user id (PIN and one-time code are asked for).",
+    ),
+]
+
+
+def with_server_options(fn: F) -> F:
+    for opt in reversed(server_options):
+        fn = opt(fn)
+    return fn
+
+
 @main.group()
-def users() -> None:
-    """Enrol and manage signers."""
+@with_server_options
+@click.pass_context
+def users(ctx: click.Context, server: str | None, as_user: str | None) -> None:
+    """Enrol and manage users (locally, or through a server with --server --as)."""
+    ctx.obj = {"server": server, "as": as_user}
 
 
 @users.command("add")
@@ -137,8 +195,8 @@ def users_add(user_id: str, name: str, agency: str, role: str, scope: str, pin_s
     import segno
 
     pin = sys.stdin.readline().rstrip("\r\n")
-    with local_app(state_dir) as app:
-        enr = app.auth.enrol(user_id, name, pin, agency=agency, role=role, scope=scope)
+    with admin_target(state_dir) as admin:
+        enr = admin.enrol(None, user_id, name, pin, agency, role, scope)
     click.echo(f"enrolled {enr.user_id}")
     click.echo("Scan this with the authenticator app (shown once; rsign keeps the seed only encrypted):")
     segno.make(enr.otpauth_uri, error="m").terminal(compact=True)
@@ -151,8 +209,8 @@ def users_add(user_id: str, name: str, agency: str, role: str, scope: str, pin_s
 @friendly_errors
 def users_unlock(user_id: str, state_dir: Path) -> None:
     """Unlock USER_ID after too many failed attempts."""
-    with local_app(state_dir) as app:
-        app.auth.unlock(user_id)
+    with admin_target(state_dir) as admin:
+        admin.unlock(None, user_id)
     click.echo(f"unlocked {user_id}")
 
 
@@ -167,8 +225,8 @@ def _print_user(u: Any) -> None:
 @friendly_errors
 def users_suspend(user_id: str, reason: str, state_dir: Path) -> None:
     """Suspend USER_ID: no login, no signing; open sessions end."""
-    with local_app(state_dir) as app:
-        _print_user(app.admin.suspend(None, user_id, reason))
+    with admin_target(state_dir) as admin:
+        _print_user(admin.suspend(None, user_id, reason))
 
 
 @users.command("reactivate")
@@ -177,8 +235,8 @@ def users_suspend(user_id: str, reason: str, state_dir: Path) -> None:
 @friendly_errors
 def users_reactivate(user_id: str, state_dir: Path) -> None:
     """Lift a suspension."""
-    with local_app(state_dir) as app:
-        _print_user(app.admin.reactivate(None, user_id))
+    with admin_target(state_dir) as admin:
+        _print_user(admin.reactivate(None, user_id))
 
 
 @users.command("reset-totp")
@@ -189,8 +247,8 @@ def users_reset_totp(user_id: str, state_dir: Path) -> None:
     """New authenticator for USER_ID (lost phone): old seed, sessions and SADs stop working."""
     import segno
 
-    with local_app(state_dir) as app:
-        enr = app.admin.reset_totp(None, user_id)
+    with admin_target(state_dir) as admin:
+        enr = admin.reset_totp(None, user_id)
     segno.make(enr.otpauth_uri, error="m").terminal(compact=True)
     click.echo(enr.otpauth_uri)
 
@@ -202,8 +260,8 @@ def users_reset_totp(user_id: str, state_dir: Path) -> None:
 @friendly_errors
 def users_move(user_id: str, agency: str, state_dir: Path) -> None:
     """Job change: move USER_ID to another agency; their credentials are revoked (Decree 68)."""
-    with local_app(state_dir) as app:
-        res = app.admin.move(None, user_id, agency)
+    with admin_target(state_dir) as admin:
+        res = admin.move(None, user_id, agency)
     _print_user(res.user)
     click.echo(f"revoked: {', '.join(res.revoked) or 'none'}")
 
@@ -214,8 +272,8 @@ def users_move(user_id: str, agency: str, state_dir: Path) -> None:
 @friendly_errors
 def users_retire(user_id: str, state_dir: Path) -> None:
     """Retire USER_ID: their credentials are revoked, sessions end."""
-    with local_app(state_dir) as app:
-        res = app.admin.retire(None, user_id)
+    with admin_target(state_dir) as admin:
+        res = admin.retire(None, user_id)
     _print_user(res.user)
     click.echo(f"revoked: {', '.join(res.revoked) or 'none'}")
 
@@ -229,8 +287,8 @@ def users_retire(user_id: str, state_dir: Path) -> None:
 @friendly_errors
 def users_search(agency: str, name: str, status: str, limit: int, state_dir: Path) -> None:
     """Find users by agency, name and status."""
-    with local_app(state_dir) as app:
-        for u in app.admin.search_users(None, agency, name, status, limit):
+    with admin_target(state_dir) as admin:
+        for u in admin.search_users(None, agency, name, status, limit):
             _print_user(u)
 
 
@@ -238,8 +296,11 @@ def users_search(agency: str, name: str, status: str, limit: int, state_dir: Pat
 
 
 @main.group()
-def keys() -> None:
-    """Generate and manage HSM keys and their certificates."""
+@with_server_options
+@click.pass_context
+def keys(ctx: click.Context, server: str | None, as_user: str | None) -> None:
+    """Generate and manage HSM keys and certificates (locally, or through a server with --server --as)."""
+    ctx.obj = {"server": server, "as": as_user}
 
 
 @keys.command("generate")
@@ -249,18 +310,42 @@ def keys() -> None:
     required=True,
     type=click.Choice(["rsa-2048", "rsa-3072", "ec-p256", "ec-p384"], case_sensitive=False),
 )
-@click.option("--holder", required=True, help="User id of the key holder.")
+@click.option("--holder", default="", help="User id of the key holder (a personal credential).")
+@click.option("--seal-agency", default="", help="Instead of --holder: an organisation seal of this agency.")
+@click.option("--seal-user", "seal_users", multiple=True, help="A user allowed to activate the seal (repeatable).")
 @click.option("--multisign", type=int, default=None, help="Most hashes one authorization may cover.")
 @state_dir_option
 @friendly_errors
-def keys_generate(credential_id: str, algorithm: str, holder: str, multisign: int | None, state_dir: Path) -> None:
+def keys_generate(
+    credential_id: str,
+    algorithm: str,
+    holder: str,
+    seal_agency: str,
+    seal_users: tuple[str, ...],
+    multisign: int | None,
+    state_dir: Path,
+) -> None:
     """Generate a key pair inside the HSM and a development certificate for it."""
-    with local_app(state_dir) as app:
-        cred = app.keys.generate(credential_id, algorithm, holder, multisign)
+    with admin_target(state_dir) as admin:
+        cred = admin.generate(None, credential_id, algorithm, holder, multisign, seal_agency, seal_users)
     click.echo(
         f"generated {cred.credential_id} ({cred.key_algorithm}, key version {cred.key_version})"
-        f" for {cred.holder_user_id}"
+        f" for {cred.holder_user_id or 'the seal of ' + cred.agency}"
     )
+
+
+@keys.command("destroy")
+@click.argument("credential_id")
+@state_dir_option
+@friendly_errors
+def keys_destroy(credential_id: str, state_dir: Path) -> None:
+    """Destroy a revoked credential's keys: needs two different key officers, through a server."""
+    obj = click.get_current_context().find_object(dict) or {}
+    if not obj.get("server"):
+        raise InvalidRequest("destroying keys needs two authenticated key officers: use --server HOST:PORT --as USER")
+    with admin_target(state_dir) as admin:
+        state = admin.destroy(None, credential_id)
+    click.echo("destroyed" if state == "destroyed" else "requested: a second, different key officer must confirm")
 
 
 def _print_cred(c: Any) -> None:
@@ -282,8 +367,8 @@ def _cred_command(name: str, help_text: str) -> Callable[[F], F]:
 
 @_cred_command("csr", "Print a PKCS#10 request for the current key, signed inside the HSM.")
 def keys_csr(credential_id: str, state_dir: Path) -> None:
-    with local_app(state_dir) as app:
-        click.echo(app.admin.csr(None, credential_id).decode("ascii"), nl=False)
+    with admin_target(state_dir) as admin:
+        click.echo(admin.csr(None, credential_id).decode("ascii"), nl=False)
 
 
 @keys.command("import-certificate")
@@ -294,26 +379,26 @@ def keys_csr(credential_id: str, state_dir: Path) -> None:
 def keys_import(credential_id: str, chain: Path, state_dir: Path) -> None:
     """Install a CA-issued certificate chain (PEM, leaf first); it must certify the credential's key
     and chain to a trust anchor (<state-dir>/trust-anchors/*.pem)."""
-    with local_app(state_dir) as app:
-        _print_cred(app.admin.import_certificate(None, credential_id, chain.read_bytes()))
+    with admin_target(state_dir) as admin:
+        _print_cred(admin.import_certificate(None, credential_id, chain.read_bytes()))
 
 
 @_cred_command("rotate", "New key version in the HSM; the old one stops signing, its certificate stays.")
 def keys_rotate(credential_id: str, state_dir: Path) -> None:
-    with local_app(state_dir) as app:
-        _print_cred(app.admin.rotate(None, credential_id))
+    with admin_target(state_dir) as admin:
+        _print_cred(admin.rotate(None, credential_id))
 
 
 @_cred_command("disable", "Stop the credential from signing (reversible).")
 def keys_disable(credential_id: str, state_dir: Path) -> None:
-    with local_app(state_dir) as app:
-        _print_cred(app.admin.set_enabled(None, credential_id, False))
+    with admin_target(state_dir) as admin:
+        _print_cred(admin.set_enabled(None, credential_id, False))
 
 
 @_cred_command("enable", "Re-enable a disabled credential.")
 def keys_enable(credential_id: str, state_dir: Path) -> None:
-    with local_app(state_dir) as app:
-        _print_cred(app.admin.set_enabled(None, credential_id, True))
+    with admin_target(state_dir) as admin:
+        _print_cred(admin.set_enabled(None, credential_id, True))
 
 
 @keys.command("revoke")
@@ -327,16 +412,16 @@ def keys_enable(credential_id: str, state_dir: Path) -> None:
 @friendly_errors
 def keys_revoke(credential_id: str, reason: str, state_dir: Path) -> None:
     """Revoke (final)."""
-    with local_app(state_dir) as app:
-        _print_cred(app.admin.revoke(None, credential_id, reason))
+    with admin_target(state_dir) as admin:
+        _print_cred(admin.revoke(None, credential_id, reason))
 
 
 @_cred_command("history", "Every key version with its status and certificate subject.")
 def keys_history(credential_id: str, state_dir: Path) -> None:
     from cryptography import x509
 
-    with local_app(state_dir) as app:
-        for v in app.admin.history(None, credential_id):
+    with admin_target(state_dir) as admin:
+        for v in admin.history(None, credential_id):
             cert = x509.load_der_x509_certificate(v.certificate)
             click.echo(
                 f"v{v.version}\t{v.status}\t{cert.subject.rfc4514_string()}\tuntil {cert.not_valid_after_utc.date()}"
@@ -353,8 +438,8 @@ def keys_history(credential_id: str, state_dir: Path) -> None:
 @friendly_errors
 def keys_search(agency: str, holder: str, status: str, days: int, limit: int, state_dir: Path) -> None:
     """Find credentials by agency, holder name, status and expiry window."""
-    with local_app(state_dir) as app:
-        for c in app.admin.search_credentials(None, agency, holder, status, days, limit):
+    with admin_target(state_dir) as admin:
+        for c in admin.search_credentials(None, agency, holder, status, days, limit):
             _print_cred(c)
 
 
@@ -365,8 +450,8 @@ def keys_search(agency: str, holder: str, status: str, days: int, limit: int, st
 @friendly_errors
 def keys_expiring(days: int, agency: str, state_dir: Path) -> None:
     """Expiry report: active credentials whose certificate expires within DAYS."""
-    with local_app(state_dir) as app:
-        found = app.admin.expiring(None, days, agency)
+    with admin_target(state_dir) as admin:
+        found = admin.expiring(None, days, agency)
     for c in found:
         _print_cred(c)
     click.echo(f"{len(found)} certificate(s) expire within {days} days")
