@@ -17,6 +17,7 @@ import pytest
 from rsign import context
 from rsign.app import App, build_app
 from rsign.audit import chain
+from rsign.audit.events import EventFilter
 from rsign.audit.offline import verify_export
 from rsign.audit.service import LogReport
 from rsign.config import load_settings
@@ -89,7 +90,7 @@ def verify(app: App) -> LogReport:
 
 def export(app: App, path: Path) -> list[str]:
     with context.request(client="test", actor="auditor"), open(path, "wb") as f:
-        for line in app.audit.export(None, __import__("rsign.audit.events", fromlist=["EventFilter"]).EventFilter()):
+        for line in app.audit.export(None, EventFilter()):
             f.write(line)
     return verify_export(path).problems
 

@@ -186,6 +186,19 @@ def users(ctx: click.Context, server: str | None, as_user: str | None) -> None:
 @click.option("--name", required=True, help="Full name (UTF-8, e.g. 'Lò Văn Tuấn').")
 @click.option("--agency", default="", help="Agency the user belongs to.")
 @click.option(
+    "--role",
+    default="signer",
+    show_default=True,
+    type=click.Choice(["signer", "auditor", "agency_admin", "key_officer", "admin"]),
+)
+@click.option(
+    "--scope",
+    default="agency",
+    show_default=True,
+    type=click.Choice(["agency", "province"]),
+    help="For auditors: their own agency's records, or the whole province.",
+)
+@click.option(
     "--pin-stdin", is_flag=True, required=True, help="Read the PIN from standard input (never from the command line)."
 )
 @state_dir_option

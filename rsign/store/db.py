@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, func, insert, inspect, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from rsign.audit import chain
 from rsign.audit.events import AuditEvent, EventFilter
 from rsign.clock import Clock, SystemClock, iso_utc
-from rsign.errors import AlreadyExists, AuditIntegrityError, AuditUnavailable, Unavailable
+from rsign.errors import AlreadyExists, AuditIntegrityError, AuditUnavailable, ConfigurationError, Unavailable
 from rsign.store import models as m
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ CONSUMED: Table = m.ConsumedHash.__table__  # type: ignore[assignment]
 AUDIT: Table = m.AuditRecord.__table__  # type: ignore[assignment]
 HEAD: Table = m.AuditHead.__table__  # type: ignore[assignment]
 CHECKPOINTS: Table = m.AuditCheckpoint.__table__  # type: ignore[assignment]
+META: Table = m.Meta.__table__  # type: ignore[assignment]
+# Bump with every schema change (and give operators a migration).
+SCHEMA_VERSION = "1"
 AUDIT_KEYS: Table = m.AuditKey.__table__  # type: ignore[assignment]
 SEAL_USERS: Table = m.SealUser.__table__  # type: ignore[assignment]
 APPROVALS: Table = m.DestroyApproval.__table__  # type: ignore[assignment]
@@ -204,14 +207,34 @@ class Store:
         self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
             threading.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
         )
+        fresh = self._check_schema()
         try:
             m.Base.metadata.create_all(self.engine)
             with self.tx() as t:
                 t.init_head()
-        except IntegrityError:
-            pass  # another process created the head at the same moment
+                if fresh:
+                    t.c.execute(insert(META).values(key="schema_version", value=SCHEMA_VERSION))
+        except AlreadyExists:
+            pass  # another process initialised the database at the same moment
         if url.startswith("sqlite"):
             self._check_sqlite_durability()
+
+    def _check_schema(self) -> bool:
+        """True for an empty database. A database of another schema version is refused with a
+        clear message rather than failing later on a missing column."""
+        tables = set(inspect(self.engine).get_table_names())
+        if not tables:
+            return True
+        found = None
+        if "rsign_meta" in tables:
+            with self.engine.connect() as c:
+                found = c.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
+        if found != SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"the database at {self.url.split('@')[-1]} has schema version {found or 'unknown (early)'};"
+                f" this rsign needs {SCHEMA_VERSION}. Start a new state directory (development), or migrate."
+            )
+        return False
 
     def _check_sqlite_durability(self) -> None:
         with self.engine.connect() as c:
