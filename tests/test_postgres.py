@@ -1,0 +1,113 @@
+"""Two service replicas on one PostgreSQL database and one HSM token: single-use SADs, fresh-OTP
+acceptance and the audit chain stay correct when the replicas race (SAD-06, DB-02)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from rsign import context
+from rsign.app import App, build_app
+from rsign.auth import totp
+from rsign.clock import FakeClock
+from rsign.config import load_settings
+from rsign.errors import PermissionDenied
+from rsign.signing.algorithms import HashAlg, Scheme
+
+PG = os.environ.get("RSIGN_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    name = f"rsign_test_{secrets.token_hex(4)}"
+    admin = psycopg2.connect(PG)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    params = dict(p.split("=", 1) for p in PG.split())
+    yield f"postgresql+psycopg2://{params['user']}@{params['host']}:{params['port']}/{name}"
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.fixture(scope="module")
+def replicas(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, App, FakeClock]]:
+    state: Path = tmp_path_factory.mktemp("pg-state")
+    settings = replace(load_settings(state), database_url=pg_url, hsm_workers=1)
+    clock = FakeClock(float(totp.step_of(time.time()) * 30))
+    a = build_app(settings, pool=True, clock=clock)
+    b = build_app(settings, pool=True, clock=clock)
+    yield a, b, clock
+    a.close()
+    b.close()
+
+
+def test_same_sad_on_two_replicas_signs_exactly_once(replicas: tuple[App, App, FakeClock]) -> None:
+    a, b, clock = replicas
+    with context.request(client="test", actor="setup"):
+        enr = a.auth.enrol("pg.signer", "Hà Thị Lan", "24681357", agency="Sở Y tế")
+        a.keys.generate("PG-1", "ec-p256", "pg.signer")
+        step = totp.step_of(clock.now())
+        token, _ = a.auth.login("pg.signer", "24681357", totp.code_for_step(enr.seed, step))
+        who = a.auth.authenticate(token)
+        h = [hashlib.sha256(b"decision 1").digest()]
+        sad = a.signing.authorize(who, "PG-1", HashAlg.SHA256, h, totp.code_for_step(enr.seed, step + 1)).sad
+    wins: list[int] = []
+    refused: list[str] = []
+    barrier = threading.Barrier(50)
+
+    def attempt(i: int) -> None:
+        app = (a, b)[i % 2]
+        barrier.wait()
+        with context.request(client=f"replica-{i % 2}"):
+            try:
+                app.signing.sign_hash(app.auth.authenticate(token), "PG-1", sad, HashAlg.SHA256, Scheme.ECDSA, h)
+                wins.append(i)
+            except PermissionDenied as exc:
+                refused.append(exc.message)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(50)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(wins) == 1 and len(refused) == 49
+    with a.store.read() as t:
+        rows = [r for r in t.audit_rows() if r["credential_id"] == "PG-1"]
+    assert sum(r["action"] == "sign.hash" and r["result"] == "success" for r in rows) == 1
+    assert a.audit.verify_log().ok
+
+
+def test_concurrent_appends_from_two_replicas_keep_one_chain(replicas: tuple[App, App, FakeClock]) -> None:
+    a, b, _ = replicas
+    errors: list[BaseException] = []
+
+    def unlock_many(app: App, n: int) -> None:
+        with context.request(client="test", actor="ops"):
+            for _ in range(n):
+                try:
+                    app.auth.unlock("pg.signer")  # one audited write each
+                except BaseException as exc:
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=unlock_many, args=((a, b)[i % 2], 40)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    rep = b.audit.verify_log()
+    assert rep.ok, rep.problem
+    with a.store.read() as t:
+        seqs = [int(r["seq"]) for r in t.audit_rows()]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert a.audit.checkpoint() is not None and b.audit.verify_log().ok
