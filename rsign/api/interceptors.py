@@ -6,6 +6,7 @@ Servicer methods receive an authenticated ``Principal`` (for RPCs that need one)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -83,67 +84,46 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
             log.exception("%s failed with an unexpected error", method)
             ctx.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
+        @contextlib.contextmanager
+        def rpc(ctx: grpc.ServicerContext) -> Iterator[None]:
+            """Request context and principal for the call; domain errors become statuses."""
+            rc = None
+            try:
+                rc = setup(ctx)
+                yield
+            except Exception as exc:
+                if _is_abort(exc):
+                    raise
+                fail(ctx, exc)
+            finally:
+                _principal.set(None)
+                if rc is not None:
+                    rc.__exit__(None, None, None)
+
         if handler.unary_unary:
             inner = handler.unary_unary
 
             def unary_unary(request: Any, ctx: grpc.ServicerContext) -> Any:
-                rc = None
-                try:
-                    rc = setup(ctx)
+                with rpc(ctx):
                     return inner(request, ctx)
-                except Exception as exc:
-                    if _is_abort(exc):
-                        raise
-                    fail(ctx, exc)
-                finally:
-                    _principal.set(None)
-                    if rc is not None:
-                        rc.__exit__(None, None, None)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer
             )
-        if handler.stream_stream:
-            inner_ss = handler.stream_stream
+        # Streaming responses: the generator runs the whole call inside the context.
+        for kind, make in (
+            ("stream_stream", grpc.stream_stream_rpc_method_handler),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+        ):
+            inner_stream = getattr(handler, kind)
+            if not inner_stream or (public and kind == "unary_stream"):
+                continue
 
-            def stream_stream(requests: Iterator[Any], ctx: grpc.ServicerContext) -> Iterator[Any]:
-                rc = None
-                try:
-                    rc = setup(ctx)
-                    yield from inner_ss(requests, ctx)
-                except Exception as exc:
-                    if _is_abort(exc):
-                        raise
-                    fail(ctx, exc)
-                finally:
-                    _principal.set(None)
-                    if rc is not None:
-                        rc.__exit__(None, None, None)
+            def streaming(request: Any, ctx: grpc.ServicerContext, _inner: Any = inner_stream) -> Iterator[Any]:
+                with rpc(ctx):
+                    yield from _inner(request, ctx)
 
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream:
-            inner_us = handler.unary_stream
-
-            def unary_stream(request: Any, ctx: grpc.ServicerContext) -> Iterator[Any]:
-                rc = None
-                try:
-                    rc = setup(ctx)
-                    yield from inner_us(request, ctx)
-                except Exception as exc:
-                    if _is_abort(exc):
-                        raise
-                    fail(ctx, exc)
-                finally:
-                    _principal.set(None)
-                    if rc is not None:
-                        rc.__exit__(None, None, None)
-
-            if not public:
-                return grpc.unary_stream_rpc_method_handler(
-                    unary_stream, handler.request_deserializer, handler.response_serializer
-                )
+            return make(streaming, handler.request_deserializer, handler.response_serializer)
         if not public:
             # Fail closed: an RPC shape this interceptor cannot authenticate is never served.
             raise RuntimeError(f"{method}: unsupported RPC shape for an authenticated method")

@@ -149,19 +149,22 @@ class Pkcs11Token:
         return len(self._keys)
 
     def _private_key(self, cka_id: bytes) -> Any:
+        return self._cached_key(ObjectClass.PRIVATE_KEY, cka_id)
+
+    def _cached_key(self, object_class: ObjectClass, cka_id: bytes) -> Any:
         key = self._keys.get(cka_id)
         if key is None:
             # One C_FindObjects per key per worker lifetime: lookups are linear in the number of
             # objects on SoftHSMv2, so they must never happen per request.
             try:
-                key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=cka_id)
+                key = self._session.get_key(object_class=object_class, id=cka_id)
             except NoSuchKey:
                 # SoftHSMv2 can miss an object another process created moments ago (its on-disk
                 # index is refreshed lazily); re-initialising the library reloads the token.
                 # Only a cache miss that also fails lookup pays for this.
                 self._reinitialize()
                 try:
-                    key = self._session.get_key(object_class=ObjectClass.PRIVATE_KEY, id=cka_id)
+                    key = self._session.get_key(object_class=object_class, id=cka_id)
                 except NoSuchKey as exc:
                     raise NotFound("the key is not present in the HSM") from exc
             self._keys[cka_id] = key
@@ -278,18 +281,8 @@ class Pkcs11Token:
 
     @_serialised
     def mac(self, cka_id: bytes, messages: Sequence[bytes]) -> list[bytes]:
-        key: Any = self._keys.get(cka_id)
         try:
-            if key is None:
-                try:
-                    key = self._session.get_key(object_class=ObjectClass.SECRET_KEY, id=cka_id)
-                except NoSuchKey:
-                    self._reinitialize()
-                    try:
-                        key = self._session.get_key(object_class=ObjectClass.SECRET_KEY, id=cka_id)
-                    except NoSuchKey as exc:
-                        raise NotFound("the audit MAC key is not present in the HSM") from exc
-                self._keys[cka_id] = key
+            key = self._cached_key(ObjectClass.SECRET_KEY, cka_id)
             return [bytes(key.sign(m, mechanism=P11Mech.SHA256_HMAC)) for m in messages]
         except PKCS11Error as exc:
             raise HsmUnavailable(f"the HSM could not compute the MAC ({type(exc).__name__})") from exc

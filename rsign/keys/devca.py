@@ -84,7 +84,6 @@ class DevCA:
 
     def issue(self, spki_der: bytes, holder_name: str, user_id: str, agency: str, days: int = 730) -> bytes:
         """Issue a signing certificate for a public key that lives in the HSM. Returns DER."""
-        public_key = serialization.load_der_public_key(spki_der)
         attrs = [x509.NameAttribute(NameOID.COUNTRY_NAME, "VN")]
         if agency:
             attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, agency[:64]))
@@ -93,74 +92,49 @@ class DevCA:
             x509.NameAttribute(NameOID.USER_ID, user_id[:64]),
             x509.NameAttribute(NameOID.COMMON_NAME, holder_name[:64]),  # UTF8String by default
         ]
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs))
-            .issuer_name(self.certificate.subject)
-            .public_key(public_key)  # type: ignore[arg-type]
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=True,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False)
-            .sign(self._key, hashes.SHA384())
-        )
-        return cert.public_bytes(serialization.Encoding.DER)
+        eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION])
+        return self._issue(spki_der, x509.Name(attrs), days, eku)
 
     def issue_audit(self, spki_der: bytes, days: int = 3650) -> bytes:
         """Certificate for the audit log's checkpoint key (it signs checkpoints and exports)."""
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rsign development"),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, DEV_MARK),
+                x509.NameAttribute(NameOID.COMMON_NAME, "rsign audit log signer"),
+            ]
+        )
+        return self._issue(spki_der, name, days, None)
+
+    def _issue(self, spki_der: bytes, subject: x509.Name, days: int, eku: x509.ExtendedKeyUsage | None) -> bytes:
+        """End-entity certificate: digitalSignature + nonRepudiation, not a CA. Returns DER."""
         public_key = serialization.load_der_public_key(spki_der)
         now = dt.datetime.now(dt.UTC)
-        cert = (
+        usage = x509.KeyUsage(
+            digital_signature=True,
+            content_commitment=True,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=False,
+            crl_sign=False,
+            encipher_only=False,
+            decipher_only=False,
+        )
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(
-                x509.Name(
-                    [
-                        x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
-                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rsign development"),
-                        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, DEV_MARK),
-                        x509.NameAttribute(NameOID.COMMON_NAME, "rsign audit log signer"),
-                    ]
-                )
-            )
+            .subject_name(subject)
             .issuer_name(self.certificate.subject)
             .public_key(public_key)  # type: ignore[arg-type]
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=True,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(usage, critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False)
-            .sign(self._key, hashes.SHA384())
         )
-        return cert.public_bytes(serialization.Encoding.DER)
+        if eku is not None:
+            builder = builder.add_extension(eku, critical=False)
+        return builder.sign(self._key, hashes.SHA384()).public_bytes(serialization.Encoding.DER)
