@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -315,15 +316,19 @@ def run(
 ) -> list[dict[str, Any]]:
     bench = Bench(workers, quick, progress)
     out = []
-    for alg in algorithms:
-        res = bench.run_algorithm(alg)
-        print(json.dumps(res), flush=True)
-        out.append(res)
-    if memory:
-        progress("memory: 100,000 hashes through the stream under ten SADs")
-        res = bench.memory_check()
-        print(json.dumps(res), flush=True)
-        out.append(res)
+    try:
+        for alg in algorithms:
+            res = bench.run_algorithm(alg)
+            print(json.dumps(res), flush=True)
+            out.append(res)
+        if memory:
+            progress("memory: 100,000 hashes through the stream under ten SADs")
+            res = bench.memory_check()
+            print(json.dumps(res), flush=True)
+            out.append(res)
+    finally:
+        bench.stop_server()
+        shutil.rmtree(bench.tmp, ignore_errors=True)
     return out
 
 
@@ -380,6 +385,24 @@ def scale(
             return time.perf_counter() - t0, summary
         finally:
             app.close()
+
+    try:
+        return _scale(bench, data, sample_users, progress, provision_plan, secrets_by_user, out)
+    finally:
+        bench.stop_server()
+        shutil.rmtree(bench.tmp, ignore_errors=True)
+
+
+def _scale(
+    bench: Bench,
+    data: Path,
+    sample_users: int,
+    progress: Callable[[str], None],
+    provision_plan: Callable[[Any], tuple[float, Any]],
+    secrets_by_user: dict[str, tuple[str, bytes]],
+    out: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    from rsign import provision as prov
 
     base = prov.load(data, only_centralized=True)
     progress("provisioning the 176 centralized credentials")

@@ -33,8 +33,10 @@ from pathlib import Path
 from rsign.app import App
 from rsign.errors import AlreadyExists, InvalidRequest
 from rsign.hsm.softhsm import write_private
+from rsign.keys.service import KeyRequest
 from rsign.signing.algorithms import KeyAlgorithm
 
+_KEY_BATCH = 50  # credentials per HSM job and per audited transaction
 _USER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 
 
@@ -240,18 +242,27 @@ def apply(
         if letters is not None:
             letters.close()
 
-    def generate(c: CredentialRow) -> None:
+    def generate(batch: list[CredentialRow]) -> int:
+        reqs = [KeyRequest(c.credential_id, c.algorithm, c.holder, None, c.seal_agency, c.seal_users) for c in batch]
         try:
-            app.keys.generate(c.credential_id, c.algorithm, c.holder, seal_agency=c.seal_agency,
-                              seal_users=c.seal_users)  # fmt: skip
-        except AlreadyExists:
-            pass
+            return len(app.keys.generate_many(reqs))
+        except AlreadyExists:  # another run got there first: fall back to one by one
+            made = 0
+            for r in reqs:
+                try:
+                    app.keys.generate_many([r])
+                    made += 1
+                except AlreadyExists:
+                    pass
+            return made
 
     done = 0
-    with ThreadPoolExecutor(workers) as ex:  # key generation runs in the HSM worker processes
-        for _ in ex.map(generate, new_creds):
-            done += 1
-            summary.credentials_created += 1
+    batches = [new_creds[i : i + _KEY_BATCH] for i in range(0, len(new_creds), _KEY_BATCH)]
+    hsm_workers = max(1, int(getattr(app.hsm, "size", 1)))
+    with ThreadPoolExecutor(hsm_workers) as ex:  # one batch per HSM worker at a time
+        for made, batch in zip(ex.map(generate, batches), batches, strict=True):
+            done += len(batch)
+            summary.credentials_created += made
             if progress:
                 progress("credentials", done, len(new_creds))
     return summary

@@ -96,6 +96,9 @@ class CountingHsm:
     def generate_keypair(self, alg: KeyAlgorithm, cka_id: bytes, label: str) -> bytes:
         return self.inner.generate_keypair(alg, cka_id, label)
 
+    def generate_keypairs(self, items: Sequence[tuple[KeyAlgorithm, bytes, str]]) -> list[bytes]:
+        return self.inner.generate_keypairs(items)
+
     def public_key(self, cka_id: bytes) -> bytes:
         return self.inner.public_key(cka_id)
 

@@ -238,6 +238,10 @@ class Pkcs11Token:
         return _spki(pub)
 
     @_serialised
+    def generate_keypairs(self, items: Sequence[tuple[KeyAlgorithm, bytes, str]]) -> list[bytes]:
+        return [self.generate_keypair(alg, cka_id, label) for alg, cka_id, label in items]
+
+    @_serialised
     def public_key(self, cka_id: bytes) -> bytes:
         try:
             pub = self._session.get_key(object_class=ObjectClass.PUBLIC_KEY, id=cka_id)

@@ -62,6 +62,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: HsmConfig)
     ops: dict[str, Callable[..., Any]] = {
         "sign": token.sign,
         "generate_keypair": token.generate_keypair,
+        "generate_keypairs": token.generate_keypairs,
         "public_key": token.public_key,
         "seal": token.seal,
         "generate_mac_key": token.generate_mac_key,
@@ -298,6 +299,10 @@ class HsmPool:
 
     def generate_keypair(self, alg: KeyAlgorithm, cka_id: bytes, label: str) -> bytes:
         result: bytes = self._call("generate_keypair", alg, cka_id, label)
+        return result
+
+    def generate_keypairs(self, items: Sequence[tuple[KeyAlgorithm, bytes, str]]) -> list[bytes]:
+        result: list[bytes] = self._call("generate_keypairs", list(items))
         return result
 
     def public_key(self, cka_id: bytes) -> bytes:

@@ -49,6 +49,11 @@ class Hsm(Protocol):
         """Generate a non-extractable key pair inside the HSM; returns the SubjectPublicKeyInfo DER."""
         ...
 
+    def generate_keypairs(self, items: Sequence[tuple[KeyAlgorithm, bytes, str]]) -> list[bytes]:
+        """Generate several key pairs in one go (one worker: on SoftHSMv2 every object another
+        process creates makes the others rescan the token, so bulk generation stays in one)."""
+        ...
+
     def public_key(self, cka_id: bytes) -> bytes:
         """SubjectPublicKeyInfo DER of the key pair ``cka_id``."""
         ...
