@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from rsign.demo import DemoSecrets
 class SignedFile:
     path: str
     sha256: str
+    signed_attributes: str  # what was signed (its SHA-256): the file's digest and the signing time
     credential_id: str
     key_version: int
     scheme: str
@@ -72,7 +75,16 @@ def sign_file(server: str, state_dir: Path, credential_id: str, file: Path) -> S
         raise KeyError(f"{credential_id} is not a demo credential in {state_dir}")
     user = data["users"][user_id]
     seed = base64.b32decode(user["seed_b32"])
-    digest = hashlib.sha256(file.read_bytes()).digest()
+    file_digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    # Like CMS/PAdES signed attributes: the file's digest plus the signing time. rsign signs a
+    # given hash occurrence at most once per credential, so signing the same file again signs
+    # new attributes, not the same digest.
+    signed_attrs = json.dumps(
+        {"file": file.name, "sha256": file_digest, "signing_time": datetime.now(UTC).isoformat()},
+        ensure_ascii=False,
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(signed_attrs.encode("utf-8")).digest()
     login_step, authz_step = _next_steps(store, user_id, 2)
     client = RsignClient(server)
     try:
@@ -87,5 +99,12 @@ def sign_file(server: str, state_dir: Path, credential_id: str, file: Path) -> S
     finally:
         client.close()
     return SignedFile(
-        str(file), digest.hex(), credential_id, resp.key_version, scheme, base64.b64encode(sig).decode("ascii"), True
+        str(file),
+        file_digest,
+        signed_attrs,
+        credential_id,
+        resp.key_version,
+        scheme,
+        base64.b64encode(sig).decode("ascii"),
+        True,
     )
