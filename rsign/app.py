@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rsign.admin.service import AdminService
@@ -46,6 +47,16 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
     ``hsm`` overrides both (tests pass the real pool wrapped in a call counter)."""
     clk = clock or SystemClock()
     store = Store(settings.database_url, clk, busy_timeout=settings.database_busy_timeout_seconds)
+    audit_pool: Future[Hsm] | None = None
+    if pool:
+        from rsign.hsm.pool import HsmPool
+
+        # Audit MACs are computed inside the append transaction: a worker of their own keeps
+        # them from queueing behind batch signing jobs while the write lock is held. Started
+        # alongside the signing workers: each spends seconds loading a token of 25,000 keys.
+        starter = ThreadPoolExecutor(1, thread_name_prefix="rsign-audit-hsm-start")
+        audit_pool = starter.submit(HsmPool, settings.hsm, 1, warm=False)
+        starter.shutdown(wait=False)
     if hsm is not None:
         pass
     elif pool:
@@ -58,13 +69,7 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
         hsm = Pkcs11Token(settings.hsm)
     with init_lock(settings.state_dir):
         ca = DevCA(settings.state_dir / "dev-ca")
-    audit_hsm: Hsm = hsm
-    if pool:
-        from rsign.hsm.pool import HsmPool
-
-        # Audit MACs are computed inside the append transaction: a worker of their own keeps
-        # them from queueing behind batch signing jobs while the write lock is held.
-        audit_hsm = HsmPool(settings.hsm, workers=1)
+    audit_hsm: Hsm = audit_pool.result() if audit_pool is not None else hsm
     audit_keys = AuditKeys.ensure(store, audit_hsm, ca, clk)
     store.mac = audit_keys.macs
     auth = AuthService(store, hsm, clk, settings)

@@ -47,14 +47,17 @@ class _Job:
     future: Future[Any] = field(default_factory=Future)
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, config: HsmConfig) -> None:
+def _worker_main(conn: multiprocessing.connection.Connection, config: HsmConfig, warm: bool) -> None:
     """Entry point of a worker process (started with ``spawn``: no inherited gRPC state)."""
     from rsign.hsm.pkcs11_adapter import Pkcs11Token
 
     try:
         token = Pkcs11Token(config)
-        token.ensure_seal_key()  # workers start one after another, so only the first creates it
-        token.warm()
+        # Workers start together: on a fresh token two may each create a sealing key, which the
+        # adapter tolerates (it tries every sealing key when unsealing).
+        token.ensure_seal_key()
+        if warm:
+            token.warm()
     except RsignError as exc:
         conn.send(("fatal", type(exc).__name__, exc.message))
         return
@@ -86,20 +89,29 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: HsmConfig)
 
 
 class _Worker:
-    def __init__(self, ctx: Any, config: HsmConfig, start_timeout: float) -> None:
+    """A worker process. ``start`` returns at once; ``wait_ready`` blocks until it is logged in,
+    so a pool starts all its workers in parallel (on a token with 25,000 keys each one spends
+    seconds loading it)."""
+
+    def __init__(self, ctx: Any, config: HsmConfig, start_timeout: float, warm: bool) -> None:
         parent, child = ctx.Pipe()
         self.conn: multiprocessing.connection.Connection = parent
-        self.proc = ctx.Process(target=_worker_main, args=(child, config), daemon=True, name="rsign-hsm-worker")
+        self._timeout = start_timeout
+        self.proc = ctx.Process(target=_worker_main, args=(child, config, warm), daemon=True, name="rsign-hsm-worker")
         self.proc.start()
         child.close()
-        if not parent.poll(start_timeout):
+        self.pid: int = self.proc.pid or 0
+
+    def wait_ready(self) -> _Worker:
+        if not self.conn.poll(self._timeout):
             self.kill()
             raise HsmUnavailable("HSM worker did not start in time")
-        msg = parent.recv()
+        msg = self.conn.recv()
         if msg[0] != "ready":
             self.kill()
             raise HsmUnavailable(f"HSM worker could not start: {msg[2]}")
-        self.pid: int = msg[1]
+        self.pid = msg[1]
+        return self
 
     def kill(self) -> None:
         if self.proc.is_alive():
@@ -128,9 +140,12 @@ class HsmPool:
         config: HsmConfig,
         workers: int | None = None,
         job_timeout: float = 60.0,
-        start_timeout: float = 30.0,
+        start_timeout: float = 60.0,
+        warm: bool = True,
     ) -> None:
+        """``warm``: cache every private key's handle at start (signing pools; not the audit pool)."""
         self._config = config
+        self._warm = warm
         self._size = workers or os.cpu_count() or 1
         self._job_timeout = job_timeout
         self._start_timeout = start_timeout
@@ -138,8 +153,14 @@ class HsmPool:
         self._ctx = multiprocessing.get_context("spawn")
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=self._size * 4)
         self._closed = False
-        # Start every worker before any thread, so a bad PIN fails fast and loudly.
-        self._slots = [_Slot(_Worker(self._ctx, config, start_timeout)) for _ in range(self._size)]
+        # Start every worker (in parallel) before any thread, so a bad PIN fails fast and loudly.
+        starting = [_Worker(self._ctx, config, start_timeout, warm) for _ in range(self._size)]
+        try:
+            self._slots = [_Slot(w.wait_ready()) for w in starting]
+        except HsmUnavailable:
+            for w in starting:
+                w.kill()
+            raise
         self._threads = []
         for i in range(self._size):
             for fn, role in ((self._send_loop, "send"), (self._receive_loop, "recv")):
@@ -247,7 +268,7 @@ class HsmPool:
         if self._closed:
             return None
         try:
-            slot.worker = _Worker(self._ctx, self._config, self._start_timeout)
+            slot.worker = _Worker(self._ctx, self._config, self._start_timeout, self._warm).wait_ready()
         except HsmUnavailable:
             log.error("could not restart an HSM worker")
         return slot.worker
