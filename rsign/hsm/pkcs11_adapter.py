@@ -293,14 +293,14 @@ class Pkcs11Token:
 
     # -- sealing small secrets -------------------------------------------------------------
 
-    def _seal_keys(self, refresh: bool = False) -> list[Any]:
+    def _seal_keys(self) -> list[Any]:
         """Every sealing key on the token, oldest CKA_ID first, creating one if there is none.
 
         Two processes starting at once on a fresh token may each create a key; rather than lock
         across processes, sealing uses the first key in CKA_ID order and unsealing tries them all
         (AES-GCM authentication tells the right key apart).
         """
-        if refresh or not self._seal_cache:
+        if not self._seal_cache:
             found = list(
                 self._session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: SEAL_KEY_LABEL})
             )
@@ -348,14 +348,18 @@ class Pkcs11Token:
         if blob[:1] != _SEAL_VERSION or len(blob) < 1 + 12 + 16:
             raise HsmUnavailable("sealed secret has an unknown format")
         nonce, ct = blob[1:13], blob[13:]
-        for refresh in (False, True):
-            for key in self._seal_keys(refresh):
+        for attempt in range(2):
+            for key in self._seal_keys():
                 try:
                     return bytes(
                         key.decrypt(ct, mechanism=P11Mech.AES_GCM, mechanism_param=pkcs11.GCMParams(nonce, aad, 128))
                     )
                 except PKCS11Error:
                     continue
+            if attempt == 0:
+                # Another process may have created a sealing key this one cannot see yet (two
+                # workers starting on a fresh token; SoftHSMv2 refreshes its object index lazily).
+                self._reinitialize()
         raise HsmUnavailable("the HSM could not unseal the secret (wrong key or altered data)")
 
     @_serialised
