@@ -12,7 +12,9 @@ from rsign.hsm.softhsm import ensure_token
 
 def test_seal_unseal_across_workers_on_a_fresh_token(tmp_path: Path) -> None:
     for attempt in range(3):  # the race is at start-up: try it on several fresh tokens
-        pool = HsmPool(ensure_token(tmp_path / f"t{attempt}"), workers=2)
+        state = tmp_path / f"t{attempt}"
+        state.mkdir()
+        pool = HsmPool(ensure_token(state), workers=2)
         try:
             blobs = [pool.seal(f"seed {i}".encode(), b"user-7") for i in range(16)]
             for i, blob in enumerate(blobs):
