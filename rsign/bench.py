@@ -53,8 +53,12 @@ class BenchUser:
     def code(self) -> str:
         """Next fresh step within the server's +-1 window; waits for the clock when used up."""
         while True:
-            now = totp.step_of(time.time())
-            step = max(self.last_step + 1, now - 1)
+            t = time.time()
+            now = totp.step_of(t)
+            # The previous step's code is accepted only until the current step ends: skip it
+            # when the step is about to end, or a slow round trip lands outside the window.
+            oldest = now - 1 if totp.STEP_SECONDS - t % totp.STEP_SECONDS > 5 else now
+            step = max(self.last_step + 1, oldest)
             if step <= now + 1:
                 self.last_step = step
                 return totp.code_for_step(self.seed, step)
@@ -387,10 +391,14 @@ def scale(
             app.close()
 
     try:
-        return _scale(bench, data, sample_users, progress, provision_plan, secrets_by_user, out)
+        result = _scale(bench, data, sample_users, progress, provision_plan, secrets_by_user, out)
+    except BaseException:
+        progress(f"failed; state kept for inspection in {bench.tmp}")
+        raise
     finally:
         bench.stop_server()
-        shutil.rmtree(bench.tmp, ignore_errors=True)
+    shutil.rmtree(bench.tmp, ignore_errors=True)
+    return result
 
 
 def _scale(
