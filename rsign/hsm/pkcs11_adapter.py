@@ -109,27 +109,20 @@ class Pkcs11Token:
         except PKCS11Error as exc:
             raise HsmUnavailable(f"cannot log in to the HSM token ({type(exc).__name__})") from exc
 
-    def _reopen(self) -> None:
+    def _reopen(self, reinitialize: bool = False) -> None:
+        """A new session (and, with ``reinitialize``, a reloaded token); handles are session-bound."""
         self._keys.clear()
         self._seal_cache = []
         try:
             self._session.close()
         except PKCS11Error:
             pass
-        self._session = self._open()
-
-    def _reinitialize(self) -> None:
-        self._keys.clear()
-        self._seal_cache = []
-        try:
-            self._session.close()
-        except PKCS11Error:
-            pass
-        try:
-            self._lib.reinitialize()
-            self._token = self._lib.get_token(token_label=self._config.token_label)
-        except (PKCS11Error, RuntimeError) as exc:
-            raise HsmUnavailable("cannot re-open the HSM token") from exc
+        if reinitialize:
+            try:
+                self._lib.reinitialize()
+                self._token = self._lib.get_token(token_label=self._config.token_label)
+            except (PKCS11Error, RuntimeError) as exc:
+                raise HsmUnavailable("cannot re-open the HSM token") from exc
         self._session = self._open()
 
     # -- keys --------------------------------------------------------------------------------
@@ -162,7 +155,7 @@ class Pkcs11Token:
                 # SoftHSMv2 can miss an object another process created moments ago (its on-disk
                 # index is refreshed lazily); re-initialising the library reloads the token.
                 # Only a cache miss that also fails lookup pays for this.
-                self._reinitialize()
+                self._reopen(reinitialize=True)
                 try:
                     key = self._session.get_key(object_class=object_class, id=cka_id)
                 except NoSuchKey as exc:
@@ -359,7 +352,7 @@ class Pkcs11Token:
             if attempt == 0:
                 # Another process may have created a sealing key this one cannot see yet (two
                 # workers starting on a fresh token; SoftHSMv2 refreshes its object index lazily).
-                self._reinitialize()
+                self._reopen(reinitialize=True)
         raise HsmUnavailable("the HSM could not unseal the secret (wrong key or altered data)")
 
     @_serialised
