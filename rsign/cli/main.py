@@ -205,15 +205,12 @@ def users(ctx: click.Context, server: str | None, as_user: str | None) -> None:
 @friendly_errors
 def users_add(user_id: str, name: str, agency: str, role: str, scope: str, pin_stdin: bool, state_dir: Path) -> None:
     """Enrol USER_ID; prints the otpauth:// URI and a QR code for the authenticator app."""
-    import segno
-
     pin = sys.stdin.readline().rstrip("\r\n")
     with admin_target(state_dir) as admin:
         enr = admin.enrol(None, user_id, name, pin, agency, role, scope)
     click.echo(f"enrolled {enr.user_id}")
     click.echo("Scan this with the authenticator app (shown once; rsign keeps the seed only encrypted):")
-    segno.make(enr.otpauth_uri, error="m").terminal(compact=True)
-    click.echo(enr.otpauth_uri)
+    _print_enrolment(enr.otpauth_uri)
 
 
 @users.command("unlock")
@@ -225,6 +222,19 @@ def users_unlock(user_id: str, state_dir: Path) -> None:
     with admin_target(state_dir) as admin:
         admin.unlock(None, user_id)
     click.echo(f"unlocked {user_id}")
+
+
+def _print_enrolment(otpauth_uri: str) -> None:
+    """The authenticator enrolment, shown once: a terminal QR code and the otpauth:// URI."""
+    import segno
+
+    segno.make(otpauth_uri, error="m").terminal(compact=True)
+    click.echo(otpauth_uri)
+
+
+def _print_move(res: Any) -> None:
+    _print_user(res.user)
+    click.echo(f"revoked: {', '.join(res.revoked) or 'none'}")
 
 
 def _print_user(u: Any) -> None:
@@ -258,12 +268,9 @@ def users_reactivate(user_id: str, state_dir: Path) -> None:
 @friendly_errors
 def users_reset_totp(user_id: str, state_dir: Path) -> None:
     """New authenticator for USER_ID (lost phone): old seed, sessions and SADs stop working."""
-    import segno
-
     with admin_target(state_dir) as admin:
         enr = admin.reset_totp(None, user_id)
-    segno.make(enr.otpauth_uri, error="m").terminal(compact=True)
-    click.echo(enr.otpauth_uri)
+    _print_enrolment(enr.otpauth_uri)
 
 
 @users.command("move")
@@ -275,8 +282,7 @@ def users_move(user_id: str, agency: str, state_dir: Path) -> None:
     """Job change: move USER_ID to another agency; their credentials are revoked (Decree 68)."""
     with admin_target(state_dir) as admin:
         res = admin.move(None, user_id, agency)
-    _print_user(res.user)
-    click.echo(f"revoked: {', '.join(res.revoked) or 'none'}")
+    _print_move(res)
 
 
 @users.command("retire")
@@ -287,8 +293,7 @@ def users_retire(user_id: str, state_dir: Path) -> None:
     """Retire USER_ID: their credentials are revoked, sessions end."""
     with admin_target(state_dir) as admin:
         res = admin.retire(None, user_id)
-    _print_user(res.user)
-    click.echo(f"revoked: {', '.join(res.revoked) or 'none'}")
+    _print_move(res)
 
 
 @users.command("search")

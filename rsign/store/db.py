@@ -134,6 +134,22 @@ class AuditKeyView:
     chain: tuple[bytes, ...]
 
 
+def _user_view(u: Any) -> UserView:
+    return UserView(
+        u.user_id,
+        u.name,
+        u.agency,
+        u.role,
+        u.status,
+        u.pin_hash,
+        bytes(u.totp_sealed),
+        u.last_otp_step,
+        u.failed_attempts,
+        bool(u.locked),
+        u.scope or "agency",
+    )
+
+
 def fold(text: str) -> str:
     """Case- and diacritic-insensitive form for search: "Lò Văn Tuấn" -> "lo van tuan"."""
     decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
@@ -336,21 +352,7 @@ class Tx:
 
     def get_user(self, user_id: str) -> UserView | None:
         u = self.c.execute(select(USERS).where(USERS.c.user_id == user_id)).first()
-        if u is None:
-            return None
-        return UserView(
-            u.user_id,
-            u.name,
-            u.agency,
-            u.role,
-            u.status,
-            u.pin_hash,
-            bytes(u.totp_sealed),
-            u.last_otp_step,
-            u.failed_attempts,
-            bool(u.locked),
-            u.scope or "agency",
-        )
+        return None if u is None else _user_view(u)
 
     def add_user(
         self,
@@ -384,15 +386,14 @@ class Tx:
     def search_users(
         self, agency: str = "", name_folded: str = "", status: str = "", limit: int = 1000
     ) -> list[UserView]:
-        q = select(USERS.c.user_id)
+        q = select(USERS)
         if agency:
             q = q.where(USERS.c.agency == agency)
         if status:
             q = q.where(USERS.c.status == status)
         if name_folded:
             q = q.where(USERS.c.name_folded.contains(name_folded, autoescape=True))
-        ids = [r[0] for r in self.c.execute(q.order_by(USERS.c.user_id).limit(limit)).all()]
-        return [u for u in (self.get_user(i) for i in ids) if u is not None]
+        return [_user_view(u) for u in self.c.execute(q.order_by(USERS.c.user_id).limit(limit)).all()]
 
     def user_ids(self) -> set[str]:
         return {r[0] for r in self.c.execute(select(USERS.c.user_id)).all()}
