@@ -6,16 +6,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from rsign.admin.service import AdminService
+from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
 from rsign.audit.service import AuditService
 from rsign.auth.service import AuthService
-from rsign.clock import Clock, SystemClock
 from rsign.config import Settings, init_lock
+from rsign.dev.devca import DevCA
+from rsign.domain.clock import Clock, SystemClock
 from rsign.hsm.ports import Hsm
-from rsign.keys.devca import DevCA
 from rsign.keys.service import KeyService
 from rsign.signing.service import SigningService
-from rsign.store.db import Store
+from rsign.store import Store
 
 
 @dataclass
@@ -23,6 +24,7 @@ class App:
     settings: Settings
     clock: Clock
     store: Store
+    journal: AuditedStore
     hsm: Hsm
     auth: AuthService
     signing: SigningService
@@ -71,18 +73,19 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
         ca = DevCA(settings.state_dir / "dev-ca")
     audit_hsm: Hsm = audit_pool.result() if audit_pool is not None else hsm
     audit_keys = AuditKeys.ensure(store, audit_hsm, ca, clk)
-    store.mac = audit_keys.macs
-    auth = AuthService(store, hsm, clk, settings)
-    keys = KeyService(store, hsm, clk, settings, ca)
+    journal = AuditedStore(store, audit_keys, clk)
+    auth = AuthService(journal, hsm, clk, settings)
+    keys = KeyService(journal, hsm, clk, settings, ca)
     return App(
         settings=settings,
         clock=clk,
         store=store,
+        journal=journal,
         hsm=hsm,
         auth=auth,
-        signing=SigningService(store, hsm, clk, settings, auth),
+        signing=SigningService(journal, hsm, clk, settings, auth),
         keys=keys,
-        audit=AuditService(store, audit_keys, clk),
+        audit=AuditService(journal, audit_keys, clk),
         audit_hsm=audit_hsm,
-        admin=AdminService(store, hsm, clk, auth, keys),
+        admin=AdminService(journal, hsm, clk, auth, keys),
     )

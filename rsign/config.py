@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rsign.errors import ConfigurationError
+from rsign.domain.errors import ConfigurationError
 from rsign.hsm.ports import HsmConfig
 
 DEFAULT_STATE_DIR = Path(".rsign")
@@ -104,7 +104,7 @@ def load_settings(state_dir: Path | str | None = None) -> Settings:
                 pin=_read_pin(hsm_cfg),
             )
         else:
-            from rsign.hsm.softhsm import ensure_token
+            from rsign.dev.softhsm import ensure_token
 
             hsm = ensure_token(sd)
     db_url = os.environ.get("RSIGN_DATABASE_URL") or file_cfg.get("database_url") or f"sqlite:///{sd / 'rsign.db'}"

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rsign.app import App
-from rsign.errors import AlreadyExists, InvalidRequest
-from rsign.hsm.softhsm import write_private
+from rsign.domain.algorithms import KeyAlgorithm
+from rsign.domain.errors import AlreadyExists, InvalidRequest
+from rsign.domain.files import write_private
 from rsign.keys.service import KeyRequest
-from rsign.signing.algorithms import KeyAlgorithm
 
 _KEY_BATCH = 50  # credentials per HSM job and per audited transaction
 _USER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")

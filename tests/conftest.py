@@ -22,11 +22,11 @@ from rsign.api.client import RsignClient
 from rsign.api.server import RunningServer, start_server
 from rsign.app import App, build_app
 from rsign.auth import totp
-from rsign.clock import FakeClock
 from rsign.config import Settings, load_settings
+from rsign.domain.algorithms import KeyAlgorithm, SignSpec
+from rsign.domain.clock import FakeClock
 from rsign.hsm.pool import HsmPool
 from rsign.hsm.ports import SignResult
-from rsign.signing.algorithms import KeyAlgorithm, SignSpec
 
 T0 = float(int(__import__("time").time()) // 30 * 30)  # a step boundary near the real time
 _ids = itertools.count(1)

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from rsign.errors import InvalidRequest
-from rsign.signing.algorithms import HashAlg, KeyAlgorithm, Mechanism, Scheme, check_digests, sign_spec
+from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Mechanism, Scheme, check_digests, sign_spec
+from rsign.domain.errors import InvalidRequest
 
 
 @pytest.mark.parametrize("alg", list(HashAlg))

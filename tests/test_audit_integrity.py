@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from rsign import context
 from rsign.app import App, build_app
 from rsign.audit import chain
-from rsign.audit.events import EventFilter
 from rsign.audit.offline import verify_export
 from rsign.audit.service import LogReport
 from rsign.config import load_settings
-from rsign.errors import AuditIntegrityError
-from rsign.signing.algorithms import HashAlg, Scheme
+from rsign.domain import context
+from rsign.domain.algorithms import HashAlg, Scheme
+from rsign.domain.errors import AuditIntegrityError
+from rsign.domain.events import EventFilter
 
 
 def _populate(app: App) -> None:
@@ -33,8 +33,8 @@ def _populate(app: App) -> None:
             app.keys.generate(f"C{i}", "ec-p256", f"u{i}")
             assert enr.seed
         # Sign through the service without gRPC: a session is not needed for the audit content.
-        from rsign.auth.service import Principal
         from rsign.auth.totp import code_for_step, step_of
+        from rsign.domain.principal import Principal
 
         for i in range(3):
             who = Principal(f"u{i}", 0, "signer", f"Agency {i % 2}")

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from rsign.api.democlient import verify_signature
+from rsign.dev.democlient import verify_signature
 from rsign.hsm.pool import HsmPool
 from tests.conftest import Env, Signer, detail, digests
 

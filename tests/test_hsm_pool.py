@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rsign.dev.softhsm import ensure_token
 from rsign.hsm.pool import HsmPool
-from rsign.hsm.softhsm import ensure_token
 
 
 def test_seal_unseal_across_workers_on_a_fresh_token(tmp_path: Path) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from rsign import context
 from rsign.app import App, build_app
 from rsign.config import load_settings
-from rsign.errors import InvalidRequest
+from rsign.domain import context
+from rsign.domain.errors import InvalidRequest
 from rsign.provision import apply, load
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "son-la"

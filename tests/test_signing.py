@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from rsign.api.democlient import verify_signature
+from rsign.dev.democlient import verify_signature
 from rsign.hsm.pool import HsmPool
 from rsign.v1 import rsign_pb2 as pb
 from tests.conftest import Env, Signer, detail, digests, make_signer

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import enum
 
-from rsign.auth.service import Principal
-from rsign.errors import PermissionDenied
+from rsign.domain.errors import PermissionDenied
+from rsign.domain.principal import Principal
 
 
 class Op(enum.Enum):

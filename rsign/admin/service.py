@@ -8,14 +8,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rsign.admin.policy import Op, authorize, scope_agency
-from rsign.audit.events import Action, event
+from rsign.audit.journal import AuditedStore
 from rsign.auth import totp
-from rsign.auth.service import AuthService, Enrolment, Principal, seed_aad
-from rsign.clock import Clock
-from rsign.errors import FailedPrecondition, InvalidRequest, NotFound
+from rsign.auth.service import AuthService, Enrolment, seed_aad
+from rsign.domain.clock import Clock
+from rsign.domain.errors import FailedPrecondition, InvalidRequest, NotFound
+from rsign.domain.events import Action, event
+from rsign.domain.principal import Principal
+from rsign.domain.records import CredentialView, KeyVersionView, UserView, fold
 from rsign.hsm.ports import Hsm
 from rsign.keys.service import KeyService
-from rsign.store.db import CredentialView, KeyVersionView, Store, UserView, fold
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class MoveResult:
 
 
 class AdminService:
-    def __init__(self, store: Store, hsm: Hsm, clock: Clock, auth: AuthService, keys: KeyService) -> None:
+    def __init__(self, store: AuditedStore, hsm: Hsm, clock: Clock, auth: AuthService, keys: KeyService) -> None:
         self._store = store
         self._hsm = hsm
         self._clock = clock

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from rsign import errors
+from rsign.domain import errors
 
 STATUS: list[tuple[type[errors.RsignError], grpc.StatusCode]] = [
     (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),

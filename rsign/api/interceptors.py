@@ -14,10 +14,11 @@ from typing import Any
 
 import grpc
 
-from rsign import context
 from rsign.api.errors import INTERNAL_MESSAGE, status_for
-from rsign.auth.service import AuthService, Principal
-from rsign.errors import AuthenticationFailed, RsignError
+from rsign.auth.service import AuthService
+from rsign.domain import context
+from rsign.domain.errors import AuthenticationFailed, RsignError
+from rsign.domain.principal import Principal
 
 log = logging.getLogger(__name__)
 

@@ -90,7 +90,7 @@ def start_server(app: App, listen: str, max_workers: int = 64) -> RunningServer:
     set_health(hs, app.store.healthy)
     monitor = StoreMonitor(app, hs)
     cp = Checkpointer(
-        app.audit, app.store, app.settings.checkpoint_every_records, app.settings.checkpoint_interval_seconds
+        app.audit, app.journal, app.settings.checkpoint_every_records, app.settings.checkpoint_interval_seconds
     )
     cp.start()
     return RunningServer(server, port, hs, cp, monitor)

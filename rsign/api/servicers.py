@@ -9,11 +9,11 @@ import grpc
 
 from rsign.api.interceptors import current_principal
 from rsign.app import App
-from rsign.audit.events import EventFilter
-from rsign.clock import iso_utc
-from rsign.errors import InvalidRequest
-from rsign.signing.algorithms import HashAlg, KeyAlgorithm, Scheme
-from rsign.store.db import CredentialView, UserView
+from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme
+from rsign.domain.clock import iso_utc
+from rsign.domain.errors import InvalidRequest
+from rsign.domain.events import EventFilter
+from rsign.domain.records import CredentialView, UserView
 from rsign.v1 import rsign_pb2 as pb
 from rsign.v1 import rsign_pb2_grpc as pb_grpc
 

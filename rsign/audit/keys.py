@@ -9,12 +9,13 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rsign.clock import Clock
-from rsign.errors import AlreadyExists, HsmUnavailable
+from rsign.dev.devca import DevCA
+from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme, sign_spec
+from rsign.domain.clock import Clock
+from rsign.domain.errors import AlreadyExists, HsmUnavailable
+from rsign.domain.records import AuditKeyView
 from rsign.hsm.ports import Hsm, ItemFailure
-from rsign.keys.devca import DevCA
-from rsign.signing.algorithms import HashAlg, KeyAlgorithm, Scheme, sign_spec
-from rsign.store.db import AuditKeyView, Store
+from rsign.store import Store
 
 _CHECKPOINT_SPEC = sign_spec(KeyAlgorithm.EC_P256, HashAlg.SHA256, Scheme.ECDSA)
 

@@ -18,13 +18,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from rsign.audit import chain
-from rsign.audit.events import Action, EventFilter, Result, event, matches
+from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
 from rsign.audit.offline import FORMAT, export_signature_message
-from rsign.auth.service import Principal
-from rsign.clock import Clock, iso_utc
-from rsign.errors import AuditIntegrityError, InvalidRequest, PermissionDenied, RsignError
-from rsign.store.db import CheckpointView, Store
+from rsign.domain.clock import Clock, iso_utc
+from rsign.domain.errors import AuditIntegrityError, InvalidRequest, PermissionDenied, RsignError
+from rsign.domain.events import Action, EventFilter, Result, event, matches
+from rsign.domain.principal import Principal
+from rsign.domain.records import CheckpointView
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,12 @@ class Page:
     next_token: str
 
 
+# What verification and export read of each record: its content, then the chain and MAC columns.
+_ROW_COLUMNS = (*chain.CONTENT_FIELDS, "prev_hash", "hash", "mac")
+
+
 class AuditService:
-    def __init__(self, store: Store, keys: AuditKeys, clock: Clock) -> None:
+    def __init__(self, store: AuditedStore, keys: AuditKeys, clock: Clock) -> None:
         self._store = store
         self._keys = keys
         self._clock = clock
@@ -102,14 +107,14 @@ class AuditService:
 
     def _verify(self, after: int = 0, start_hash: str = chain.GENESIS) -> LogReport:
         with self._store.read() as t:
-            head = t.audit_head()
+            head = (t.audit_head() or (0, chain.GENESIS))
             cps = t.checkpoints()
             macs: list[tuple[int, str, str]] = []
             cp_hash = {cp.seq: cp.head_hash for cp in cps}
             seen_cp: dict[int, str] = {}
 
             def rows() -> Iterator[dict[str, Any]]:
-                for r in t.audit_rows(after):
+                for r in t.audit_rows(_ROW_COLUMNS, after):
                     if r["mac"]:
                         macs.append((int(r["seq"]), r["hash"], r["mac"]))
                     if r["seq"] in cp_hash:
@@ -189,7 +194,7 @@ class AuditService:
         with self._cp_lock:
             with self._store.read() as t:
                 last = t.last_checkpoint()
-                head = t.audit_head()
+                head = (t.audit_head() or (0, chain.GENESIS))
                 if last is not None:
                     at_last = t.audit_record(last.seq)
             if head[0] == 0 or (last is not None and head[0] <= last.seq):
@@ -261,7 +266,7 @@ class AuditService:
             return line
 
         with self._store.read() as t:
-            head_seq, head_hash = t.audit_head()
+            head_seq, head_hash = (t.audit_head() or (0, chain.GENESIS))
             certs = self._keys.certificates
             yield emit(
                 {
@@ -289,7 +294,7 @@ class AuditService:
                         "signature": base64.b64encode(cp.signature).decode("ascii"),
                     }
                 )
-            for r in t.audit_rows(0, head_seq):
+            for r in t.audit_rows(_ROW_COLUMNS, 0, head_seq):
                 if matches(flt, r):
                     yield emit(
                         {
@@ -313,7 +318,7 @@ class AuditService:
 class Checkpointer:
     """Signs a checkpoint every ``every_records`` records or ``interval`` seconds, and at stop."""
 
-    def __init__(self, audit: AuditService, store: Store, every_records: int, interval: float) -> None:
+    def __init__(self, audit: AuditService, store: AuditedStore, every_records: int, interval: float) -> None:
         self._audit = audit
         self._store = store
         self._every = every_records
@@ -330,7 +335,7 @@ class Checkpointer:
             waited += 1.0
             try:
                 with self._store.read() as t:
-                    head = t.audit_head()[0]
+                    head = (t.audit_head() or (0, chain.GENESIS))[0]
                     last = t.last_checkpoint()
                 grown = head - (last.seq if last else 0)
                 if grown > 0 and (grown >= self._every or waited >= self._interval):

@@ -7,12 +7,12 @@ import secrets
 from dataclasses import dataclass
 from typing import NoReturn
 
-from rsign import context
-from rsign.audit.events import Action, AuditEvent, Result, event
+from rsign.audit.journal import AuditedStore
 from rsign.auth import pins, totp
-from rsign.clock import Clock
 from rsign.config import Settings
-from rsign.errors import (
+from rsign.domain import context
+from rsign.domain.clock import Clock
+from rsign.domain.errors import (
     AlreadyExists,
     AuthenticationFailed,
     FailedPrecondition,
@@ -21,8 +21,10 @@ from rsign.errors import (
     PermissionDenied,
     RsignError,
 )
+from rsign.domain.events import Action, AuditEvent, Result, event
+from rsign.domain.principal import Principal
+from rsign.domain.records import UserView
 from rsign.hsm.ports import Hsm
-from rsign.store.db import Store, UserView
 
 # Refresh a session's idle timer at most this often: saves a database write on most calls, at the
 # cost of idle expiry being up to this much late.
@@ -43,15 +45,6 @@ def seed_aad(user_id: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class Principal:
-    user_id: str
-    session_id: int
-    role: str
-    agency: str
-    scope: str = "agency"  # auditors: "agency" or "province"
-
-
-@dataclass(frozen=True)
 class Enrolment:
     user_id: str
     seed: bytes
@@ -59,7 +52,7 @@ class Enrolment:
 
 
 class AuthService:
-    def __init__(self, store: Store, hsm: Hsm, clock: Clock, settings: Settings) -> None:
+    def __init__(self, store: AuditedStore, hsm: Hsm, clock: Clock, settings: Settings) -> None:
         self._store = store
         self._hsm = hsm
         self._clock = clock

@@ -22,11 +22,11 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rsign import context
 from rsign.app import App, build_app
-from rsign.audit.events import EventFilter
 from rsign.config import DEFAULT_STATE_DIR, load_settings
-from rsign.errors import InvalidRequest, RsignError
+from rsign.domain import context
+from rsign.domain.errors import InvalidRequest, RsignError
+from rsign.domain.events import EventFilter
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True)
@@ -669,7 +669,7 @@ def _progress_bar(label: str) -> tuple[Progress, Callable[[int, int], None]]:
 def demo(state_dir: Path, listen: str, data: Path) -> None:
     """Provision the Son La demo deployment (first start only) and serve it."""
     from rsign.api.server import serve_forever
-    from rsign.demo import provision
+    from rsign.dev.demo import provision
 
     settings = load_settings(state_dir)
     app = build_app(settings, pool=True)
@@ -762,8 +762,8 @@ def provision(data: Path, health_education: bool, state_dir: Path) -> None:
 @click.option("--scale", is_flag=True, help="Instead: 176 credentials, then 25,065 more; latency and start-up.")
 def bench(quick: bool, workers: int | None, algorithms: tuple[str, ...], memory: bool | None, scale: bool) -> None:
     """Measure the batch path against a direct python-pkcs11 loop; prints one JSON object per line."""
-    from rsign import bench as b
-    from rsign.signing.algorithms import KeyAlgorithm
+    from rsign.dev import bench as b
+    from rsign.domain.algorithms import KeyAlgorithm
 
     if scale:
         prog = Progress(
@@ -813,7 +813,7 @@ def client() -> None:
 @click.option("--server", default="127.0.0.1:50051", show_default=True)
 def client_sign(file: Path, credential: str, state_dir: Path, server: str) -> None:
     """Log in as the credential's demo holder, authorize with a fresh TOTP, sign FILE's SHA-256."""
-    from rsign.api.democlient import sign_file
+    from rsign.dev.democlient import sign_file
 
     try:
         result = sign_file(server, state_dir, credential, file)

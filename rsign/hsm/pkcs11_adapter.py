@@ -30,9 +30,9 @@ from pkcs11.exceptions import (
 )
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-from rsign.errors import HsmUnavailable, NotFound
+from rsign.domain.algorithms import KeyAlgorithm, Mechanism, SignSpec
+from rsign.domain.errors import HsmUnavailable, NotFound
 from rsign.hsm.ports import HsmConfig, ItemFailure, SignResult
-from rsign.signing.algorithms import KeyAlgorithm, Mechanism, SignSpec
 
 T = TypeVar("T")
 SEAL_KEY_LABEL = "rsign-seal-v1"

@@ -27,9 +27,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsign.errors import HsmUnavailable, RsignError
+from rsign.domain.algorithms import KeyAlgorithm, SignSpec
+from rsign.domain.errors import HsmUnavailable, RsignError
 from rsign.hsm.ports import HsmConfig, SignResult
-from rsign.signing.algorithms import KeyAlgorithm, SignSpec
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ class HsmPool:
 
 
 def _rebuild_error(kind: str, message: str) -> RsignError:
-    import rsign.errors as errors
+    import rsign.domain.errors as errors
 
     cls = getattr(errors, kind, None)
     if isinstance(cls, type) and issubclass(cls, RsignError):

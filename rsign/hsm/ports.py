@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rsign.signing.algorithms import KeyAlgorithm, SignSpec
+from rsign.domain.algorithms import KeyAlgorithm, SignSpec
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from asn1crypto import csr as acsr
 from asn1crypto import keys as akeys
 from asn1crypto import x509 as ax509
 
-from rsign.signing.algorithms import HashAlg, KeyAlgorithm, Scheme, SignSpec, sign_spec
+from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme, SignSpec, sign_spec
 
 _SIG_ALG = {True: "sha256_rsa", False: "sha256_ecdsa"}
 

@@ -12,11 +12,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from rsign import context
-from rsign.audit.events import Action, Result, event
-from rsign.clock import Clock
+from rsign.audit.journal import AuditedStore
 from rsign.config import Settings
-from rsign.errors import (
+from rsign.dev.devca import DevCA
+from rsign.domain import context
+from rsign.domain.algorithms import KeyAlgorithm, SignSpec
+from rsign.domain.clock import Clock
+from rsign.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
     HsmUnavailable,
@@ -24,11 +26,11 @@ from rsign.errors import (
     NotFound,
     PermissionDenied,
 )
+from rsign.domain.events import Action, Result, event
+from rsign.domain.records import CredentialView, KeyVersionView
 from rsign.hsm.ports import Hsm, ItemFailure
 from rsign.keys.csr import build_csr, subject_name
-from rsign.keys.devca import DevCA
-from rsign.signing.algorithms import KeyAlgorithm, SignSpec
-from rsign.store.db import CredentialView, KeyVersionView, Store, Tx
+from rsign.store import Tx
 
 # Decree 68/2024: a certificate is revoked on job change, retirement, or at the agency's request.
 REVOCATION_REASONS = ("job change", "retirement", "agency request", "key compromise", "other")
@@ -59,7 +61,7 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
 
 
 class KeyService:
-    def __init__(self, store: Store, hsm: Hsm, clock: Clock, settings: Settings, ca: DevCA) -> None:
+    def __init__(self, store: AuditedStore, hsm: Hsm, clock: Clock, settings: Settings, ca: DevCA) -> None:
         self._store = store
         self._hsm = hsm
         self._clock = clock

@@ -24,12 +24,13 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsign import context
-from rsign.audit.events import Action, AuditEvent, Result, event
-from rsign.errors import AlreadyExists, DeadlineExceeded, PermissionDenied, RsignError
+from rsign.audit.journal import AuditedStore
+from rsign.domain import context
+from rsign.domain.algorithms import HashAlg, Scheme, SignSpec, check_digests
+from rsign.domain.errors import AlreadyExists, DeadlineExceeded, PermissionDenied, RsignError
+from rsign.domain.events import Action, AuditEvent, Result, event
+from rsign.domain.records import CredentialView, SadView
 from rsign.hsm.ports import Hsm, ItemFailure, SignResult
-from rsign.signing.algorithms import HashAlg, Scheme, SignSpec, check_digests
-from rsign.store.db import CredentialView, SadView, Store
 
 _WAKE = 0.5  # safety net: the loop re-checks at least this often
 _DISCARDED = "signature discarded: the stream ended before it was delivered"
@@ -107,7 +108,7 @@ class _Inbox:
 
 @dataclass
 class BatchRun:
-    store: Store
+    store: AuditedStore
     hsm: Hsm
     cred: CredentialView
     spec: SignSpec

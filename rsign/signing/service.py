@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from rsign.audit.events import Action, Result, event
-from rsign.auth.service import AuthService, Principal, token_hash
-from rsign.clock import Clock
+from rsign.audit.journal import AuditedStore
+from rsign.auth.service import AuthService, token_hash
 from rsign.config import Settings
-from rsign.errors import (
+from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme, check_digests, sign_spec
+from rsign.domain.clock import Clock
+from rsign.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidRequest,
@@ -28,10 +29,11 @@ from rsign.errors import (
     RsignError,
     Unavailable,
 )
+from rsign.domain.events import Action, Result, event
+from rsign.domain.principal import Principal
+from rsign.domain.records import CredentialView, SadView
 from rsign.hsm.ports import Hsm, ItemFailure
-from rsign.signing.algorithms import HashAlg, KeyAlgorithm, Scheme, check_digests, sign_spec
 from rsign.signing.batch import BatchRun, StreamChunk
-from rsign.store.db import CredentialView, SadView, Store
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def hashes_fingerprint(hashes: Sequence[bytes]) -> str:
 
 
 class SigningService:
-    def __init__(self, store: Store, hsm: Hsm, clock: Clock, settings: Settings, auth: AuthService) -> None:
+    def __init__(self, store: AuditedStore, hsm: Hsm, clock: Clock, settings: Settings, auth: AuthService) -> None:
         self._store = store
         self._hsm = hsm
         self._clock = clock

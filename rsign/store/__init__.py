@@ -1,1 +1,5 @@
-"""Persistence: SQLAlchemy 2.0 models and the unit of work. The only package that knows SQLAlchemy."""
+"""Persistence: the only package that knows SQLAlchemy. Hands out plain records (``rsign.domain.records``)."""
+
+from rsign.store.engine import SCHEMA_VERSION, Store, Tx
+
+__all__ = ["SCHEMA_VERSION", "Store", "Tx"]

@@ -13,7 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from rsign.errors import ConfigurationError
+from rsign.domain.errors import ConfigurationError
+from rsign.domain.files import write_private
 from rsign.hsm.ports import HsmConfig
 
 TOKEN_LABEL = "rsign"
@@ -37,11 +38,6 @@ def find_softhsm_module() -> str:
     )
 
 
-def write_private(path: Path, data: str) -> None:
-    """Create ``path`` with mode 0600 from the start (no window where it is world-readable)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(data)
 
 
 def ensure_token(state_dir: Path) -> HsmConfig:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rsign.app import App
-from rsign.hsm.softhsm import write_private
+from rsign.domain.files import write_private
 from rsign.provision import apply, load
 
 SECRETS_FILE = "demo-secrets.json"

@@ -35,9 +35,9 @@ from rsign.api.client import RsignClient
 from rsign.app import build_app
 from rsign.auth import totp
 from rsign.config import load_settings
+from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme, sign_spec
 from rsign.hsm.ports import HsmConfig
-from rsign.signing.algorithms import HashAlg, KeyAlgorithm, Scheme, sign_spec
-from rsign.store.db import Store
+from rsign.store import Store
 
 SCHEME = {KeyAlgorithm.RSA_2048: Scheme.RSA_PKCS1_V15, KeyAlgorithm.EC_P256: Scheme.ECDSA}
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from rsign.api.client import RsignClient
 from rsign.auth import totp
-from rsign.demo import DemoSecrets
+from rsign.dev.demo import DemoSecrets
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from rsign.errors import InvalidRequest
+from rsign.domain.errors import InvalidRequest
 
 
 class HashAlg(enum.Enum):

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from rsign.hsm.softhsm import write_private
+from rsign.domain.files import write_private
 
 DEV_MARK = "DEVELOPMENT ONLY - NOT FOR PRODUCTION"
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsign import context
+from rsign.domain import context
 
 
 class Action(enum.StrEnum):

@@ -1,0 +1,69 @@
+"""Who is calling: the principal, and the closed sets of roles, scopes and statuses.
+
+Each set is a ``StrEnum`` so that the database and the wire keep their plain strings while the code
+cannot misspell one.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Role(enum.StrEnum):
+    SIGNER = "signer"
+    AGENCY_ADMIN = "agency_admin"
+    KEY_OFFICER = "key_officer"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+class Scope(enum.StrEnum):
+    """How far an auditor sees: their own agency, or the whole province."""
+
+    AGENCY = "agency"
+    PROVINCE = "province"
+
+
+class UserStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    RETIRED = "retired"
+
+
+class CredentialStatus(enum.StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"
+    REVOKED = "revoked"
+    DESTROYED = "destroyed"
+
+
+class KeyVersionStatus(enum.StrEnum):
+    ACTIVE = "active"
+    RETIRED = "retired"  # verifies older signatures, never signs again
+    DESTROYED = "destroyed"
+
+
+class CredentialKind(enum.StrEnum):
+    PERSON = "person"
+    SEAL = "seal"  # an organisation seal, owned by an agency, activated by its authorized users
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller. ``session_id`` 0 with ``local`` set is the local operator."""
+
+    user_id: str
+    session_id: int
+    role: str
+    agency: str
+    scope: str = Scope.AGENCY  # auditors: agency or province
+    local: bool = False
+
+
+# A CLI command run directly on a state directory: whoever runs it already holds the HSM PIN and
+# the database, so the policy treats them as the province administrator. Explicit, so that no
+# code path can reach "admin" by forgetting to pass a principal.
+LOCAL_OPERATOR = Principal(
+    user_id="local-operator", session_id=0, role=Role.ADMIN, agency="", scope=Scope.PROVINCE, local=True
+)

@@ -1,0 +1,127 @@
+"""Audit log rows, the chain head, checkpoints and audit key records: storage primitives only.
+
+The append rule (chain hashes, the MAC check of the previous head) is ``rsign.audit.journal``'s."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from rsign.domain.events import EventFilter
+from rsign.domain.records import AuditKeyView, CheckpointView
+from rsign.store._core import AUDIT, AUDIT_KEYS, CHECKPOINTS, HEAD, insert_many, pack_certs, unpack_certs
+
+
+class AuditLogRepo:
+    c: Connection
+
+    def init_head(self, genesis: str) -> None:
+        if self.c.execute(select(HEAD.c.id).where(HEAD.c.id == 1)).first() is None:
+            self.c.execute(insert(HEAD).values(id=1, seq=0, hash=genesis))
+
+    def lock_head(self) -> tuple[int, str]:
+        """The chain head, locked until this transaction ends (appends are serialised on it)."""
+        head = self.c.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()).one()
+        return int(head.seq), str(head.hash)
+
+    def insert_audit_rows(self, rows: list[dict[str, Any]]) -> None:
+        insert_many(self.c, AUDIT, rows)
+
+    def audit_hash_and_mac(self, seq: int) -> tuple[str, str] | None:
+        r = self.c.execute(select(AUDIT.c.hash, AUDIT.c.mac).where(AUDIT.c.seq == seq)).first()
+        return None if r is None else (str(r.hash), str(r.mac))
+
+    def seal_head(self, seq: int, head_hash: str, mac: str) -> None:
+        """Store the MAC of record ``seq`` and move the head to it."""
+        self.c.execute(update(AUDIT).where(AUDIT.c.seq == seq).values(mac=mac))
+        self.c.execute(update(HEAD).where(HEAD.c.id == 1).values(seq=seq, hash=head_hash))
+
+    def audit_head(self) -> tuple[int, str] | None:
+        h = self.c.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).first()
+        return None if h is None else (int(h.seq), str(h.hash))
+
+    def audit_rows(
+        self, columns: Sequence[str] = (), after: int = 0, upto: int | None = None, batch: int = 5000
+    ) -> Iterator[dict[str, Any]]:
+        """``columns`` (default: all) of the records ``after`` < seq <= ``upto``, in order."""
+        cols = [AUDIT.c[f] for f in columns] if columns else list(AUDIT.c)
+        last = after
+        while True:
+            q = select(*cols).where(AUDIT.c.seq > last)
+            if upto is not None:
+                q = q.where(AUDIT.c.seq <= upto)
+            rows = self.c.execute(q.order_by(AUDIT.c.seq).limit(batch)).all()
+            if not rows:
+                return
+            for r in rows:
+                yield dict(r._mapping)
+            last = int(rows[-1].seq)
+
+    def audit_record(self, seq: int) -> dict[str, Any] | None:
+        r = self.c.execute(select(AUDIT).where(AUDIT.c.seq == seq)).first()
+        return None if r is None else dict(r._mapping)
+
+    def find_events(self, flt: EventFilter, after: int, limit: int) -> list[dict[str, Any]]:
+        """Records matching ``flt`` with seq > ``after``, oldest first (stable pagination by seq)."""
+        q = select(AUDIT).where(AUDIT.c.seq > after)
+        for clause in _filter_clauses(flt):
+            q = q.where(clause)
+        return [dict(r._mapping) for r in self.c.execute(q.order_by(AUDIT.c.seq).limit(limit)).all()]
+
+    def last_events(self, flt: EventFilter, limit: int) -> list[dict[str, Any]]:
+        q = select(AUDIT)
+        for clause in _filter_clauses(flt):
+            q = q.where(clause)
+        rows = self.c.execute(q.order_by(AUDIT.c.seq.desc()).limit(limit)).all()
+        return [dict(r._mapping) for r in reversed(rows)]
+
+    def checkpoints(self) -> list[CheckpointView]:
+        rows = self.c.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.seq)).all()
+        return [CheckpointView(int(r.seq), r.head_hash, r.ts, bytes(r.signature)) for r in rows]
+
+    def last_checkpoint(self) -> CheckpointView | None:
+        r = self.c.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.seq.desc()).limit(1)).first()
+        return None if r is None else CheckpointView(int(r.seq), r.head_hash, r.ts, bytes(r.signature))
+
+    def add_checkpoint(self, cp: CheckpointView) -> bool:
+        """Insert unless a checkpoint at or beyond this sequence exists (another replica won)."""
+        newer = self.c.execute(select(CHECKPOINTS.c.seq).where(CHECKPOINTS.c.seq >= cp.seq).limit(1)).first()
+        if newer is not None:
+            return False
+        self.c.execute(insert(CHECKPOINTS).values(seq=cp.seq, head_hash=cp.head_hash, ts=cp.ts, signature=cp.signature))
+        return True
+
+    def audit_key(self, purpose: str) -> AuditKeyView | None:
+        r = self.c.execute(select(AUDIT_KEYS).where(AUDIT_KEYS.c.purpose == purpose)).first()
+        if r is None:
+            return None
+        return AuditKeyView(r.purpose, bytes(r.cka_id), bytes(r.certificate), unpack_certs(bytes(r.chain)))
+
+    def add_audit_key(
+        self, purpose: str, cka_id: bytes, certificate: bytes, chain_certs: Sequence[bytes], now: float
+    ) -> None:
+        self.c.execute(
+            insert(AUDIT_KEYS).values(
+                purpose=purpose, cka_id=cka_id, certificate=certificate, chain=pack_certs(chain_certs), created_at=now
+            )
+        )
+
+
+def _filter_clauses(flt: EventFilter) -> list[Any]:
+    out: list[Any] = []
+    if flt.from_ts:
+        out.append(AUDIT.c.ts >= flt.from_ts)
+    if flt.to_ts:
+        out.append(AUDIT.c.ts < flt.to_ts)
+    for col, value in (
+        ("actor", flt.actor),
+        ("credential_id", flt.credential_id),
+        ("agency", flt.agency),
+        ("action", flt.action),
+        ("result", flt.result),
+    ):
+        if value:
+            out.append(AUDIT.c[col] == value)
+    return out

@@ -1,0 +1,191 @@
+"""Engine set-up and the unit of work: ``Store.tx()`` (write) and ``Store.read()``.
+
+Every write goes through one ``Tx``; ``rsign.audit.journal`` adds the audit append to it, so a
+change and its audit record are committed together or not at all. ``Tx`` gathers the repository
+sections (users, sessions, credentials, SADs, audit rows), one module each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+
+from rsign.domain.clock import Clock, SystemClock
+from rsign.domain.errors import AlreadyExists, AuditUnavailable, ConfigurationError, Unavailable
+from rsign.store import models as m
+from rsign.store._core import AUDIT, META
+from rsign.store.audit_log import AuditLogRepo
+from rsign.store.credentials import CredentialRepo
+from rsign.store.sads import SadRepo
+from rsign.store.sessions import SessionRepo
+from rsign.store.users import UserRepo
+
+log = logging.getLogger(__name__)
+
+# Bump with every schema change (and give operators a migration).
+SCHEMA_VERSION = "1"
+
+
+class Tx(UserRepo, SessionRepo, CredentialRepo, SadRepo, AuditLogRepo):
+    """Repository methods over one database transaction (SQLAlchemy Core)."""
+
+    def __init__(self, conn: Connection, clock: Clock) -> None:
+        self.c = conn
+        self.clock = clock
+
+
+def make_engine(url: str, busy_timeout: float = 5.0) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=20)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, _rec: Any) -> None:
+            # Let SQLAlchemy's "begin" event below issue BEGIN itself (pysqlite's implicit BEGIN
+            # is deferred, which lets two writers deadlock on lock upgrade).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before we answer; an audit record must survive a power cut.
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # Writers take the write lock up front, so the audit head read and the append that
+            # follows are serialised across threads, processes and CLI commands.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("rsign_write") else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+
+
+class Store:
+    def __init__(self, url: str, clock: Clock | None = None, busy_timeout: float = 5.0) -> None:
+        self.url = url
+        self.clock = clock or SystemClock()
+        self.engine = make_engine(url, busy_timeout)
+        self._healthy = True
+        self._listeners: list[Callable[[bool], None]] = []
+        self._write_engine = self.engine.execution_options(rsign_write=True)
+        # SQLite allows one writer; waiting writers poll with sleeps of up to 100 ms (busy
+        # handler back-off), which wrecks latency under load. Queue this process's writers on a
+        # lock instead; other processes (CLI commands) still meet the busy timeout.
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
+        )
+        fresh = self._check_schema()
+        try:
+            m.Base.metadata.create_all(self.engine)
+            if fresh:
+                with self.tx() as t:
+                    t.c.execute(insert(META).values(key="schema_version", value=SCHEMA_VERSION))
+        except AlreadyExists:
+            pass  # another process initialised the database at the same moment
+        if url.startswith("sqlite"):
+            self._check_sqlite_durability()
+
+    def _check_schema(self) -> bool:
+        """True for an empty database. A database of another schema version is refused with a
+        clear message rather than failing later on a missing column."""
+        tables = set(inspect(self.engine).get_table_names())
+        if not tables:
+            return True
+        found = None
+        if "rsign_meta" in tables:
+            with self.engine.connect() as c:
+                found = c.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
+        if found != SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"the database at {self.url.split('@')[-1]} has schema version {found or 'unknown (early)'};"
+                f" this rsign needs {SCHEMA_VERSION}. Start a new state directory (development), or migrate."
+            )
+        return False
+
+    def _check_sqlite_durability(self) -> None:
+        with self.engine.connect() as c:
+            mode = c.exec_driver_sql("PRAGMA journal_mode").scalar()
+            sync = c.exec_driver_sql("PRAGMA synchronous").scalar()
+        if str(mode).lower() != "wal" or int(sync or 0) != 2:
+            raise Unavailable(f"SQLite durability settings not in force (journal_mode={mode}, synchronous={sync})")
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[Tx]:
+        """A write transaction. Any database failure becomes ``AuditUnavailable``: every write
+        carries audit records, and failing closed is the point."""
+        try:
+            with self._write_lock, self._write_engine.begin() as conn:
+                yield Tx(conn, self.clock)
+        except IntegrityError as exc:
+            raise AlreadyExists("the object already exists") from exc
+        except (DBAPIError, SQLAlchemyError) as exc:
+            log.error("audit store write failed: %s", type(exc).__name__)
+            self._set_health(False)
+            raise AuditUnavailable("the audit store is unavailable; the operation was not performed") from exc
+        self._set_health(True)
+
+    # -- health ------------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def on_health_change(self, listener: Callable[[bool], None]) -> None:
+        self._listeners.append(listener)
+
+    def _set_health(self, ok: bool) -> None:
+        if ok != self._healthy:
+            self._healthy = ok
+            log.warning("audit store is %s", "back" if ok else "UNAVAILABLE: signing refused until it returns")
+            for fn in list(self._listeners):
+                fn(ok)
+
+    def probe(self) -> bool:
+        """Can an audit record be written right now? Inserts one and rolls it back."""
+        try:
+            with self._write_lock, self._write_engine.connect() as conn, conn.begin() as trans:
+                conn.execute(
+                    insert(AUDIT).values(
+                        seq=-1,
+                        ts="",
+                        actor="",
+                        agency="",
+                        action="probe",
+                        result="",
+                        credential_id="",
+                        key_version=0,
+                        digest="",
+                        reason="",
+                        request_id="",
+                        client="",
+                        details="{}",
+                        prev_hash="",
+                        hash="",
+                        mac="",
+                    )
+                )
+                trans.rollback()
+        except (DBAPIError, SQLAlchemyError):
+            self._set_health(False)
+            return False
+        self._set_health(True)
+        return True
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Tx]:
+        try:
+            with self.engine.begin() as conn:
+                yield Tx(conn, self.clock)
+        except (DBAPIError, SQLAlchemyError) as exc:
+            log.error("database read failed: %s", type(exc).__name__)
+            raise Unavailable("the database is unavailable") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,116 @@
+"""Signature Activation Data and consumed hash occurrences."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from rsign.domain.records import SadView
+from rsign.store._core import CONSUMED, SADS, insert_many, rowcount, split_hashes
+
+
+class SadRepo:
+    c: Connection
+
+    def add_sad(
+        self,
+        sad_hash: bytes,
+        user_id: str,
+        session_id: int,
+        credential_id: str,
+        key_version: int,
+        hash_alg: str,
+        hashes: Sequence[bytes],
+        issued_at: float,
+        expires_at: float,
+    ) -> int:
+        res = self.c.execute(
+            insert(SADS)
+            .values(
+                sad_hash=sad_hash,
+                user_id=user_id,
+                session_id=session_id,
+                credential_id=credential_id,
+                key_version=key_version,
+                hash_alg=hash_alg,
+                hashes=b"".join(hashes),
+                count=len(hashes),
+                issued_at=issued_at,
+                expires_at=expires_at,
+            )
+            .returning(SADS.c.id)
+        )
+        return int(res.scalar_one())
+
+    def get_sad(self, sad_hash: bytes, digest_size: int) -> SadView | None:
+        r = self.c.execute(select(SADS).where(SADS.c.sad_hash == sad_hash)).first()
+        if r is None:
+            return None
+        blob = bytes(r.hashes)
+        count = int(r._mapping["count"])
+        size = len(blob) // count if count else digest_size
+        return SadView(
+            r.id,
+            r.user_id,
+            r.session_id,
+            r.credential_id,
+            r.key_version,
+            r.hash_alg,
+            split_hashes(blob, size),
+            r.issued_at,
+            r.expires_at,
+            r.consumed_at,
+        )
+
+    def consume_sad(self, sad_id: int, now: float) -> bool:
+        """Exactly-once consumption: a conditional UPDATE, so two replicas cannot both win."""
+        res = self.c.execute(
+            update(SADS)
+            .where(SADS.c.id == sad_id, SADS.c.consumed_at.is_(None), SADS.c.expires_at > now)
+            .values(consumed_at=now)
+        )
+        return rowcount(res) == 1
+
+    def consumed(self, credential_id: str, keys: Sequence[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
+        """Which (digest, occurrence) pairs of ``keys`` were already consumed for the credential."""
+        found: set[tuple[bytes, int]] = set()
+        digests = sorted({d for d, _ in keys})
+        for i in range(0, len(digests), 500):
+            rows = self.c.execute(
+                select(CONSUMED.c.digest, CONSUMED.c.occurrence).where(
+                    CONSUMED.c.credential_id == credential_id, CONSUMED.c.digest.in_(digests[i : i + 500])
+                )
+            ).all()
+            found.update((bytes(r[0]), int(r[1])) for r in rows)
+        return found & set(keys)
+
+    def consume_hashes(self, credential_id: str, sad_id: int, start: int, keys: Sequence[tuple[bytes, int]]) -> None:
+        """Consume hash occurrences; a primary-key violation (already consumed, possibly by a
+        concurrent request) aborts the transaction."""
+        if keys:
+            insert_many(self.c,
+                CONSUMED,
+                [
+                    {
+                        "credential_id": credential_id,
+                        "digest": d,
+                        "occurrence": o,
+                        "sad_id": sad_id,
+                        "position": start + i,
+                    }
+                    for i, (d, o) in enumerate(keys)
+                ],
+            )
+
+    def release_hashes(self, credential_id: str, sad_id: int, positions: Sequence[int]) -> None:
+        """Give back occurrences the HSM failed to sign (no signature exists), so that they can be
+        authorized again."""
+        for i in range(0, len(positions), 500):
+            self.c.execute(
+                delete(CONSUMED).where(
+                    CONSUMED.c.credential_id == credential_id,
+                    CONSUMED.c.sad_id == sad_id,
+                    CONSUMED.c.position.in_(positions[i : i + 500]),
+                )
+            )

@@ -1,0 +1,37 @@
+"""Login sessions (stored by token hash only)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, insert, select, update
+
+from rsign.domain.records import SessionView
+from rsign.store._core import SESSIONS, rowcount
+
+
+class SessionRepo:
+    c: Connection
+
+    def add_session(self, token_hash: bytes, user_id: str, now: float, expires_at: float) -> int:
+        res = self.c.execute(
+            insert(SESSIONS)
+            .values(token_hash=token_hash, user_id=user_id, created_at=now, last_seen=now, expires_at=expires_at)
+            .returning(SESSIONS.c.id)
+        )
+        return int(res.scalar_one())
+
+    def get_session(self, token_hash: bytes) -> SessionView | None:
+        r = self.c.execute(select(SESSIONS).where(SESSIONS.c.token_hash == token_hash)).first()
+        if r is None:
+            return None
+        return SessionView(r.id, r.user_id, r.created_at, r.last_seen, r.expires_at, r.ended_at, r.end_reason)
+
+    def touch_session(self, session_id: int, now: float) -> None:
+        self.c.execute(update(SESSIONS).where(SESSIONS.c.id == session_id).values(last_seen=now))
+
+    def end_session(self, session_id: int, now: float, reason: str) -> bool:
+        res = self.c.execute(
+            update(SESSIONS)
+            .where(SESSIONS.c.id == session_id, SESSIONS.c.ended_at.is_(None))
+            .values(ended_at=now, end_reason=reason)
+        )
+        return rowcount(res) == 1

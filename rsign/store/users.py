@@ -1,0 +1,142 @@
+"""Users: enrolment, status, TOTP step acceptance and failure counting (single conditional UPDATEs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from rsign.domain.records import UserView, fold
+from rsign.store._core import CREDS, SADS, SESSIONS, USERS, rowcount
+
+
+def _user_view(u: Any) -> UserView:
+    return UserView(
+        u.user_id,
+        u.name,
+        u.agency,
+        u.role,
+        u.status,
+        u.pin_hash,
+        bytes(u.totp_sealed),
+        u.last_otp_step,
+        u.failed_attempts,
+        bool(u.locked),
+        u.scope or "agency",
+    )
+
+
+class UserRepo:
+    c: Connection
+
+    def get_user(self, user_id: str) -> UserView | None:
+        u = self.c.execute(select(USERS).where(USERS.c.user_id == user_id)).first()
+        return None if u is None else _user_view(u)
+
+    def add_user(
+        self,
+        user_id: str,
+        name: str,
+        agency: str,
+        role: str,
+        pin_hash: str,
+        totp_sealed: bytes,
+        now: float,
+        scope: str = "agency",
+    ) -> None:
+        self.c.execute(
+            insert(USERS).values(
+                user_id=user_id,
+                name=name,
+                agency=agency,
+                role=role,
+                status="active",
+                pin_hash=pin_hash,
+                totp_sealed=totp_sealed,
+                last_otp_step=-1,
+                failed_attempts=0,
+                locked=False,
+                created_at=now,
+                scope=scope,
+                name_folded=fold(name),
+            )
+        )
+
+    def search_users(
+        self, agency: str = "", name_folded: str = "", status: str = "", limit: int = 1000
+    ) -> list[UserView]:
+        q = select(USERS)
+        if agency:
+            q = q.where(USERS.c.agency == agency)
+        if status:
+            q = q.where(USERS.c.status == status)
+        if name_folded:
+            q = q.where(USERS.c.name_folded.contains(name_folded, autoescape=True))
+        return [_user_view(u) for u in self.c.execute(q.order_by(USERS.c.user_id).limit(limit)).all()]
+
+    def user_ids(self) -> set[str]:
+        return {r[0] for r in self.c.execute(select(USERS.c.user_id)).all()}
+
+    def credential_ids(self) -> set[str]:
+        return {r[0] for r in self.c.execute(select(CREDS.c.credential_id)).all()}
+
+    def set_user_status(self, user_id: str, status: str) -> bool:
+        res = self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(status=status))
+        return rowcount(res) == 1
+
+    def set_user_agency(self, user_id: str, agency: str) -> None:
+        self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(agency=agency))
+
+    def set_totp(self, user_id: str, sealed: bytes) -> None:
+        self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(totp_sealed=sealed, failed_attempts=0))
+
+    def end_user_sessions(self, user_id: str, now: float, reason: str) -> int:
+        res = self.c.execute(
+            update(SESSIONS)
+            .where(SESSIONS.c.user_id == user_id, SESSIONS.c.ended_at.is_(None))
+            .values(ended_at=now, end_reason=reason)
+        )
+        return rowcount(res)
+
+    def expire_user_sads(self, user_id: str, now: float) -> int:
+        """Unused SADs of the user stop working now (kept, for the audit trail)."""
+        res = self.c.execute(
+            update(SADS)
+            .where(SADS.c.user_id == user_id, SADS.c.consumed_at.is_(None), SADS.c.expires_at > now)
+            .values(expires_at=now)
+        )
+        return rowcount(res)
+
+    def set_pin_hash(self, user_id: str, pin_hash: str) -> None:
+        self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(pin_hash=pin_hash))
+
+    def accept_otp_step(self, user_id: str, step: int) -> bool:
+        """Atomically accept ``step`` if it is later than every step accepted before and the user
+        is not locked; resets the failure counter. Correct across replicas: the check and the
+        write are one conditional UPDATE."""
+        res = self.c.execute(
+            update(USERS)
+            .where(USERS.c.user_id == user_id, USERS.c.last_otp_step < step, USERS.c.locked.is_(False))
+            .values(last_otp_step=step, failed_attempts=0)
+        )
+        return rowcount(res) == 1
+
+    def record_auth_failure(self, user_id: str, threshold: int) -> tuple[int, bool]:
+        """Count one failure atomically; lock at ``threshold``. Returns (failures, locked_now)."""
+        row = self.c.execute(
+            update(USERS)
+            .where(USERS.c.user_id == user_id)
+            .values(failed_attempts=USERS.c.failed_attempts + 1)
+            .returning(USERS.c.failed_attempts, USERS.c.locked)
+        ).one()
+        failures, locked = int(row[0]), bool(row[1])
+        if not locked and failures >= threshold:
+            res = self.c.execute(
+                update(USERS).where(USERS.c.user_id == user_id, USERS.c.locked.is_(False)).values(locked=True)
+            )
+            return failures, rowcount(res) == 1
+        return failures, False
+
+    def unlock_user(self, user_id: str) -> bool:
+        res = self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(locked=False, failed_attempts=0))
+        return rowcount(res) == 1
