@@ -17,7 +17,7 @@ from rsign.domain import context
 from rsign.domain.errors import InvalidRequest
 from rsign.provision import apply, load
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "son-la"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "son-la"
 
 
 def subset(dst: Path, centres: int = 3, credentials: int = 4) -> None:
