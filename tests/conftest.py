@@ -20,13 +20,14 @@ import pytest
 
 from rsign.api.client import RsignClient
 from rsign.api.server import RunningServer, start_server
-from rsign.app import App, build_app
 from rsign.auth import totp
-from rsign.config import Settings, load_settings
 from rsign.domain.algorithms import KeyAlgorithm, SignSpec
 from rsign.domain.clock import FakeClock
+from rsign.domain.settings import Settings
 from rsign.hsm.pool import HsmPool
 from rsign.hsm.ports import SignResult
+from rsign.runtime.app import App, build_app
+from rsign.runtime.config import load_settings
 
 T0 = float(int(__import__("time").time()) // 30 * 30)  # a step boundary near the real time
 _ids = itertools.count(1)

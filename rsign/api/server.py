@@ -15,8 +15,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from rsign.api.interceptors import ServiceInterceptor
 from rsign.api.servicers import AdminServicer, AuditServicer, AuthServicer, SigningServicer
-from rsign.app import App
 from rsign.audit.service import Checkpointer
+from rsign.runtime.app import App
 from rsign.v1 import rsign_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)

@@ -8,12 +8,12 @@ from typing import Any
 import grpc
 
 from rsign.api.interceptors import current_principal
-from rsign.app import App
 from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme
 from rsign.domain.clock import iso_utc
 from rsign.domain.errors import InvalidRequest
 from rsign.domain.events import EventFilter
 from rsign.domain.records import CredentialView, UserView
+from rsign.runtime.app import App
 from rsign.v1 import rsign_pb2 as pb
 from rsign.v1 import rsign_pb2_grpc as pb_grpc
 

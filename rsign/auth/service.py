@@ -9,7 +9,6 @@ from typing import NoReturn
 
 from rsign.audit.journal import AuditedStore
 from rsign.auth import pins, totp
-from rsign.config import Settings
 from rsign.domain import context
 from rsign.domain.clock import Clock
 from rsign.domain.errors import (
@@ -24,6 +23,7 @@ from rsign.domain.errors import (
 from rsign.domain.events import Action, AuditEvent, Result, event
 from rsign.domain.principal import Principal
 from rsign.domain.records import UserView
+from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm
 
 # Refresh a session's idle timer at most this often: saves a database write on most calls, at the

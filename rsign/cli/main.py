@@ -22,11 +22,11 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rsign.app import App, build_app
-from rsign.config import DEFAULT_STATE_DIR, load_settings
 from rsign.domain import context
 from rsign.domain.errors import InvalidRequest, RsignError
 from rsign.domain.events import EventFilter
+from rsign.runtime.app import App, build_app
+from rsign.runtime.config import DEFAULT_STATE_DIR, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True)
@@ -716,7 +716,7 @@ def provision(data: Path, health_education: bool, state_dir: Path) -> None:
     Validates every file first: a malformed row is reported with its line number and nothing is
     imported. New users' initial PINs and authenticator URIs go to an enrolment-letters file (0600).
     """
-    from rsign import provision as prov
+    from rsign.runtime import provision as prov
 
     plan = prov.load(data, health_education=health_education)
     click.echo(f"{len(plan.users)} users and {len(plan.credentials)} credentials in {data}")

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from rsign.api.client import RsignClient
-from rsign.app import build_app
 from rsign.auth import totp
-from rsign.config import load_settings
 from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme, sign_spec
-from rsign.hsm.ports import HsmConfig
+from rsign.domain.settings import HsmConfig
+from rsign.runtime.app import build_app
+from rsign.runtime.config import load_settings
 from rsign.store import Store
 
 SCHEME = {KeyAlgorithm.RSA_2048: Scheme.RSA_PKCS1_V15, KeyAlgorithm.EC_P256: Scheme.ECDSA}
@@ -372,7 +372,7 @@ def scale(
 ) -> list[dict[str, Any]]:
     """Provision the 176 centralized credentials, measure; add the 25,065 health and education
     officials' EC P-256 credentials, measure again. Prints one JSON object per stage."""
-    from rsign import provision as prov
+    from rsign.runtime import provision as prov
 
     bench = Bench(default_workers(), quick=False, progress=progress)
     secrets_by_user: dict[str, tuple[str, bytes]] = {}
@@ -410,7 +410,7 @@ def _scale(
     secrets_by_user: dict[str, tuple[str, bytes]],
     out: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    from rsign import provision as prov
+    from rsign.runtime import provision as prov
 
     base = prov.load(data, only_centralized=True)
     progress("provisioning the 176 centralized credentials")

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rsign.app import App
 from rsign.domain.files import write_private
-from rsign.provision import apply, load
+from rsign.runtime.app import App
+from rsign.runtime.provision import apply, load
 
 SECRETS_FILE = "demo-secrets.json"
 

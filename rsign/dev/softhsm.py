@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rsign.domain.errors import ConfigurationError
 from rsign.domain.files import write_private
-from rsign.hsm.ports import HsmConfig
+from rsign.domain.settings import HsmConfig
 
 TOKEN_LABEL = "rsign"
 _MODULE_CANDIDATES = (

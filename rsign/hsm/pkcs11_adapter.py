@@ -32,7 +32,8 @@ from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from rsign.domain.algorithms import KeyAlgorithm, Mechanism, SignSpec
 from rsign.domain.errors import HsmUnavailable, NotFound
-from rsign.hsm.ports import HsmConfig, ItemFailure, SignResult
+from rsign.domain.settings import HsmConfig
+from rsign.hsm.ports import ItemFailure, SignResult
 
 T = TypeVar("T")
 SEAL_KEY_LABEL = "rsign-seal-v1"

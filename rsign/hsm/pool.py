@@ -29,7 +29,8 @@ from typing import Any
 
 from rsign.domain.algorithms import KeyAlgorithm, SignSpec
 from rsign.domain.errors import HsmUnavailable, RsignError
-from rsign.hsm.ports import HsmConfig, SignResult
+from rsign.domain.settings import HsmConfig
+from rsign.hsm.ports import SignResult
 
 log = logging.getLogger(__name__)
 

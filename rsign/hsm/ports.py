@@ -8,21 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from rsign.domain.algorithms import KeyAlgorithm, SignSpec
-
-
-@dataclass(frozen=True)
-class HsmConfig:
-    """Where the keys live. The PIN is never printed (``repr=False``) and never logged."""
-
-    module: str
-    token_label: str
-    pin: str = field(repr=False)
-    # SoftHSMv2 reads its configuration from this environment variable; None for a real HSM.
-    softhsm_conf: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

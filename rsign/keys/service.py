@@ -13,7 +13,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from rsign.audit.journal import AuditedStore
-from rsign.config import Settings
 from rsign.dev.devca import DevCA
 from rsign.domain import context
 from rsign.domain.algorithms import KeyAlgorithm, SignSpec
@@ -28,6 +27,7 @@ from rsign.domain.errors import (
 )
 from rsign.domain.events import Action, Result, event
 from rsign.domain.records import CredentialView, KeyVersionView
+from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm, ItemFailure
 from rsign.keys.csr import build_csr, subject_name
 from rsign.store import Tx

@@ -17,7 +17,6 @@ from typing import NoReturn
 
 from rsign.audit.journal import AuditedStore
 from rsign.auth.service import AuthService, token_hash
-from rsign.config import Settings
 from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme, check_digests, sign_spec
 from rsign.domain.clock import Clock
 from rsign.domain.errors import (
@@ -32,6 +31,7 @@ from rsign.domain.errors import (
 from rsign.domain.events import Action, Result, event
 from rsign.domain.principal import Principal
 from rsign.domain.records import CredentialView, SadView
+from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm, ItemFailure
 from rsign.signing.batch import BatchRun, StreamChunk
 

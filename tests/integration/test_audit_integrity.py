@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from rsign.app import App, build_app
 from rsign.audit import chain
 from rsign.audit.offline import verify_export
 from rsign.audit.service import LogReport
-from rsign.config import load_settings
 from rsign.domain import context
 from rsign.domain.algorithms import HashAlg, Scheme
 from rsign.domain.errors import AuditIntegrityError
 from rsign.domain.events import EventFilter
+from rsign.runtime.app import App, build_app
+from rsign.runtime.config import load_settings
 
 
 def _populate(app: App) -> None:

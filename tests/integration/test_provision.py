@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from rsign.app import App, build_app
-from rsign.config import load_settings
 from rsign.domain import context
 from rsign.domain.errors import InvalidRequest
-from rsign.provision import apply, load
+from rsign.runtime.app import App, build_app
+from rsign.runtime.config import load_settings
+from rsign.runtime.provision import apply, load
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "son-la"
 

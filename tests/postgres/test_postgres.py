@@ -15,13 +15,13 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from rsign.app import App, build_app
 from rsign.auth import totp
-from rsign.config import load_settings
 from rsign.domain import context
 from rsign.domain.algorithms import HashAlg, Scheme
 from rsign.domain.clock import FakeClock
 from rsign.domain.errors import PermissionDenied
+from rsign.runtime.app import App, build_app
+from rsign.runtime.config import load_settings
 
 PG = os.environ.get("RSIGN_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 pytestmark = pytest.mark.postgres

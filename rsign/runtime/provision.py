@@ -30,11 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rsign.app import App
 from rsign.domain.algorithms import KeyAlgorithm
 from rsign.domain.errors import AlreadyExists, InvalidRequest
 from rsign.domain.files import write_private
 from rsign.keys.service import KeyRequest
+from rsign.runtime.app import App
 
 _KEY_BATCH = 50  # credentials per HSM job and per audited transaction
 _USER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")

@@ -11,39 +11,15 @@ import os
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rsign.domain.errors import ConfigurationError
-from rsign.hsm.ports import HsmConfig
+from rsign.domain.settings import HsmConfig, Settings
 
 DEFAULT_STATE_DIR = Path(".rsign")
-DEFAULT_LISTEN = "127.0.0.1:50051"
 
 
-@dataclass(frozen=True)
-class Settings:
-    state_dir: Path
-    database_url: str
-    hsm: HsmConfig = field(repr=False)
-    listen: str = DEFAULT_LISTEN
-    hsm_workers: int = 0  # 0: one per CPU
-    lockout_threshold: int = 5
-    otp_window: int = 1  # steps either side; RFC 6238 recommends at most one
-    session_idle_seconds: float = 15 * 60
-    session_max_seconds: float = 8 * 3600
-    sad_ttl_seconds: float = 300
-    multisign_default: int = 10_000
-    multisign_max: int = 10_000
-    stream_inflight_chunks: int = 4  # per stream: bounds memory and HSM queue share
-    checkpoint_every_records: int = 10_000
-    checkpoint_interval_seconds: float = 60.0
-    database_busy_timeout_seconds: float = 5.0
-    pin_min_length: int = 6
-
-    def with_overrides(self, **kw: Any) -> Settings:
-        return replace(self, **kw)
 
 
 _INT_KEYS = {

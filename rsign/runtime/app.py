@@ -10,11 +10,12 @@ from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
 from rsign.audit.service import AuditService
 from rsign.auth.service import AuthService
-from rsign.config import Settings, init_lock
 from rsign.dev.devca import DevCA
 from rsign.domain.clock import Clock, SystemClock
+from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm
 from rsign.keys.service import KeyService
+from rsign.runtime.config import init_lock
 from rsign.signing.service import SigningService
 from rsign.store import Store
 

@@ -1,0 +1,44 @@
+"""Settings as the services see them (loaded by ``rsign.runtime.config``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True)
+class HsmConfig:
+    """Where the keys live. The PIN is never printed (``repr=False``) and never logged."""
+
+    module: str
+    token_label: str
+    pin: str = field(repr=False)
+    # SoftHSMv2 reads its configuration from this environment variable; None for a real HSM.
+    softhsm_conf: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    database_url: str
+    hsm: HsmConfig = field(repr=False)
+    listen: str = DEFAULT_LISTEN
+    hsm_workers: int = 0  # 0: one per CPU
+    lockout_threshold: int = 5
+    otp_window: int = 1  # steps either side; RFC 6238 recommends at most one
+    session_idle_seconds: float = 15 * 60
+    session_max_seconds: float = 8 * 3600
+    sad_ttl_seconds: float = 300
+    multisign_default: int = 10_000
+    multisign_max: int = 10_000
+    stream_inflight_chunks: int = 4  # per stream: bounds memory and HSM queue share
+    checkpoint_every_records: int = 10_000
+    checkpoint_interval_seconds: float = 60.0
+    database_busy_timeout_seconds: float = 5.0
+    pin_min_length: int = 6
+
+    def with_overrides(self, **kw: Any) -> Settings:
+        return replace(self, **kw)
