@@ -31,6 +31,7 @@ $(STAMP): pyproject.toml
 
 lint: bootstrap
 	$(BIN)/ruff check rsign tests
+	$(BIN)/lint-imports
 
 typecheck: bootstrap
 	$(BIN)/mypy rsign tests
