@@ -1,0 +1,170 @@
+"""``rsign audit``: inspect, export and verify the audit log on a state directory, or an export offline."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from rsign.cli._common import F, console, friendly_errors, local_app, state_dir_option
+from rsign.cli._output import print_events
+from rsign.domain.errors import InvalidRequest
+from rsign.domain.events import EventFilter
+from rsign.domain.principal import LOCAL_OPERATOR
+
+
+@click.group()
+def audit() -> None:
+    """Inspect and verify the audit log."""
+
+
+def iso_bound(text: str) -> str:
+    """'2026-11-26' or '2026-11-26T08:00:00' (UTC) -> the audit log's fixed-width ISO form."""
+    if not text:
+        return ""
+    from datetime import UTC, datetime
+
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"not an ISO 8601 time: {text!r}") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def filter_options(fn: F) -> F:
+    for opt in reversed(
+        [
+            click.option(
+                "--from", "from_", default="", help="From this UTC time (ISO 8601, e.g. 2026-11-26T00:00:00)."
+            ),
+            click.option("--to", default="", help="Before this UTC time (ISO 8601)."),
+            click.option("--user", default="", help="Actor (user id)."),
+            click.option("--credential", default="", help="Credential id."),
+            click.option("--agency", default="", help="Agency."),
+            click.option("--action", default="", help="Action, e.g. sign.hash, auth.login, sad.refuse."),
+            click.option("--result", default="", type=click.Choice(["", "success", "failure"])),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
+def _filter(from_: str, to: str, user: str, credential: str, agency: str, action: str, result: str) -> EventFilter:
+    return EventFilter(
+        from_ts=iso_bound(from_),
+        to_ts=iso_bound(to),
+        actor=user,
+        credential_id=credential,
+        agency=agency,
+        action=action,
+        result=result,
+    )
+
+
+@audit.command("verify")
+@state_dir_option
+@friendly_errors
+def audit_verify(state_dir: Path) -> None:
+    """Verify the stored log (chain, HSM MACs, signed checkpoints); exit 0 when intact, 1 naming
+    the first bad record or checkpoint otherwise."""
+    with local_app(state_dir) as app:
+        report = app.audit.verify_log(LOCAL_OPERATOR)
+    if report.ok:
+        click.echo(
+            f"audit log intact: {report.records} records, {report.checkpoints} signed checkpoints"
+            f" (last at {report.last_checkpoint_seq})"
+        )
+        return
+    click.echo(f"audit log BROKEN at record {report.bad_seq}: {report.problem}", err=True)
+    sys.exit(1)
+
+
+@audit.command("checkpoint")
+@state_dir_option
+@friendly_errors
+def audit_checkpoint(state_dir: Path) -> None:
+    """Sign a checkpoint now (the server does so on its own every N records or T seconds)."""
+    with local_app(state_dir) as app:
+        cp = app.audit.checkpoint()
+    click.echo(f"checkpoint signed at record {cp.seq}" if cp else "nothing new since the last checkpoint")
+
+
+@audit.command("export")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Export file to write.")
+@filter_options
+@state_dir_option
+@friendly_errors
+def audit_export(out: Path, state_dir: Path, **flt: str) -> None:
+    """Write a self-contained, signed export (records, checkpoints, audit certificate)."""
+    with local_app(state_dir) as app:
+        lines = app.audit.export(LOCAL_OPERATOR, _filter(**flt))
+        n = 0
+        with console.status("exporting") as status, open(out, "wb") as f:
+            for line in lines:
+                f.write(line)
+                n += 1
+                if n % 5000 == 0:
+                    status.update(f"exporting: {n} lines")
+    click.echo(f"wrote {out} ({n} lines)")
+
+
+@audit.command("verify-export")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--audit-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Pin the audit certificate (DER or PEM) the export must be signed with.",
+)
+def audit_verify_export(file: Path, audit_cert: Path | None) -> None:
+    """Verify an export offline (no database, no HSM): exit 0 when intact, 1 naming the problem."""
+    from rsign.audit.offline import verify_export
+
+    pinned = None
+    if audit_cert is not None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        data = audit_cert.read_bytes()
+        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+        pinned = cert.public_bytes(Encoding.DER)
+    rep = verify_export(file, pinned)
+    click.echo(
+        f"{rep.records} records, {rep.links} links (other scopes), {rep.checkpoints} checkpoints, head {rep.head_seq};"
+        f" audit certificate SHA-256 {rep.certificate_sha256}"
+    )
+    if rep.ok:
+        click.echo("export intact")
+        return
+    for p in rep.problems:
+        click.echo(f"FAILED: {p}", err=True)
+    sys.exit(1)
+
+
+@audit.command("tail")
+@click.option("-n", "count", default=20, show_default=True, help="How many records.")
+@filter_options
+@state_dir_option
+@friendly_errors
+def audit_tail(count: int, state_dir: Path, **flt: str) -> None:
+    """Show the latest records as a table."""
+    with local_app(state_dir) as app:
+        rows = app.audit.tail(_filter(**flt), count)
+    print_events(rows, f"last {len(rows)} audit records")
+
+
+@audit.command("search")
+@click.option("--limit", default=100, show_default=True)
+@filter_options
+@state_dir_option
+@friendly_errors
+def audit_search(limit: int, state_dir: Path, **flt: str) -> None:
+    """Find records by time range, user, credential, agency, action and result."""
+    with local_app(state_dir) as app:
+        page = app.audit.list_events(LOCAL_OPERATOR, _filter(**flt), limit, "")
+    print_events(
+        page.events, f"{len(page.events)} matching records" + (" (more: narrow the filter)" if page.next_token else "")
+    )
