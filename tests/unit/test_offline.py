@@ -1,0 +1,270 @@
+"""The offline export verifier reads strictly (no token needed): an export built here with a real
+P-256 key and certificate, re-signed after each alteration so that only the alteration shows, must
+be refused with one line naming the line and field, never with an exception."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from rsign.audit import chain
+from rsign.audit.offline import (
+    FILTER_KEYS,
+    closing_line,
+    encode_line,
+    export_signature_message,
+    read_certificate,
+    verify_export,
+    verify_export_bytes,
+)
+from rsign.domain.events import EventFilter
+
+TS = "2026-11-26T10:00:00.000000Z"
+
+
+def _certificate(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test audit log signer")])
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.DER)
+
+
+KEY = ec.generate_private_key(ec.SECP256R1())
+CERT = _certificate(KEY)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _sign(message: bytes) -> bytes:
+    return KEY.sign(message, ec.ECDSA(hashes.SHA256()))
+
+
+def entries() -> list[dict[str, Any]]:
+    """Header, checkpoint, two records and a link: every entry type but the closing signature."""
+    out: list[dict[str, Any]] = []
+    prev = chain.GENESIS
+    for seq in (1, 2):
+        fields: dict[str, Any] = {
+            "seq": seq, "ts": TS, "actor": "tester", "agency": "Sở Y tế", "action": "user.enrol",
+            "result": "success", "credential_id": "", "key_version": 0, "digest": "", "reason": "",
+            "request_id": "r1", "client": "test", "details": "{}",
+        }  # fmt: skip
+        h = chain.link(prev, chain.content_hash(fields))
+        out.append({"type": "record", **fields, "prev_hash": prev, "hash": h})
+        prev = h
+    other = hashlib.sha256(b"another agency's record").hexdigest()
+    head = chain.link(prev, other)
+    out.append({"type": "link", "seq": 3, "content_hash": other, "hash": head})
+    cp = {"type": "checkpoint", "seq": 3, "head_hash": head, "ts": TS,
+          "signature": _b64(_sign(chain.checkpoint_message(3, head, TS)))}  # fmt: skip
+    header = {
+        "type": "header", "format": "rsign-audit-export/1", "exported_at": TS, "exported_by": "local operator",
+        "scope": "province", "filter": {"agency": "Sở Y tế"}, "head": {"seq": 3, "hash": head},
+        "audit_certificate": _b64(CERT), "issuer_certificates": [], "warning": "",
+    }  # fmt: skip
+    return [header, cp, *out]
+
+
+def signed(lines: list[bytes]) -> bytes:
+    """The body lines (each ending in a newline) and a valid closing signature over them."""
+    body = b"".join(lines)
+    hexd = hashlib.sha256(body).hexdigest()
+    return body + closing_line(hexd, _sign(export_signature_message(hexd)))
+
+
+def lines() -> list[bytes]:
+    return [encode_line(e) for e in entries()]
+
+
+def only_problem(raw: bytes) -> str:
+    rep = verify_export_bytes(raw)
+    assert len(rep.problems) == 1, rep.problems
+    assert "\n" not in rep.problems[0]
+    return rep.problems[0]
+
+
+def test_the_export_built_here_verifies() -> None:
+    rep = verify_export_bytes(signed(lines()))
+    assert rep.ok, rep.problems
+    assert (rep.records, rep.links, rep.checkpoints, rep.head_seq) == (2, 1, 1, 3)
+
+
+def test_filter_keys_are_the_event_filter_fields() -> None:
+    assert FILTER_KEYS == tuple(f.name for f in dataclasses.fields(EventFilter))
+
+
+def _set(line: int, path: tuple[str, ...], value: Any) -> Callable[[list[dict[str, Any]]], None]:
+    def mutate(es: list[dict[str, Any]]) -> None:
+        obj = es[line - 1]
+        for k in path[:-1]:
+            obj = obj[k]
+        obj[path[-1]] = value
+
+    return mutate
+
+
+def _drop(line: int, key: str) -> Callable[[list[dict[str, Any]]], None]:
+    return lambda es: es[line - 1].pop(key) and None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (_set(3, ("seq",), "1"), "line 3 (record): field 'seq' is not an integer"),
+        (_set(3, ("seq",), 1.0), "line 3 (record): field 'seq' is not an integer"),
+        (_set(3, ("seq",), True), "line 3 (record): field 'seq' is not an integer"),
+        (_set(3, ("seq",), 2**63), "line 3 (record): field 'seq' is out of range"),
+        (_set(3, ("seq",), 0), "line 3 (record): field 'seq' is out of range"),
+        (_set(4, ("key_version",), -1), "line 4 (record 2): field 'key_version' is out of range"),
+        (_set(4, ("actor",), None), "line 4 (record 2): field 'actor' is not a string"),
+        (_set(4, ("details",), {"a": 1}), "line 4 (record 2): field 'details' is not a string"),
+        (_set(4, ("hash",), "AB" * 32), "line 4 (record 2): field 'hash' is not 64 lowercase hex digits"),
+        (_set(4, ("prev_hash",), "ab" * 31), "line 4 (record 2): field 'prev_hash' is not 64 lowercase hex"),
+        (_set(4, ("ts",), "2026-11-26T10:00:00Z"), "line 4 (record 2): field 'ts' is not a UTC time"),
+        (_set(4, ("ts",), "2026-13-26T10:00:00.000000Z"), "line 4 (record 2): field 'ts' is not a UTC time"),
+        (_set(4, ("extra",), ""), "line 4 (record 2): field 'extra' is not expected here"),
+        (_drop(4, "digest"), "line 4 (record 2): field 'digest' is missing"),
+        (_set(5, ("content_hash",), 7), "line 5 (link 3): field 'content_hash' is not a string"),
+        (_set(2, ("signature",), "not base64!"), "line 2 (checkpoint 3): field 'signature' is not base64"),
+        (_set(2, ("signature",), ""), "line 2 (checkpoint 3): field 'signature' is not canonical base64"),
+        (_set(1, ("format",), "rsign-audit-export/2"), "line 1 (header): field 'format' is 'rsign-audit-export/2'"),
+        (_set(1, ("head", "seq"), "3"), "line 1 (header): field 'head.seq' is not an integer"),
+        (_set(1, ("filter", "user"), "x"), "line 1 (header): field 'filter.user' is not expected here"),
+        (_set(1, ("issuer_certificates",), "x"), "line 1 (header): field 'issuer_certificates' is not a list"),
+        (_set(1, ("issuer_certificates",), [_b64(b"junk")]), "the issuer certificate 0 is not a readable X.509"),
+        (_set(1, ("audit_certificate",), _b64(b"\x30\x03\x02\x01\x00")), "audit certificate is not a readable"),
+        (
+            _set(1, ("audit_certificate",), _b64(_certificate(rsa.generate_private_key(65537, 2048)))),
+            "the audit certificate does not hold an ECDSA P-256 key",
+        ),
+        (_set(1, ("type",), "headr"), "line 1 is not an rsign audit export header"),
+        (_set(3, ("type",), "recrod"), "line 3 is not an export entry"),
+        (lambda es: es.insert(3, es[1]), "line 4 (checkpoint 3) is out of place"),
+        (lambda es: es.insert(2, es[0]), "line 3 (header) is out of place"),
+    ],
+)
+def test_damaged_field_is_named(mutate: Callable[[list[dict[str, Any]]], None], expected: str) -> None:
+    es = entries()
+    mutate(es)
+    assert expected in only_problem(signed([encode_line(e) for e in es]))
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda b: b.replace(b'"seq":1,', b'"seq":1,"seq":1,'), "line 3: field 'seq' appears twice"),
+        (lambda b: b.replace(b'"key_version":0', b'"key_version":NaN'), "line 3: a value is NaN"),
+        (lambda b: b.replace(b'"key_version":0', b'"key_version":' + b"9" * 5000), "line 3 is not valid JSON"),
+        (lambda b: b.replace(b'"key_version":0', b'"key_version":1e999'), "field 'key_version' is not an integer"),
+        (lambda b: b.replace(b'"key_version":0', b'"key_version":' + b"[" * 100_000), "line 3 is not valid JSON"),
+        (lambda b: b.replace(b'"seq":1,', b'"seq": 1,'), "line 3 (record 1) is not written as rsign writes it"),
+        (lambda b: b.replace(b'"actor":"tester"', b'"actor":"\\u0074ester"'), "line 3 (record 1) is not written"),
+        (lambda b: b.replace(b'"actor":"tester"', b'"actor":"\\ud800"'), "line 3 (record 1) is not written"),
+        (lambda b: b.replace(b'"reason":""', b'"reason":"\xff"'), "line 3 is not UTF-8 text"),
+        (lambda b: b.replace(b"}\n", b"}\n\n", 1), "line 2 is empty"),
+        (lambda b: b.replace(b"}\n", b"}\n[1]\n", 1), "line 2 is not an export entry"),
+    ],
+)
+def test_damaged_line_is_named(damage: Callable[[bytes], bytes], expected: str) -> None:
+    body = damage(b"".join(lines()))
+    assert expected in only_problem(signed(body.splitlines(keepends=True)))
+
+
+def test_closing_signature_must_be_canonical() -> None:
+    body = b"".join(lines())
+    hexd = hashlib.sha256(body).hexdigest()
+    while True:  # DER ECDSA signatures vary in length: take one whose base64 ends in padding
+        closing = closing_line(hexd, _sign(export_signature_message(hexd)))
+        sig = json.loads(closing)["signature"]
+        if pad := len(sig) - len(sig.rstrip("=")):
+            break
+    assert verify_export_bytes(body + closing).ok
+    # A non-zero padding bit: b64decode alone yields the same signature, so it would "verify".
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = sig[-pad - 1]
+    twin = sig[: -pad - 1] + alphabet[alphabet.index(last) ^ 1] + "=" * pad
+    assert base64.b64decode(twin) == base64.b64decode(sig)
+    assert "line 6 (closing signature): field 'signature' is not canonical base64" in only_problem(
+        body + closing.replace(sig.encode(), twin.encode())
+    )
+    for other, expected in (
+        (closing.replace(b'", "', b'","'), "is not written as rsign writes it"),
+        (closing.replace(b'{"type": "signature", ', b"{") [:-2] + b', "type": "signature"}\n', "is not written"),
+        (closing[:-2] + b', "note": ""}\n', "field 'note' is not expected here"),
+        (closing.replace(b'"sha256": "', b'"sha256": "0'), "field 'sha256' is not 64 lowercase hex digits"),
+    ):
+        assert expected in only_problem(body + other), other
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"", "the file is empty"),
+        (b"\n", "line 1 is empty"),
+        (b"\xff\xfe{}\n", "line 1 is not UTF-8 text"),
+        (b"hello\n", "line 1 is not valid JSON"),
+        (b"[]\n", "line 1 is not an rsign audit export header"),
+        (b'{"type":"header"}', "does not end with a newline"),
+    ],
+)
+def test_not_an_export(raw: bytes, expected: str) -> None:
+    assert expected in only_problem(raw)
+
+
+def test_truncated_at_a_line_boundary_or_within_a_line() -> None:
+    raw = signed(lines())
+    assert "closing signature is missing" in only_problem(b"".join(lines()[:3]))
+    assert "does not end with a newline" in only_problem(raw[:-10])
+    assert "closing signature is missing" in only_problem(b"".join(lines()[:1]))
+
+
+def test_signature_line_in_the_middle_is_out_of_place() -> None:
+    raw = signed(lines())
+    closing = raw[raw.rindex(b"\n", 0, -1) + 1 :]
+    assert "line 3 (closing signature) is out of place" in only_problem(signed([*lines()[:2], closing, *lines()[2:]]))
+
+
+def test_warning_stays_on_one_line() -> None:
+    es = entries()
+    es[0]["warning"] = "first line\nsecond line"
+    del es[1]  # no checkpoint: the records are not covered, and the warning says why
+    rep = verify_export_bytes(signed([encode_line(e) for e in es]))
+    assert rep.problems and all("\n" not in p for p in rep.problems)
+    assert any("first line second line" in p for p in rep.problems)
+
+
+def test_read_certificate_pem_der_and_garbage(tmp_path: Path) -> None:
+    pem = x509.load_der_x509_certificate(CERT).public_bytes(Encoding.PEM)
+    assert read_certificate(CERT) == CERT == read_certificate(b"Subject: test\n" + pem)
+    for junk in (b"", b"junk", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"):
+        with pytest.raises(ValueError, match=r"not an X\.509 certificate"):
+            read_certificate(junk)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    rep = verify_export(tmp_path / "missing.jsonl")
+    assert not rep.ok and rep.problems[0].startswith("cannot read")
