@@ -21,6 +21,7 @@ import pytest
 from rsign.api.client import RsignClient
 from rsign.api.server import RunningServer, start_server
 from rsign.auth import totp
+from rsign.dev import EMBEDDED
 from rsign.domain.algorithms import KeyAlgorithm, SignSpec
 from rsign.domain.clock import FakeClock
 from rsign.domain.settings import Settings
@@ -194,7 +195,7 @@ def digests(n: int, alg: str = "sha256", tag: str = "") -> list[bytes]:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     state = tmp_path_factory.mktemp("rsign-state")
     os.environ.pop("RSIGN_PKCS11_MODULE", None)
-    settings = load_settings(state).with_overrides(
+    settings = load_settings(state, embedded=EMBEDDED).with_overrides(
         hsm_workers=2, database_busy_timeout_seconds=1.0, checkpoint_every_records=500, checkpoint_interval_seconds=5
     )
     # Everything the service logs during the run goes to a file the secrets test reads.

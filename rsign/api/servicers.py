@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -35,6 +35,11 @@ def scheme(value: int) -> Scheme:
         raise InvalidRequest("signature_scheme must be RSA_PKCS1_V15, RSA_PSS or ECDSA") from None
 
 
+def _chain(certificate: bytes, chain: Sequence[bytes]) -> list[bytes]:
+    """Leaf first, then its issuers; empty while no certificate is imported (real HSM)."""
+    return [certificate, *chain] if certificate else []
+
+
 def credential_pb(c: CredentialView) -> pb.Credential:
     return pb.Credential(
         credential_id=c.credential_id,
@@ -43,7 +48,7 @@ def credential_pb(c: CredentialView) -> pb.Credential:
         key_algorithm=c.key_algorithm,
         status=c.status,
         key_version=c.key_version,
-        certificates=[c.certificate, *c.chain],
+        certificates=_chain(c.certificate, c.chain),
         signature_algorithm_oids=KeyAlgorithm(c.key_algorithm).signature_algorithm_oids(),
         multisign=c.multisign,
         kind=c.kind,
@@ -309,7 +314,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         versions = self._admin.history(current_principal(), request.credential_id)
         return pb.KeyHistoryResponse(
             versions=[
-                pb.KeyVersion(version=v.version, status=v.status, certificates=[v.certificate, *v.chain])
+                pb.KeyVersion(version=v.version, status=v.status, certificates=_chain(v.certificate, v.chain))
                 for v in versions
             ]
         )

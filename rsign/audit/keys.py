@@ -1,6 +1,11 @@
 """The HSM keys that protect the audit log: a MAC key (integrity of every append) and an
 ECDSA P-256 key (signed checkpoints and exports), both generated in the HSM and recorded by
-CKA_ID in the database, so every replica and CLI process uses the same keys."""
+CKA_ID in the database, so every replica and CLI process uses the same keys.
+
+The checkpoint key's certificate comes from the certificate issuer: with the embedded development
+token the development CA issues it at once; with a real HSM it has none until a key officer imports
+one (``rsign audit csr``, the CA, ``rsign audit import-certificate``), and until then checkpoints
+and exports are refused (the MAC protects every append meanwhile)."""
 
 from __future__ import annotations
 
@@ -9,15 +14,19 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rsign.dev.devca import DevCA
 from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme, sign_spec
+from rsign.domain.certificates import CertificateIssuer
 from rsign.domain.clock import Clock
-from rsign.domain.errors import AlreadyExists, HsmUnavailable
+from rsign.domain.errors import AlreadyExists, FailedPrecondition, HsmUnavailable
 from rsign.domain.records import AuditKeyView
 from rsign.hsm.ports import Hsm, ItemFailure
 from rsign.store import Store
 
 _CHECKPOINT_SPEC = sign_spec(KeyAlgorithm.EC_P256, HashAlg.SHA256, Scheme.ECDSA)
+UNCERTIFIED = (
+    "the audit checkpoint key has no certificate yet: run `rsign audit csr`, have your CA certify it,"
+    " then `rsign audit import-certificate CHAIN.pem` (see hsm_config/README.md)"
+)
 
 
 @dataclass
@@ -25,9 +34,10 @@ class AuditKeys:
     hsm: Hsm
     mac_key: AuditKeyView
     signing_key: AuditKeyView
+    store: Store
 
     @classmethod
-    def ensure(cls, store: Store, hsm: Hsm, ca: DevCA, clock: Clock) -> AuditKeys:
+    def ensure(cls, store: Store, hsm: Hsm, issuer: CertificateIssuer, clock: Clock) -> AuditKeys:
         """Load the audit keys, generating them on first use (serialised by the database)."""
         for _ in range(3):
             try:
@@ -42,11 +52,12 @@ class AuditKeys:
                     if sig is None:
                         cka = secrets.token_bytes(16)
                         spki = hsm.generate_keypair(KeyAlgorithm.EC_P256, cka, "rsign-audit-checkpoint")
-                        cert = ca.issue_audit(spki)
-                        t.add_audit_key("checkpoint", cka, cert, [ca.certificate_der], clock.now())
+                        issued = issuer.issue_audit(spki)
+                        cert, chain = (issued.certificate, issued.chain) if issued else (b"", ())
+                        t.add_audit_key("checkpoint", cka, cert, chain, clock.now())
                         sig = t.audit_key("checkpoint")
                 assert mac is not None and sig is not None
-                return cls(hsm, mac, sig)
+                return cls(hsm, mac, sig, store)
             except AlreadyExists:
                 continue  # another process created them first: read them
         raise HsmUnavailable("could not set up the audit keys")
@@ -64,7 +75,24 @@ class AuditKeys:
             raise HsmUnavailable(f"the HSM could not sign the audit checkpoint: {result.reason}")
         return result
 
+    def reload(self) -> None:
+        """Re-read the checkpoint key's record: its certificate may have been imported (or
+        renewed, same key) by another process since this one started."""
+        with self.store.read() as t:
+            sig = t.audit_key("checkpoint")
+        if sig is not None:
+            self.signing_key = sig
+
+    def require_certificate(self) -> None:
+        """Refuse (FAILED_PRECONDITION) while the checkpoint key has no certificate: a checkpoint
+        or export nobody can tie to a certified key proves nothing to an auditor."""
+        self.reload()
+        if not self.signing_key.certificate:
+            raise FailedPrecondition(UNCERTIFIED)
+
     @property
     def certificates(self) -> list[bytes]:
-        """The audit certificate, then its issuers (DER)."""
+        """The audit certificate, then its issuers (DER); empty while it has none."""
+        if not self.signing_key.certificate:
+            return []
         return [self.signing_key.certificate, *self.signing_key.chain]

@@ -22,7 +22,7 @@ from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
 from rsign.audit.offline import FORMAT, export_signature_message
 from rsign.domain.clock import Clock, iso_utc
-from rsign.domain.errors import AuditIntegrityError, InvalidRequest, PermissionDenied, RsignError
+from rsign.domain.errors import AuditIntegrityError, FailedPrecondition, InvalidRequest, PermissionDenied, RsignError
 from rsign.domain.events import Action, EventFilter, Result, event, matches
 from rsign.domain.principal import Principal
 from rsign.domain.records import CheckpointView
@@ -145,9 +145,14 @@ class AuditService:
         if rep.ok and (rep.head_seq, rep.head_hash) != head:
             problems.append((rep.head_seq, f"the records end at {rep.head_seq}, the log head says {head[0]}"))
         # Checkpoints: signed, consistent with the records, and none beyond the last record.
-        cert = self._checkpoint_public_key()
+        # (Read only when there are some: with a real HSM the key may have no certificate yet.)
+        cert = self._checkpoint_public_key() if cps else None
         for cp in cps:
-            if not _ecdsa_ok(cert, cp.signature, chain.checkpoint_message(cp.seq, cp.head_hash, cp.ts)):
+            if cert is None:
+                problems.append(
+                    (cp.seq, f"checkpoint {cp.seq}: the audit checkpoint key has no certificate to check it")
+                )
+            elif not _ecdsa_ok(cert, cp.signature, chain.checkpoint_message(cp.seq, cp.head_hash, cp.ts)):
                 problems.append((cp.seq, f"checkpoint {cp.seq}: signature invalid"))
             elif cp.seq > rep.head_seq and rep.ok:
                 problems.append(
@@ -181,7 +186,10 @@ class AuditService:
     def _checkpoint_public_key(self) -> Any:
         from cryptography import x509
 
-        return x509.load_der_x509_certificate(self._keys.signing_key.certificate).public_key()
+        self._keys.reload()
+        cert = self._keys.signing_key.certificate
+        # Checkpoints are only signed once the key is certified: none here means the record was altered.
+        return x509.load_der_x509_certificate(cert).public_key() if cert else None
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -199,6 +207,7 @@ class AuditService:
                     at_last = t.audit_record(last.seq)
             if head[0] == 0 or (last is not None and head[0] <= last.seq):
                 return None
+            self._keys.require_certificate()
             after, start_hash = 0, chain.GENESIS
             if last is not None:
                 if at_last is None or at_last["hash"] != last.head_hash:
@@ -242,6 +251,16 @@ class AuditService:
         checkpoint is signed first so that every exported record is covered; if the log fails
         verification none is signed, and the export says so. The export is audited."""
         flt = self.scoped(who, flt)
+        try:
+            self._keys.require_certificate()
+        except FailedPrecondition as exc:
+            # Refused, and audited as such: an export carries the audit certificate, so that
+            # anyone can verify it offline; without one it would prove nothing.
+            with self._store.tx() as t:
+                t.append(
+                    event(Action.AUDIT_EXPORT, Result.FAILURE, reason=exc.message, details={"filter": _flt_dict(flt)})
+                )
+            raise
         # Recorded first, so that the checkpoint signed next covers the export's own record.
         warning = ""
         try:
@@ -330,7 +349,7 @@ class Checkpointer:
         self._thread.start()
 
     def _run(self) -> None:
-        waited = 0.0
+        waited, failing = 0.0, False
         while not self._stop.wait(1.0):
             waited += 1.0
             try:
@@ -338,11 +357,13 @@ class Checkpointer:
                     head = (t.audit_head() or (0, chain.GENESIS))[0]
                     last = t.last_checkpoint()
                 grown = head - (last.seq if last else 0)
-                if grown > 0 and (grown >= self._every or waited >= self._interval):
+                if grown > 0 and ((grown >= self._every and not failing) or waited >= self._interval):
                     self._audit.checkpoint()
-                    waited = 0.0
+                    waited, failing = 0.0, False
             except RsignError as exc:
                 log.error("audit checkpoint not signed: %s", exc.message)
+                failing = True  # retry once per interval, not every second
+                waited = 0.0
 
     def stop(self) -> None:
         """Stop, then sign a last checkpoint over everything written."""

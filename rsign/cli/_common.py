@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from rsign.dev.embedded import EMBEDDED
 from rsign.domain import context
 from rsign.domain.errors import RsignError
 from rsign.runtime.app import App, build_app
@@ -53,7 +54,7 @@ def friendly_errors(fn: F) -> F:
 
 @contextmanager
 def local_app(state_dir: Path, *, pool: bool = False) -> Iterator[App]:
-    settings = load_settings(state_dir)
+    settings = load_settings(state_dir, embedded=EMBEDDED)
     app = build_app(settings, pool=pool)
     try:
         with context.request(client="cli", actor=f"cli:{_os_user()}"):

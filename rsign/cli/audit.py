@@ -92,6 +92,28 @@ def audit_checkpoint(state_dir: Path) -> None:
     click.echo(f"checkpoint signed at record {cp.seq}" if cp else "nothing new since the last checkpoint")
 
 
+@audit.command("csr")
+@state_dir_option
+@friendly_errors
+def audit_csr(state_dir: Path) -> None:
+    """Print a PKCS#10 request for the audit checkpoint key (signed in the HSM), for your CA."""
+    with local_app(state_dir) as app:
+        click.echo(app.keys.checkpoint_csr().decode("ascii"), nl=False)
+
+
+@audit.command("import-certificate")
+@click.argument("chain", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@state_dir_option
+@friendly_errors
+def audit_import_certificate(chain: Path, state_dir: Path) -> None:
+    """Install the audit checkpoint key's certificate chain (PEM, leaf first); it must certify
+    that key and chain to <state-dir>/trust-anchors/. Checkpoints and exports need it."""
+    with local_app(state_dir) as app:
+        leaf = app.keys.import_checkpoint_certificate(chain.read_bytes())
+    until = leaf.not_valid_after_utc.date()
+    click.echo(f"audit certificate installed: {leaf.subject.rfc4514_string()} (until {until})")
+
+
 @audit.command("export")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Export file to write.")
 @filter_options

@@ -11,6 +11,7 @@ import click
 
 from rsign.cli._common import EXAMPLES, console, friendly_errors
 from rsign.cli._output import progress_bar, stage_bars
+from rsign.dev.embedded import EMBEDDED
 from rsign.domain import context
 from rsign.runtime.app import build_app
 from rsign.runtime.config import load_settings
@@ -34,7 +35,7 @@ def demo(state_dir: Path, listen: str, data: Path) -> None:
     from rsign.api.server import serve_forever
     from rsign.dev.demo import provision
 
-    settings = load_settings(state_dir)
+    settings = load_settings(state_dir, embedded=EMBEDDED)
     app = build_app(settings, pool=True)
     try:
         with context.request(client="cli", actor="demo-provisioning"):

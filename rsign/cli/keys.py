@@ -43,7 +43,8 @@ def keys_generate(
     multisign: int | None,
     state_dir: Path,
 ) -> None:
-    """Generate a key pair inside the HSM and a development certificate for it."""
+    """Generate a key pair inside the HSM (embedded token: with a development certificate; real HSM:
+    no certificate until one is imported with import-certificate)."""
     with admin_target(state_dir) as admin:
         cred = admin.generate(None, credential_id, algorithm, holder, multisign, seal_agency, seal_users)
     click.echo(
@@ -131,6 +132,9 @@ def keys_history(credential_id: str, state_dir: Path) -> None:
 
     with admin_target(state_dir) as admin:
         for v in admin.history(None, credential_id):
+            if not v.certificate:
+                click.echo(f"v{v.version}\t{v.status}\tno certificate imported yet")
+                continue
             cert = x509.load_der_x509_certificate(v.certificate)
             click.echo(
                 f"v{v.version}\t{v.status}\t{cert.subject.rfc4514_string()}\tuntil {cert.not_valid_after_utc.date()}"

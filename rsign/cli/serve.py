@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from rsign.cli._common import friendly_errors, state_dir_option
+from rsign.dev.embedded import EMBEDDED
 from rsign.runtime.app import build_app
 from rsign.runtime.config import load_settings
 
@@ -22,7 +23,7 @@ def serve(state_dir: Path, listen: str | None) -> None:
     """Run the gRPC service (also serves grpc.health.v1.Health)."""
     from rsign.api.server import serve_forever
 
-    settings = load_settings(state_dir)
+    settings = load_settings(state_dir, embedded=EMBEDDED)
     app = build_app(settings, pool=True)
     addr = listen or settings.listen
     try:

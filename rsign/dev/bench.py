@@ -33,6 +33,7 @@ from typing import Any
 
 from rsign.api.client import RsignClient
 from rsign.auth import totp
+from rsign.dev.embedded import EMBEDDED
 from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme, sign_spec
 from rsign.domain.settings import HsmConfig
 from rsign.runtime.app import build_app
@@ -124,7 +125,7 @@ class Bench:
         self.say = progress
         self.tmp = Path(tempfile.mkdtemp(prefix="rsign-bench-"))
         (self.tmp / "rsign.toml").write_text(f"[service]\nhsm_workers = {workers}\n", encoding="utf-8")
-        self.settings = load_settings(self.tmp)
+        self.settings = load_settings(self.tmp, embedded=EMBEDDED)
         self.server: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.authorize_ms = 0.0

@@ -15,12 +15,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from rsign.domain.certificates import IssuedCertificate
 from rsign.domain.files import write_private
 
 DEV_MARK = "DEVELOPMENT ONLY - NOT FOR PRODUCTION"
 
 
 class DevCA:
+    """Implements ``rsign.domain.certificates.CertificateIssuer`` for the embedded token only."""
+
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         key_path, cert_path = directory / "ca-key.pem", directory / "ca-cert.pem"
@@ -82,8 +85,11 @@ class DevCA:
     def certificate_der(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.DER)
 
-    def issue(self, spki_der: bytes, holder_name: str, user_id: str, agency: str, days: int = 730) -> bytes:
-        """Issue a signing certificate for a public key that lives in the HSM. Returns DER."""
+    def trust_anchors(self) -> list[x509.Certificate]:
+        return [self.certificate]
+
+    def issue(self, spki_der: bytes, holder_name: str, user_id: str, agency: str, days: int = 730) -> IssuedCertificate:
+        """Issue a signing certificate for a public key that lives in the HSM."""
         attrs = [x509.NameAttribute(NameOID.COUNTRY_NAME, "VN")]
         if agency:
             attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, agency[:64]))
@@ -95,7 +101,7 @@ class DevCA:
         eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION])
         return self._issue(spki_der, x509.Name(attrs), days, eku)
 
-    def issue_audit(self, spki_der: bytes, days: int = 3650) -> bytes:
+    def issue_audit(self, spki_der: bytes, days: int = 3650) -> IssuedCertificate:
         """Certificate for the audit log's checkpoint key (it signs checkpoints and exports)."""
         name = x509.Name(
             [
@@ -107,8 +113,10 @@ class DevCA:
         )
         return self._issue(spki_der, name, days, None)
 
-    def _issue(self, spki_der: bytes, subject: x509.Name, days: int, eku: x509.ExtendedKeyUsage | None) -> bytes:
-        """End-entity certificate: digitalSignature + nonRepudiation, not a CA. Returns DER."""
+    def _issue(
+        self, spki_der: bytes, subject: x509.Name, days: int, eku: x509.ExtendedKeyUsage | None
+    ) -> IssuedCertificate:
+        """End-entity certificate: digitalSignature + nonRepudiation, not a CA."""
         public_key = serialization.load_der_public_key(spki_der)
         now = dt.datetime.now(dt.UTC)
         usage = x509.KeyUsage(
@@ -137,4 +145,5 @@ class DevCA:
         )
         if eku is not None:
             builder = builder.add_extension(eku, critical=False)
-        return builder.sign(self._key, hashes.SHA384()).public_bytes(serialization.Encoding.DER)
+        leaf = builder.sign(self._key, hashes.SHA384()).public_bytes(serialization.Encoding.DER)
+        return IssuedCertificate(leaf, (self.certificate_der,))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from rsign.domain.certificates import CertificateIssuer
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -21,10 +24,26 @@ class HsmConfig:
 
 
 @dataclass(frozen=True)
+class EmbeddedDefault:
+    """What runs when no PKCS#11 module is configured: a development token and a development CA
+    inside the state directory. The top of the program (CLI, tests, development tools) supplies
+    it from ``rsign.dev``; the runtime only calls it, so no production path imports rsign.dev."""
+
+    # Creates the token on first use and returns its configuration; the caller holds the state
+    # directory's initialisation lock.
+    token: Callable[[Path], HsmConfig]
+    # The certificate issuer for that token (same lock).
+    issuer: Callable[[Path], CertificateIssuer]
+
+
+@dataclass(frozen=True)
 class Settings:
     state_dir: Path
     database_url: str
     hsm: HsmConfig = field(repr=False)
+    # Set when the embedded development token is in use (no PKCS#11 module configured); None
+    # with a real HSM, which gets no development CA.
+    embedded: EmbeddedDefault | None = field(default=None, repr=False)
     listen: str = DEFAULT_LISTEN
     hsm_workers: int = 0  # 0: one per CPU
     lockout_threshold: int = 5

@@ -1,5 +1,10 @@
 """Key and certificate lifecycle: generate in the HSM, CSR signed in the HSM, import a CA-issued
-chain, rotate, disable/enable, revoke, destroy under dual control, expiry report."""
+chain, rotate, disable/enable, revoke, destroy under dual control, expiry report; and the audit
+checkpoint key's certification (CSR and import), which follows the same rules.
+
+Certificates come from the certificate issuer (``rsign.domain.certificates``): the development CA
+with the embedded token, none with a real HSM, where a key waits for an imported certificate and
+cannot sign until it has one."""
 
 from __future__ import annotations
 
@@ -9,13 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 
+from asn1crypto import x509 as ax509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from rsign.audit.journal import AuditedStore
-from rsign.dev.devca import DevCA
 from rsign.domain import context
 from rsign.domain.algorithms import KeyAlgorithm, SignSpec
+from rsign.domain.certificates import CertificateIssuer, IssuedCertificate
 from rsign.domain.clock import Clock
 from rsign.domain.errors import (
     AlreadyExists,
@@ -32,6 +38,8 @@ from rsign.hsm.ports import Hsm, ItemFailure
 from rsign.keys.csr import build_csr, subject_name
 from rsign.store import Tx
 
+AUDIT_SIGNER_NAME = "rsign audit log signer"
+
 # Decree 68/2024: a certificate is revoked on job change, retirement, or at the agency's request.
 REVOCATION_REASONS = ("job change", "retirement", "agency request", "key compromise", "other")
 
@@ -46,8 +54,12 @@ class KeyRequest:
     seal_users: tuple[str, ...] = ()
 
 
-def _not_after(cert_der: bytes) -> float:
-    return x509.load_der_x509_certificate(cert_der).not_valid_after_utc.timestamp()
+def _issued(issued: IssuedCertificate | None) -> tuple[bytes, list[bytes], float]:
+    """(certificate, chain, not_after); empty and 0 when nothing was issued (import pending)."""
+    if issued is None:
+        return b"", [], 0.0
+    not_after = x509.load_der_x509_certificate(issued.certificate).not_valid_after_utc.timestamp()
+    return issued.certificate, list(issued.chain), not_after
 
 
 def load_certificates(data: bytes) -> list[x509.Certificate]:
@@ -61,12 +73,14 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
 
 
 class KeyService:
-    def __init__(self, store: AuditedStore, hsm: Hsm, clock: Clock, settings: Settings, ca: DevCA) -> None:
+    def __init__(
+        self, store: AuditedStore, hsm: Hsm, clock: Clock, settings: Settings, issuer: CertificateIssuer
+    ) -> None:
         self._store = store
         self._hsm = hsm
         self._clock = clock
         self._settings = settings
-        self._ca = ca
+        self._issuer = issuer
 
     # -- lookups -----------------------------------------------------------------------------
 
@@ -112,13 +126,15 @@ class KeyService:
         # they can never be used to sign, which is preferable to a credential without a key.
         spkis = self._hsm.generate_keypairs(items) if len(items) > 1 else [self._hsm.generate_keypair(*items[0])]
         certs = [
-            self._ca.issue(spki, name, uid or r.credential_id.strip(), agency)
+            _issued(self._issuer.issue(spki, name, uid or r.credential_id.strip(), agency))
             for (r, _alg, _ms, name, agency, uid), spki in zip(prepared, spkis, strict=True)
         ]
         actor = context.current().actor or "cli"
         with self._store.tx() as t:
             events = []
-            for (r, alg, ms, _name, agency, uid), (_a, cka_id, _l), cert in zip(prepared, items, certs, strict=True):
+            for (r, alg, ms, _name, agency, uid), (_a, cka_id, _l), (cert, chain, not_after) in zip(
+                prepared, items, certs, strict=True
+            ):
                 cid, seal = r.credential_id.strip(), bool(r.seal_agency)
                 t.add_credential(
                     cid,
@@ -128,10 +144,10 @@ class KeyService:
                     ms,
                     cka_id,
                     cert,
-                    [self._ca.certificate_der],
+                    chain,
                     self._clock.now(),
                     kind="seal" if seal else "person",
-                    not_after=_not_after(cert),
+                    not_after=not_after,
                 )
                 if seal:
                     t.set_seal_users(cid, list(r.seal_users))
@@ -148,6 +164,7 @@ class KeyService:
                             "seal_users": list(r.seal_users),
                             "kind": "seal" if seal else "person",
                             "cka_id": cka_id.hex(),
+                            "certificate": "issued" if cert else "none until one is imported",
                         },
                     )
                 )
@@ -215,23 +232,17 @@ class KeyService:
             holder = t.get_user(cred.holder_user_id) if cred.holder_user_id else None
         name = holder.name if holder else cred.agency
         subject = subject_name(name, cred.agency, user_id=holder.user_id if holder else "")
-        spki = self._hsm.public_key(cred.cka_id)
-
-        def hsm_sign(spec: SignSpec, digest: bytes) -> bytes:
-            (result,) = self._hsm.sign(cred.cka_id, spec, [digest])
-            if isinstance(result, ItemFailure):
-                raise HsmUnavailable(f"the HSM could not sign the CSR: {result.reason}")
-            return result
-
-        der = build_csr(spki, subject, alg, hsm_sign)
+        pem = _hsm_csr(self._hsm, cred.cka_id, subject, alg)
         with self._store.tx() as t:
             t.append(
                 event(Action.KEY_CSR, agency=cred.agency, credential_id=credential_id, key_version=cred.key_version)
             )
-        return x509.load_der_x509_csr(der).public_bytes(serialization.Encoding.PEM)
+        return pem
 
     def trust_anchors(self) -> list[x509.Certificate]:
-        anchors = [self._ca.certificate]
+        """The issuer's roots (the development CA, with the embedded token only) and
+        ``<state-dir>/trust-anchors/``, read on every import so that added files count at once."""
+        anchors = self._issuer.trust_anchors()
         folder: Path = self._settings.state_dir / "trust-anchors"
         if folder.is_dir():
             for f in sorted(folder.iterdir()):
@@ -245,18 +256,9 @@ class KeyService:
         cred = self.get(credential_id)
         if cred.status in ("revoked", "destroyed"):
             raise FailedPrecondition(f"credential {credential_id} is {cred.status}")
-        certs = load_certificates(chain_data)
-        leaf = certs[0]
-        spki = self._hsm.public_key(cred.cka_id)
-        leaf_spki = leaf.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        leaf, path = self._validate_chain(
+            self._hsm.public_key(cred.cka_id), chain_data, f"{credential_id}'s key (version {cred.key_version})"
         )
-        if leaf_spki != spki:
-            raise InvalidRequest(f"the certificate is not for {credential_id}'s key (version {cred.key_version})")
-        now = self._clock.now()
-        if not leaf.not_valid_before_utc.timestamp() <= now < leaf.not_valid_after_utc.timestamp():
-            raise InvalidRequest("the certificate is not valid now")
-        path = self._chain_to_anchor(leaf, certs[1:])
         with self._store.tx() as t:
             t.set_certificate(
                 credential_id,
@@ -283,6 +285,23 @@ class KeyService:
         assert view is not None
         return view
 
+    def _validate_chain(
+        self, spki: bytes, chain_data: bytes, whose: str
+    ) -> tuple[x509.Certificate, list[x509.Certificate]]:
+        """(leaf, its issuers up to a trust anchor), or a clear refusal: the leaf must certify
+        ``spki``, be valid now and chain to a trust anchor."""
+        certs = load_certificates(chain_data)
+        leaf = certs[0]
+        leaf_spki = leaf.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if leaf_spki != spki:
+            raise InvalidRequest(f"the certificate is not for {whose}")
+        now = self._clock.now()
+        if not leaf.not_valid_before_utc.timestamp() <= now < leaf.not_valid_after_utc.timestamp():
+            raise InvalidRequest("the certificate is not valid now")
+        return leaf, self._chain_to_anchor(leaf, certs[1:])
+
     def _chain_to_anchor(self, leaf: x509.Certificate, given: Sequence[x509.Certificate]) -> list[x509.Certificate]:
         anchors = self.trust_anchors()
         pool = list(given) + anchors
@@ -298,13 +317,19 @@ class KeyService:
             if any(issuer == a for a in anchors):
                 return path
             current = issuer
-        raise InvalidRequest("the certificate does not chain to a configured trust anchor")
+        # Name where the chain ended: e.g. a development CA's root offered to a real-HSM deployment.
+        top = path[-1] if path else leaf
+        raise InvalidRequest(
+            "the certificate does not chain to a configured trust anchor"
+            f" ({self._settings.state_dir / 'trust-anchors'}): its chain ends at {top.issuer.rfc4514_string()!r}"
+        )
 
     # -- rotation and status -----------------------------------------------------------------
 
     def rotate(self, credential_id: str, algorithm: str | None = None) -> CredentialView:
-        """New key version inside the HSM (with a development certificate until a CA-issued one
-        is imported); the previous version stops signing, its certificate stays for verification."""
+        """New key version inside the HSM (with the embedded token, a development certificate until
+        a CA-issued one is imported; with a real HSM, none: it cannot sign until one is imported);
+        the previous version stops signing, its certificate stays for verification."""
         cred = self.get(credential_id)
         if cred.status != "active":
             raise FailedPrecondition(f"credential {credential_id} is {cred.status}; only an active one rotates")
@@ -316,13 +341,13 @@ class KeyService:
         spki = self._hsm.generate_keypair(alg, cka_id, f"{credential_id}/v{version}")
         with self._store.read() as t:
             holder = t.get_user(cred.holder_user_id) if cred.holder_user_id else None
-        cert = self._ca.issue(
-            spki, holder.name if holder else cred.agency, holder.user_id if holder else credential_id, cred.agency
+        cert, chain, not_after = _issued(
+            self._issuer.issue(
+                spki, holder.name if holder else cred.agency, holder.user_id if holder else credential_id, cred.agency
+            )
         )
         with self._store.tx() as t:
-            t.add_key_version(
-                credential_id, version, cka_id, cert, [self._ca.certificate_der], _not_after(cert), self._clock.now()
-            )
+            t.add_key_version(credential_id, version, cka_id, cert, chain, not_after, self._clock.now())
             t.append(
                 event(
                     Action.KEY_ROTATE,
@@ -425,12 +450,65 @@ class KeyService:
             )
         return "destroyed"
 
+    # -- the audit checkpoint key ----------------------------------------------------------------
+
+    def checkpoint_csr(self) -> bytes:
+        """PEM PKCS#10 request for the audit checkpoint key, signed inside the HSM (with a real
+        HSM the key has no certificate until the operator's CA certifies it)."""
+        keys = self._store.keys
+        subject = subject_name(AUDIT_SIGNER_NAME, "")
+        pem = _hsm_csr(keys.hsm, keys.signing_key.cka_id, subject, KeyAlgorithm.EC_P256)
+        with self._store.tx() as t:
+            t.append(event(Action.KEY_CSR, details={"key": "audit checkpoint"}))
+        return pem
+
+    def import_checkpoint_certificate(self, chain_data: bytes) -> x509.Certificate:
+        """Install the audit checkpoint key's certificate (leaf first, then intermediates), under
+        the credentials' rules: it certifies this very key and chains to a trust anchor. Replacing
+        one (renewal) keeps the key, so earlier checkpoints still verify."""
+        keys = self._store.keys
+        cka = keys.signing_key.cka_id
+        leaf, path = self._validate_chain(keys.hsm.public_key(cka), chain_data, "the audit checkpoint key")
+        with self._store.tx() as t:
+            t.set_audit_key_certificate(
+                "checkpoint",
+                leaf.public_bytes(serialization.Encoding.DER),
+                [c.public_bytes(serialization.Encoding.DER) for c in path],
+            )
+            t.append(
+                event(
+                    Action.KEY_IMPORT_CERT,
+                    details={
+                        "key": "audit checkpoint",
+                        "subject": leaf.subject.rfc4514_string(),
+                        "issuer": leaf.issuer.rfc4514_string(),
+                        "serial": format(leaf.serial_number, "x"),
+                        "not_after": leaf.not_valid_after_utc.astimezone(UTC).isoformat(),
+                    },
+                )
+            )
+        keys.reload()
+        return leaf
+
     def expiring(self, days: int, agency: str = "") -> list[CredentialView]:
         """Active credentials whose current certificate expires within ``days`` days."""
         horizon = self._clock.now() + days * 86400
         with self._store.read() as t:
             found = t.search_credentials(agency=agency, status="active", expires_before=horizon)
         return sorted(found, key=lambda c: c.not_after)
+
+
+def _hsm_csr(hsm: Hsm, cka_id: bytes, subject: ax509.Name, alg: KeyAlgorithm) -> bytes:
+    """PEM PKCS#10 request for the key ``cka_id``, signed inside the HSM."""
+
+    def hsm_sign(spec: SignSpec, digest: bytes) -> bytes:
+        (result,) = hsm.sign(cka_id, spec, [digest])
+        if isinstance(result, ItemFailure):
+            raise HsmUnavailable(f"the HSM could not sign the CSR: {result.reason}")
+        return result
+
+    der = build_csr(hsm.public_key(cka_id), subject, alg, hsm_sign)
+    return x509.load_der_x509_csr(der).public_bytes(serialization.Encoding.PEM)
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

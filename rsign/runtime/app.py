@@ -10,7 +10,7 @@ from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
 from rsign.audit.service import AuditService
 from rsign.auth.service import AuthService
-from rsign.dev.devca import DevCA
+from rsign.domain.certificates import CertificateIssuer, ExternalCAOnly
 from rsign.domain.clock import Clock, SystemClock
 from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm
@@ -70,13 +70,18 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
         from rsign.hsm.pkcs11_adapter import Pkcs11Token
 
         hsm = Pkcs11Token(settings.hsm)
-    with init_lock(settings.state_dir):
-        ca = DevCA(settings.state_dir / "dev-ca")
+    issuer: CertificateIssuer
+    if settings.embedded is not None:
+        with init_lock(settings.state_dir):
+            issuer = settings.embedded.issuer(settings.state_dir)
+    else:
+        # A real HSM: no development CA is built or trusted; certificates are imported.
+        issuer = ExternalCAOnly()
     audit_hsm: Hsm = audit_pool.result() if audit_pool is not None else hsm
-    audit_keys = AuditKeys.ensure(store, audit_hsm, ca, clk)
+    audit_keys = AuditKeys.ensure(store, audit_hsm, issuer, clk)
     journal = AuditedStore(store, audit_keys, clk)
     auth = AuthService(journal, hsm, clk, settings)
-    keys = KeyService(journal, hsm, clk, settings, ca)
+    keys = KeyService(journal, hsm, clk, settings, issuer)
     return App(
         settings=settings,
         clock=clk,

@@ -1,7 +1,8 @@
 """Settings: defaults, then ``<state-dir>/rsign.toml``, then ``RSIGN_*`` environment variables.
 
-With no PKCS#11 module configured, rsign runs on the embedded default: a SoftHSMv2 token and a
-SQLite database inside the state directory, created on first use.
+With no PKCS#11 module configured, rsign runs on the embedded default the caller hands in (a
+SoftHSMv2 token and a development CA, ``rsign.dev.EMBEDDED``) and a SQLite database inside the
+state directory, created on first use. This module never imports rsign.dev itself.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rsign.domain.errors import ConfigurationError
-from rsign.domain.settings import HsmConfig, Settings
+from rsign.domain.settings import EmbeddedDefault, HsmConfig, Settings
 
 DEFAULT_STATE_DIR = Path(".rsign")
 
@@ -62,8 +63,9 @@ def _read_pin(hsm: dict[str, Any]) -> str:
     raise ConfigurationError("no HSM PIN: set RSIGN_HSM_PIN_FILE (preferred) or RSIGN_HSM_PIN, or hsm.pin_file")
 
 
-def load_settings(state_dir: Path | str | None = None) -> Settings:
-    """Load settings for ``state_dir``, initialising the embedded default there if needed."""
+def load_settings(state_dir: Path | str | None = None, *, embedded: EmbeddedDefault | None = None) -> Settings:
+    """Load settings for ``state_dir``. With no PKCS#11 module configured, ``embedded`` (the
+    development token and CA) is initialised there and used; without it that is an error."""
     sd = Path(state_dir or os.environ.get("RSIGN_STATE_DIR") or DEFAULT_STATE_DIR).resolve()
     file_cfg: dict[str, Any] = {}
     cfg_path = sd / "rsign.toml"
@@ -79,10 +81,12 @@ def load_settings(state_dir: Path | str | None = None) -> Settings:
                 token_label=os.environ.get("RSIGN_TOKEN_LABEL") or hsm_cfg.get("token_label") or "rsign",
                 pin=_read_pin(hsm_cfg),
             )
+        elif embedded is not None:
+            hsm = embedded.token(sd)
         else:
-            from rsign.dev.softhsm import ensure_token
-
-            hsm = ensure_token(sd)
+            raise ConfigurationError(
+                "no PKCS#11 module configured: set RSIGN_PKCS11_MODULE or hsm.module in rsign.toml"
+            )
     db_url = os.environ.get("RSIGN_DATABASE_URL") or file_cfg.get("database_url") or f"sqlite:///{sd / 'rsign.db'}"
     kw: dict[str, Any] = {}
     for key, value in file_cfg.get("service", {}).items():
@@ -94,4 +98,5 @@ def load_settings(state_dir: Path | str | None = None) -> Settings:
             kw[key] = str(value)
         else:
             raise ConfigurationError(f"unknown setting service.{key} in {cfg_path}")
-    return Settings(state_dir=sd, database_url=db_url, hsm=hsm, **kw)
+    # A configured module always wins: a real HSM never gets the development CA.
+    return Settings(state_dir=sd, database_url=db_url, hsm=hsm, embedded=None if module else embedded, **kw)

@@ -103,6 +103,12 @@ class SigningService:
         cred = self.get_credential(who, credential_id)
         if cred.status != "active":
             raise FailedPrecondition(f"credential {credential_id} is {cred.status}")
+        if not cred.certificate:
+            # With a real HSM a new key (or key version) has no certificate until a key officer
+            # imports the CA-issued one; a signature nobody can tie to a certificate is refused.
+            raise FailedPrecondition(
+                f"credential {credential_id} has no certificate imported yet (key version {cred.key_version})"
+            )
         return cred
 
     # -- Authorize ---------------------------------------------------------------------------

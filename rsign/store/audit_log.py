@@ -108,6 +108,13 @@ class AuditLogRepo:
             )
         )
 
+    def set_audit_key_certificate(self, purpose: str, certificate: bytes, chain_certs: Sequence[bytes]) -> None:
+        self.c.execute(
+            update(AUDIT_KEYS)
+            .where(AUDIT_KEYS.c.purpose == purpose)
+            .values(certificate=certificate, chain=pack_certs(chain_certs))
+        )
+
 
 def _filter_clauses(flt: EventFilter) -> list[Any]:
     out: list[Any] = []

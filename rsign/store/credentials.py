@@ -85,6 +85,8 @@ class CredentialRepo:
         if status:
             where.append(CREDS.c.status == status)
         if expires_before:
+            # not_after 0: no certificate imported yet (real HSM), so nothing that expires.
+            where.append(CREDS.c.not_after > 0)
             where.append(CREDS.c.not_after < expires_before)
         if name_folded:
             holders = select(USERS.c.user_id).where(USERS.c.name_folded.contains(name_folded, autoescape=True))

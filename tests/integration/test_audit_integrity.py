@@ -17,6 +17,7 @@ import pytest
 from rsign.audit import chain
 from rsign.audit.offline import verify_export
 from rsign.audit.service import LogReport
+from rsign.dev import EMBEDDED
 from rsign.domain import context
 from rsign.domain.algorithms import HashAlg, Scheme
 from rsign.domain.errors import AuditIntegrityError
@@ -52,7 +53,7 @@ def _populate(app: App) -> None:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     state = tmp_path_factory.mktemp("audit-template")
-    app = build_app(load_settings(state), pool=False)
+    app = build_app(load_settings(state, embedded=EMBEDDED), pool=False)
     try:
         _populate(app)
     finally:
@@ -72,7 +73,7 @@ def state(template: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def app(state: Path) -> Iterator[App]:
-    a = build_app(load_settings(state), pool=False)
+    a = build_app(load_settings(state, embedded=EMBEDDED), pool=False)
     yield a
     a.close()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from rsign.dev import EMBEDDED
 from rsign.domain import context
 from rsign.domain.errors import InvalidRequest
 from rsign.runtime.app import App, build_app
@@ -44,7 +45,7 @@ def _write(path: Path, rows: list[list[str]]) -> None:
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[App]:
-    a = build_app(load_settings(tmp_path / "state"), pool=False)
+    a = build_app(load_settings(tmp_path / "state", embedded=EMBEDDED), pool=False)
     with context.request(client="test", actor="provisioner"):
         yield a
     a.close()

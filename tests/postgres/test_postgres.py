@@ -16,6 +16,7 @@ import psycopg2
 import pytest
 
 from rsign.auth import totp
+from rsign.dev import EMBEDDED
 from rsign.domain import context
 from rsign.domain.algorithms import HashAlg, Scheme
 from rsign.domain.clock import FakeClock
@@ -42,7 +43,7 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def replicas(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, App, FakeClock]]:
     state: Path = tmp_path_factory.mktemp("pg-state")
-    settings = replace(load_settings(state), database_url=pg_url, hsm_workers=1)
+    settings = replace(load_settings(state, embedded=EMBEDDED), database_url=pg_url, hsm_workers=1)
     clock = FakeClock(float(totp.step_of(time.time()) * 30))
     a = build_app(settings, pool=True, clock=clock)
     b = build_app(settings, pool=True, clock=clock)
