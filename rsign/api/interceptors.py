@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from rsign.api.capacity import Admission
 from rsign.api.errors import INTERNAL_MESSAGE, status_for
 from rsign.auth.service import AuthService
 from rsign.domain import context
@@ -57,8 +58,9 @@ def _request_id(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | N
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
-    def __init__(self, auth: AuthService) -> None:
+    def __init__(self, auth: AuthService, admission: Admission) -> None:
         self._auth = auth
+        self._admission = admission
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
@@ -86,12 +88,19 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
             ctx.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
         @contextlib.contextmanager
-        def rpc(ctx: grpc.ServicerContext) -> Iterator[None]:
-            """Request context and principal for the call; domain errors become statuses."""
+        def rpc(ctx: grpc.ServicerContext, streaming: bool) -> Iterator[None]:
+            """Admission, request context and principal for the call; domain errors become statuses."""
             rc = None
             try:
-                rc = setup(ctx)
-                yield
+                with contextlib.ExitStack() as held:
+                    if not public:
+                        # Server-wide budgets before authentication (which reads the database);
+                        # public calls (Health.Check, Login) are never refused here.
+                        held.callback(self._admission.admit_server(streaming))
+                    rc = setup(ctx)
+                    if not public:
+                        held.callback(self._admission.admit_caller(current_principal(), streaming))
+                    yield
             except Exception as exc:
                 if _is_abort(exc):
                     raise
@@ -105,7 +114,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
             inner = handler.unary_unary
 
             def unary_unary(request: Any, ctx: grpc.ServicerContext) -> Any:
-                with rpc(ctx):
+                with rpc(ctx, streaming=False):
                     return inner(request, ctx)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -121,14 +130,16 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
                 continue
 
             def streaming(request: Any, ctx: grpc.ServicerContext, _inner: Any = inner_stream) -> Iterator[Any]:
-                with rpc(ctx):
+                with rpc(ctx, streaming=True):
                     yield from _inner(request, ctx)
 
             return make(streaming, handler.request_deserializer, handler.response_serializer)
         if not public:
             # Fail closed: an RPC shape this interceptor cannot authenticate is never served.
             raise RuntimeError(f"{method}: unsupported RPC shape for an authenticated method")
-        return handler  # health Watch (unary-stream): public, unwrapped
+        # Health Watch (unary-stream): public, unwrapped. grpcio-health serves it without holding a
+        # thread (non-blocking handler), so it needs no stream slot either.
+        return handler
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from rsign.api.capacity import Admission, Capacity, server_options
 from rsign.api.interceptors import ServiceInterceptor
 from rsign.api.servicers import AdminServicer, AuditServicer, AuthServicer, SigningServicer
 from rsign.audit.service import Checkpointer
@@ -31,6 +32,7 @@ class RunningServer:
     health: health.HealthServicer
     checkpointer: Checkpointer
     monitor: StoreMonitor
+    admission: Admission  # calls in progress per budget (rsign.api.capacity)
 
     @property
     def address(self) -> str:
@@ -69,13 +71,15 @@ class StoreMonitor:
         self._stop.set()
 
 
-def start_server(app: App, listen: str, max_workers: int = 64) -> RunningServer:
+def start_server(app: App, listen: str) -> RunningServer:
     """Start serving on ``listen`` ("HOST:PORT"; port 0 picks a free one). Non-blocking."""
+    capacity = Capacity.from_settings(app.settings)  # thread budgets and limits: see rsign.api.capacity
+    admission = Admission(capacity)
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rsign-rpc"),
-        interceptors=[ServiceInterceptor(app.auth)],
-        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
-        maximum_concurrent_rpcs=max_workers * 4,
+        ThreadPoolExecutor(max_workers=capacity.threads, thread_name_prefix="rsign-rpc"),
+        interceptors=[ServiceInterceptor(app.auth, admission)],
+        options=server_options(),
+        maximum_concurrent_rpcs=capacity.max_concurrent_rpcs,
     )
     pb_grpc.add_AuthServiceServicer_to_server(AuthServicer(app), server)
     pb_grpc.add_SigningServiceServicer_to_server(SigningServicer(app), server)
@@ -93,7 +97,7 @@ def start_server(app: App, listen: str, max_workers: int = 64) -> RunningServer:
         app.audit, app.journal, app.settings.checkpoint_every_records, app.settings.checkpoint_interval_seconds
     )
     cp.start()
-    return RunningServer(server, port, hs, cp, monitor)
+    return RunningServer(server, port, hs, cp, monitor, admission=admission)
 
 
 @contextlib.contextmanager

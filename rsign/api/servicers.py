@@ -7,10 +7,11 @@ from typing import Any
 
 import grpc
 
+from rsign.api.capacity import first_message
 from rsign.api.interceptors import current_principal
 from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme
 from rsign.domain.clock import iso_utc
-from rsign.domain.errors import InvalidRequest
+from rsign.domain.errors import InvalidRequest, StreamIdle
 from rsign.domain.events import EventFilter
 from rsign.domain.records import CredentialView, UserView
 from rsign.runtime.app import App
@@ -115,7 +116,13 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
     def SignHashStream(
         self, request_iterator: Iterator[pb.SignHashStreamRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.SignHashStreamResponse]:
-        first = next(request_iterator, None)
+        idle = self._app.settings.stream_idle_seconds
+        try:
+            # The first message too must come within the idle time (rsign.api.capacity).
+            first = first_message(request_iterator, idle)
+        except StreamIdle as exc:
+            self._app.signing.stream_idle_before_start(current_principal(), exc)
+            raise
         if first is None:
             return
         if not first.credential_id:
@@ -138,6 +145,7 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
             scheme(first.signature_scheme),
             chunks(),
             deadline_passed,
+            idle_seconds=idle,
         ):
             yield pb.SignHashStreamResponse(
                 offset=chunk.offset,

@@ -47,6 +47,15 @@ class DeadlineExceeded(RsignError):
     """The caller's deadline passed; work not yet started is abandoned."""
 
 
+class StreamIdle(DeadlineExceeded):
+    """The client sent nothing on a stream for the configured idle time, so the server closed it
+    (the server's own deadline on the client: DEADLINE_EXCEEDED, a status every client handles)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no message for {seconds:g} s: stream closed")
+        self.seconds = seconds
+
+
 class Unavailable(RsignError):
     """A dependency rsign cannot work without is down: the HSM or the audit store."""
 

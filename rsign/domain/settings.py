@@ -58,6 +58,16 @@ class Settings:
     checkpoint_interval_seconds: float = 60.0
     database_busy_timeout_seconds: float = 5.0
     pin_min_length: int = 6
+    # Capacity (rsign.api.capacity): no caller can starve the others. A stream the client sends
+    # nothing on (its first message included) for this long is closed (DEADLINE_EXCEEDED, audited).
+    stream_idle_seconds: float = 10.0
+    rpc_threads: int = 64  # the gRPC server's worker threads: one per call in progress
+    rpc_stream_threads: int = 32  # most of them streaming calls may hold at once
+    rpc_reserved_threads: int = 8  # never given to authenticated calls: Health.Check and Login
+    streams_per_session: int = 4
+    streams_per_user: int = 8  # a user with two sessions (two desks) gets a full share on each
+    unary_per_session: int = 16
+    unary_per_user: int = 32
 
     def with_overrides(self, **kw: Any) -> Settings:
         return replace(self, **kw)

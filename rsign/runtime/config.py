@@ -31,6 +31,13 @@ _INT_KEYS = {
     "multisign_default",
     "multisign_max",
     "pin_min_length",
+    "rpc_threads",
+    "rpc_stream_threads",
+    "rpc_reserved_threads",
+    "streams_per_session",
+    "streams_per_user",
+    "unary_per_session",
+    "unary_per_user",
 }
 _FLOAT_KEYS = {
     "checkpoint_interval_seconds",
@@ -38,6 +45,7 @@ _FLOAT_KEYS = {
     "session_idle_seconds",
     "session_max_seconds",
     "sad_ttl_seconds",
+    "stream_idle_seconds",
 }
 
 

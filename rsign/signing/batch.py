@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -27,7 +28,7 @@ from typing import Any
 from rsign.audit.journal import AuditedStore
 from rsign.domain import context
 from rsign.domain.algorithms import HashAlg, Scheme, SignSpec, check_digests
-from rsign.domain.errors import AlreadyExists, DeadlineExceeded, PermissionDenied, RsignError
+from rsign.domain.errors import AlreadyExists, DeadlineExceeded, PermissionDenied, RsignError, StreamIdle
 from rsign.domain.events import Action, AuditEvent, Result, event
 from rsign.domain.records import CredentialView, SadView
 from rsign.hsm.ports import Hsm, ItemFailure, SignResult
@@ -119,6 +120,9 @@ class BatchRun:
     fingerprint: str
     limit: int
     deadline_passed: Callable[[], bool]
+    # > 0: end the stream (StreamIdle) when the client has sent nothing for this long while the
+    # service waits on it (nothing queued, nothing at the HSM): an idle stream holds a server thread.
+    idle_seconds: float = 0.0
     inflight: deque[_Pending] = field(default_factory=deque)
     stats: dict[str, int] = field(default_factory=lambda: {"signed": 0, "failed": 0, "discarded": 0})
     received: int = 0
@@ -129,6 +133,9 @@ class BatchRun:
         inbox = _Inbox(chunks, maxsize=self.limit, cv=cv)
         outcome, reason = Result.SUCCESS, "completed"
         ended = False
+        # When the client was last heard from, or last given something it may wait for before
+        # sending on (a lock-step client): the idle clock runs from the later of the two.
+        heard = time.monotonic()
 
         def can_progress() -> bool:
             head_done = bool(self.inflight) and self.inflight[0].future.done()
@@ -141,6 +148,9 @@ class BatchRun:
                     cv.wait_for(can_progress, timeout=_WAKE)
                     if not ended and len(self.inflight) < self.limit and inbox.items:
                         msg = inbox.pop()
+                    waiting_on_client = not ended and not self.inflight and not inbox.items and msg is None
+                if msg is not None:
+                    heard = time.monotonic()
                 ready = self._collect_ready()
                 new: Sequence[bytes] | None = None
                 if msg is _END:
@@ -159,8 +169,15 @@ class BatchRun:
                     self._commit(ready, new)
                     for out in ready:
                         yield out.chunk
+                    if ready:
+                        heard = time.monotonic()
                 if error is not None:
                     raise error
+                if waiting_on_client and 0 < self.idle_seconds <= time.monotonic() - heard:
+                    raise StreamIdle(self.idle_seconds)
+        except StreamIdle as exc:
+            outcome, reason = Result.FAILURE, f"idle: {exc.message}"
+            raise
         except RsignError as exc:
             outcome, reason = Result.FAILURE, exc.message
             raise

@@ -26,6 +26,7 @@ from rsign.domain.errors import (
     NotFound,
     PermissionDenied,
     RsignError,
+    StreamIdle,
     Unavailable,
 )
 from rsign.domain.events import Action, Result, event
@@ -303,6 +304,7 @@ class SigningService:
         scheme: Scheme,
         chunks: Iterable[Sequence[bytes]],
         deadline_passed: Callable[[], bool] = lambda: False,
+        idle_seconds: float | None = None,
     ) -> Iterator[StreamChunk]:
         """Sign a stream of hash chunks that must follow the SAD's ordered list.
 
@@ -310,7 +312,9 @@ class SigningService:
         chunk's signature audit records are committed before its signatures are yielded. Up to
         ``stream_inflight_chunks`` chunks are at the HSM at once (back-pressure: the next request
         message is read only when there is room). Whatever ends the stream, chunks already at the
-        HSM are awaited and audited, and a batch.end record says how it ended.
+        HSM are awaited and audited, and a batch.end record says how it ended. A client that sends
+        nothing for ``idle_seconds`` (default ``stream_idle_seconds``) while the service waits on
+        it ends the stream with ``StreamIdle``.
         """
         try:
             cred = self._usable(who, credential_id)
@@ -333,8 +337,24 @@ class SigningService:
             fingerprint=fp,
             limit=max(1, self._settings.stream_inflight_chunks),
             deadline_passed=deadline_passed,
+            idle_seconds=self._settings.stream_idle_seconds if idle_seconds is None else idle_seconds,
         )
         return run.run(chunks)
+
+    def stream_idle_before_start(self, who: Principal, exc: StreamIdle) -> None:
+        """A SignHashStream whose first message never came (nothing named, authorized or
+        consumed): its batch.end failure record, so that the abandoned stream is on the log."""
+        with self._store.tx() as t:
+            t.append(
+                event(
+                    Action.BATCH_END,
+                    Result.FAILURE,
+                    actor=who.user_id,
+                    agency=who.agency,
+                    reason=f"idle: {exc.message}",
+                    details={"received": 0, "idle_seconds": exc.seconds},
+                )
+            )
 
     # -- audit helpers -----------------------------------------------------------------------
 
