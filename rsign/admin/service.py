@@ -1,20 +1,20 @@
-"""Every administration operation: authorized by role and agency (``policy``), audited by the
-domain service it calls. Used by the gRPC AdminService and by the CLI on a local state directory
-(principal ``None``: the local operator)."""
+"""Every administration operation: authorized by ``rsign.domain.policy`` (role and agency), audited
+by the domain service it calls. Used by the gRPC AdminService (the session's principal) and by the
+CLI on a local state directory (``LOCAL_OPERATOR``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rsign.admin.policy import Op, authorize, scope_agency
 from rsign.audit.journal import AuditedStore
 from rsign.auth import totp
 from rsign.auth.service import AuthService, Enrolment, seed_aad
 from rsign.domain.clock import Clock
 from rsign.domain.errors import FailedPrecondition, InvalidRequest, NotFound
 from rsign.domain.events import Action, event
-from rsign.domain.principal import Principal
+from rsign.domain.policy import Op, authorize, check_enrol, scope_agency
+from rsign.domain.principal import CredentialStatus, Principal, Role, Scope, UserStatus, parse_role, parse_scope
 from rsign.domain.records import CredentialView, KeyVersionView, UserView, fold
 from rsign.hsm.ports import Hsm
 from rsign.keys.service import KeyService
@@ -43,42 +43,46 @@ class AdminService:
             raise NotFound(f"no user {user_id}")
         return u
 
-    def _cred_agency(self, credential_id: str) -> str:
-        return self._keys.get(credential_id).agency
+    def _managed_user(self, who: Principal, user_id: str) -> UserView:
+        """The user ``who`` is about to manage, once the policy allows it. The role is checked
+        before the lookup: a caller without it learns nothing, not even whether the user exists."""
+        authorize(who, Op.MANAGE_USERS)
+        user = self._user(user_id)
+        authorize(who, Op.MANAGE_USERS, user.agency)
+        return user
+
+    def _authorize_on_credential(self, who: Principal, op: Op, credential_id: str) -> None:
+        authorize(who, op)  # role first, as in ``_managed_user``
+        authorize(who, op, self._keys.get(credential_id).agency)
 
     # -- users -------------------------------------------------------------------------------
 
     def enrol(
         self,
-        who: Principal | None,
+        who: Principal,
         user_id: str,
         name: str,
         pin: str,
         agency: str,
-        role: str = "signer",
-        scope: str = "agency",
+        role: str = Role.SIGNER,
+        scope: str = Scope.AGENCY,
     ) -> Enrolment:
-        authorize(who, Op.USERS, agency)
-        if who is not None and who.role == "agency_admin" and role not in ("signer", "auditor"):
-            raise InvalidRequest("an agency admin enrols signers and auditors; ask an admin for other roles")
-        if who is not None and who.role == "agency_admin" and scope == "province":
-            raise InvalidRequest("an agency admin cannot create a province-wide auditor")
+        check_enrol(who, agency, parse_role(role), parse_scope(scope))
         return self._auth.enrol(user_id, name, pin, agency=agency, role=role, scope=scope)
 
-    def unlock(self, who: Principal | None, user_id: str) -> UserView:
-        authorize(who, Op.USERS, self._user(user_id).agency)
+    def unlock(self, who: Principal, user_id: str) -> UserView:
+        self._managed_user(who, user_id)
         self._auth.unlock(user_id)
         return self._user(user_id)
 
-    def suspend(self, who: Principal | None, user_id: str, reason: str) -> UserView:
+    def suspend(self, who: Principal, user_id: str, reason: str) -> UserView:
         """No login, no signing, open sessions ended; reversible with ``reactivate``."""
-        user = self._user(user_id)
-        authorize(who, Op.USERS, user.agency)
-        if user.status != "active":
+        user = self._managed_user(who, user_id)
+        if user.status != UserStatus.ACTIVE:
             raise FailedPrecondition(f"user {user_id} is {user.status}")
         now = self._clock.now()
         with self._store.tx() as t:
-            t.set_user_status(user_id, "suspended")
+            t.set_user_status(user_id, UserStatus.SUSPENDED)
             ended = t.end_user_sessions(user_id, now, "user suspended")
             t.expire_user_sads(user_id, now)
             t.append(
@@ -91,22 +95,20 @@ class AdminService:
             )
         return self._user(user_id)
 
-    def reactivate(self, who: Principal | None, user_id: str) -> UserView:
-        user = self._user(user_id)
-        authorize(who, Op.USERS, user.agency)
-        if user.status != "suspended":
+    def reactivate(self, who: Principal, user_id: str) -> UserView:
+        user = self._managed_user(who, user_id)
+        if user.status != UserStatus.SUSPENDED:
             raise FailedPrecondition(f"user {user_id} is {user.status}; only a suspended user is reactivated")
         with self._store.tx() as t:
-            t.set_user_status(user_id, "active")
+            t.set_user_status(user_id, UserStatus.ACTIVE)
             t.append(event(Action.USER_REACTIVATE, agency=user.agency, details={"user_id": user_id}))
         return self._user(user_id)
 
-    def reset_totp(self, who: Principal | None, user_id: str) -> Enrolment:
+    def reset_totp(self, who: Principal, user_id: str) -> Enrolment:
         """Re-enrol the authenticator (lost device): new seed; the old seed, every open session
         and every unused SAD of the user stop working at once."""
-        user = self._user(user_id)
-        authorize(who, Op.USERS, user.agency)
-        if user.status == "retired":
+        user = self._managed_user(who, user_id)
+        if user.status == UserStatus.RETIRED:
             raise FailedPrecondition(f"user {user_id} is retired")
         seed = totp.new_seed()
         sealed = self._hsm.seal(seed, seed_aad(user_id))
@@ -124,11 +126,10 @@ class AdminService:
             )
         return Enrolment(user_id, seed, totp.provisioning_uri(seed, user_id))
 
-    def move(self, who: Principal | None, user_id: str, new_agency: str) -> MoveResult:
+    def move(self, who: Principal, user_id: str, new_agency: str) -> MoveResult:
         """Job change: the user moves agency; per Decree 68 their individual credentials are revoked
         (a new one can then be issued in the new agency), open sessions and SADs end."""
-        user = self._user(user_id)
-        authorize(who, Op.USERS, user.agency)
+        user = self._managed_user(who, user_id)
         new_agency = new_agency.strip()
         if not new_agency or new_agency == user.agency:
             raise InvalidRequest("name the agency the user moves to")
@@ -148,15 +149,14 @@ class AdminService:
             )
         return MoveResult(self._user(user_id), revoked)
 
-    def retire(self, who: Principal | None, user_id: str) -> MoveResult:
-        user = self._user(user_id)
-        authorize(who, Op.USERS, user.agency)
-        if user.status == "retired":
+    def retire(self, who: Principal, user_id: str) -> MoveResult:
+        user = self._managed_user(who, user_id)
+        if user.status == UserStatus.RETIRED:
             raise FailedPrecondition(f"user {user_id} is already retired")
         revoked = self._end_credentials(user_id, "retirement")
         now = self._clock.now()
         with self._store.tx() as t:
-            t.set_user_status(user_id, "retired")
+            t.set_user_status(user_id, UserStatus.RETIRED)
             t.end_user_sessions(user_id, now, "retired")
             t.expire_user_sads(user_id, now)
             t.append(
@@ -171,13 +171,15 @@ class AdminService:
 
     def _end_credentials(self, user_id: str, reason: str) -> list[str]:
         with self._store.read() as t:
-            creds = [c for c in t.credentials_of(user_id) if c.status in ("active", "disabled")]
+            creds = [
+                c for c in t.credentials_of(user_id) if c.status in (CredentialStatus.ACTIVE, CredentialStatus.DISABLED)
+            ]
         for c in creds:
             self._keys.revoke(c.credential_id, reason)
         return [c.credential_id for c in creds]
 
     def search_users(
-        self, who: Principal | None, agency: str = "", name: str = "", status: str = "", limit: int = 100
+        self, who: Principal, agency: str = "", name: str = "", status: str = "", limit: int = 100
     ) -> list[UserView]:
         authorize(who, Op.SEARCH_USERS)
         agency = scope_agency(who, agency)
@@ -188,7 +190,7 @@ class AdminService:
 
     def generate(
         self,
-        who: Principal | None,
+        who: Principal,
         credential_id: str,
         algorithm: str,
         holder: str = "",
@@ -196,52 +198,49 @@ class AdminService:
         seal_agency: str = "",
         seal_users: Sequence[str] = (),
     ) -> CredentialView:
-        authorize(who, Op.KEYS)
+        authorize(who, Op.MANAGE_KEYS)
         return self._keys.generate(
             credential_id, algorithm, holder, multisign, seal_agency=seal_agency, seal_users=seal_users
         )
 
-    def csr(self, who: Principal | None, credential_id: str) -> bytes:
-        authorize(who, Op.KEYS)
+    def csr(self, who: Principal, credential_id: str) -> bytes:
+        authorize(who, Op.MANAGE_KEYS)
         return self._keys.csr(credential_id)
 
-    def import_certificate(self, who: Principal | None, credential_id: str, chain: bytes) -> CredentialView:
-        authorize(who, Op.KEYS)
+    def import_certificate(self, who: Principal, credential_id: str, chain: bytes) -> CredentialView:
+        authorize(who, Op.MANAGE_KEYS)
         return self._keys.import_certificate(credential_id, chain)
 
-    def rotate(self, who: Principal | None, credential_id: str) -> CredentialView:
-        authorize(who, Op.KEYS)
+    def rotate(self, who: Principal, credential_id: str) -> CredentialView:
+        authorize(who, Op.MANAGE_KEYS)
         return self._keys.rotate(credential_id)
 
-    def set_enabled(self, who: Principal | None, credential_id: str, enabled: bool, reason: str = "") -> CredentialView:
-        authorize(who, Op.KEYS)
+    def set_enabled(self, who: Principal, credential_id: str, enabled: bool, reason: str = "") -> CredentialView:
+        authorize(who, Op.MANAGE_KEYS)
         return self._keys.set_enabled(credential_id, enabled, reason)
 
-    def revoke(self, who: Principal | None, credential_id: str, reason: str) -> CredentialView:
-        # Agency admins may revoke their agency's credentials too (Decree 68: at the agency's request).
-        if who is not None and who.role == "agency_admin":
-            authorize(who, Op.USERS, self._cred_agency(credential_id))
-        else:
-            authorize(who, Op.KEYS)
+    def revoke(self, who: Principal, credential_id: str, reason: str) -> CredentialView:
+        self._authorize_on_credential(who, Op.REVOKE_CREDENTIALS, credential_id)
         return self._keys.revoke(credential_id, reason)
 
-    def destroy(self, who: Principal | None, credential_id: str) -> str:
-        authorize(who, Op.KEYS)
-        officer = who.user_id if who is not None else "local-operator"
-        return self._keys.destroy(credential_id, officer)
+    def destroy(self, who: Principal, credential_id: str) -> str:
+        authorize(who, Op.MANAGE_KEYS)
+        # Dual control counts officers by user id; the local operator counts as one officer
+        # ("local-operator", a user id enrolment refuses).
+        return self._keys.destroy(credential_id, who.user_id)
 
-    def set_seal_users(self, who: Principal | None, credential_id: str, users: Sequence[str]) -> CredentialView:
-        authorize(who, Op.KEYS)
+    def set_seal_users(self, who: Principal, credential_id: str, users: Sequence[str]) -> CredentialView:
+        authorize(who, Op.MANAGE_KEYS)
         self._keys.set_seal_users(credential_id, users)
         return self._keys.get(credential_id)
 
-    def history(self, who: Principal | None, credential_id: str) -> list[KeyVersionView]:
-        authorize(who, Op.SEARCH_CREDENTIALS, self._cred_agency(credential_id))
+    def history(self, who: Principal, credential_id: str) -> list[KeyVersionView]:
+        self._authorize_on_credential(who, Op.SEARCH_CREDENTIALS, credential_id)
         return self._keys.history(credential_id)
 
     def search_credentials(
         self,
-        who: Principal | None,
+        who: Principal,
         agency: str = "",
         holder_name: str = "",
         status: str = "",
@@ -260,6 +259,6 @@ class AdminService:
                 limit=max(1, min(limit, 1000)),
             )
 
-    def expiring(self, who: Principal | None, days: int, agency: str = "") -> list[CredentialView]:
+    def expiring(self, who: Principal, days: int, agency: str = "") -> list[CredentialView]:
         authorize(who, Op.SEARCH_CREDENTIALS)
         return self._keys.expiring(days, scope_agency(who, agency))

@@ -1,6 +1,9 @@
 """AdminService over gRPC with the same method names as ``rsign.admin.service.AdminService``, so
 the CLI drives a running server or a local state directory with one code path. Results are the
-protobuf messages, whose field names match the domain views'."""
+protobuf messages, whose field names match the domain views'.
+
+Each method takes the caller (``who``) like AdminService's, and ignores it: the server knows the
+caller from the session this client logged in with, and its policy decides."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rsign.api.client import RsignClient
+from rsign.domain.principal import CredentialStatus, Principal, Role, Scope
 from rsign.v1 import rsign_pb2 as pb
 
 
@@ -32,41 +36,48 @@ class RemoteAdmin:
         return getattr(self._c.admin, rpc)(req, metadata=self._c.md())
 
     def enrol(
-        self, who: None, user_id: str, name: str, pin: str, agency: str, role: str = "signer", scope: str = "agency"
+        self,
+        who: Principal,
+        user_id: str,
+        name: str,
+        pin: str,
+        agency: str,
+        role: str = Role.SIGNER,
+        scope: str = Scope.AGENCY,
     ) -> RemoteEnrolment:
         r = self._call(
             "EnrolUser", pb.EnrolUserRequest(user_id=user_id, name=name, pin=pin, agency=agency, role=role, scope=scope)
         )
         return RemoteEnrolment(r.user_id, r.otpauth_uri)
 
-    def suspend(self, who: None, user_id: str, reason: str) -> Any:
+    def suspend(self, who: Principal, user_id: str, reason: str) -> Any:
         return self._call("SuspendUser", pb.UserActionRequest(user_id=user_id, reason=reason))
 
-    def reactivate(self, who: None, user_id: str) -> Any:
+    def reactivate(self, who: Principal, user_id: str) -> Any:
         return self._call("ReactivateUser", pb.UserActionRequest(user_id=user_id))
 
-    def unlock(self, who: None, user_id: str) -> Any:
+    def unlock(self, who: Principal, user_id: str) -> Any:
         return self._call("UnlockUser", pb.UserActionRequest(user_id=user_id))
 
-    def reset_totp(self, who: None, user_id: str) -> RemoteEnrolment:
+    def reset_totp(self, who: Principal, user_id: str) -> RemoteEnrolment:
         r = self._call("ResetTotp", pb.UserActionRequest(user_id=user_id))
         return RemoteEnrolment(r.user_id, r.otpauth_uri)
 
-    def move(self, who: None, user_id: str, agency: str) -> RemoteMove:
+    def move(self, who: Principal, user_id: str, agency: str) -> RemoteMove:
         r = self._call("MoveUser", pb.MoveUserRequest(user_id=user_id, new_agency=agency))
         return RemoteMove(r.user, list(r.revoked_credentials))
 
-    def retire(self, who: None, user_id: str) -> RemoteMove:
+    def retire(self, who: Principal, user_id: str) -> RemoteMove:
         r = self._call("RetireUser", pb.UserActionRequest(user_id=user_id))
         return RemoteMove(r.user, list(r.revoked_credentials))
 
-    def search_users(self, who: None, agency: str = "", name: str = "", status: str = "", limit: int = 100) -> Any:
+    def search_users(self, who: Principal, agency: str = "", name: str = "", status: str = "", limit: int = 100) -> Any:
         req = pb.SearchUsersRequest(agency=agency, name=name, status=status, limit=limit)
         return list(self._call("SearchUsers", req).users)
 
     def generate(
         self,
-        who: None,
+        who: Principal,
         credential_id: str,
         algorithm: str,
         holder: str = "",
@@ -86,33 +97,33 @@ class RemoteAdmin:
             ),
         )
 
-    def csr(self, who: None, credential_id: str) -> bytes:
+    def csr(self, who: Principal, credential_id: str) -> bytes:
         return str(self._call("CreateCsr", pb.CredentialRequest(credential_id=credential_id)).pem).encode("ascii")
 
-    def import_certificate(self, who: None, credential_id: str, chain: bytes) -> Any:
+    def import_certificate(self, who: Principal, credential_id: str, chain: bytes) -> Any:
         req = pb.ImportCertificateRequest(credential_id=credential_id, certificate_chain=chain)
         return self._call("ImportCertificate", req)
 
-    def rotate(self, who: None, credential_id: str) -> Any:
+    def rotate(self, who: Principal, credential_id: str) -> Any:
         return self._call("RotateKey", pb.CredentialRequest(credential_id=credential_id))
 
-    def set_enabled(self, who: None, credential_id: str, enabled: bool, reason: str = "") -> Any:
+    def set_enabled(self, who: Principal, credential_id: str, enabled: bool, reason: str = "") -> Any:
         rpc = "EnableCredential" if enabled else "DisableCredential"
         return self._call(rpc, pb.CredentialRequest(credential_id=credential_id, reason=reason))
 
-    def revoke(self, who: None, credential_id: str, reason: str) -> Any:
+    def revoke(self, who: Principal, credential_id: str, reason: str) -> Any:
         return self._call("RevokeCredential", pb.RevokeCredentialRequest(credential_id=credential_id, reason=reason))
 
-    def destroy(self, who: None, credential_id: str) -> str:
+    def destroy(self, who: Principal, credential_id: str) -> str:
         return str(self._call("DestroyCredential", pb.CredentialRequest(credential_id=credential_id)).state)
 
-    def history(self, who: None, credential_id: str) -> list[Any]:
+    def history(self, who: Principal, credential_id: str) -> list[Any]:
         versions = self._call("GetKeyHistory", pb.CredentialRequest(credential_id=credential_id)).versions
         return [_Version(v.version, v.status, v.certificates[0]) for v in versions]
 
     def search_credentials(
         self,
-        who: None,
+        who: Principal,
         agency: str = "",
         holder_name: str = "",
         status: str = "",
@@ -124,8 +135,10 @@ class RemoteAdmin:
         )
         return list(self._call("SearchCredentials", req).credentials)
 
-    def expiring(self, who: None, days: int, agency: str = "") -> list[Any]:
-        found = self.search_credentials(None, agency=agency, status="active", expires_within_days=days, limit=1000)
+    def expiring(self, who: Principal, days: int, agency: str = "") -> list[Any]:
+        found = self.search_credentials(
+            who, agency=agency, status=CredentialStatus.ACTIVE, expires_within_days=days, limit=1000
+        )
         return sorted(found, key=lambda c: c.not_after)
 
 

@@ -17,6 +17,11 @@ STATUS: list[tuple[type[errors.RsignError], grpc.StatusCode]] = [
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.AuditIntegrityError, grpc.StatusCode.DATA_LOSS),
+    # DATA_LOSS, not UNAVAILABLE (which clients retry: this never heals by itself) nor INTERNAL
+    # (which says "bug" and whose message the interceptor hides): stored data is corrupt, and the
+    # message tells the user the cure (an authenticator reset). Reached only with the right PIN
+    # or a valid session, so it tells a guesser nothing.
+    (errors.SecretIntegrityError, grpc.StatusCode.DATA_LOSS),
     (errors.ConfigurationError, grpc.StatusCode.INTERNAL),
 ]
 

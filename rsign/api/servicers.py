@@ -13,6 +13,7 @@ from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme
 from rsign.domain.clock import iso_utc
 from rsign.domain.errors import InvalidRequest, StreamIdle
 from rsign.domain.events import EventFilter
+from rsign.domain.principal import Role, Scope
 from rsign.domain.records import CredentialView, UserView
 from rsign.runtime.app import App
 from rsign.v1 import rsign_pb2 as pb
@@ -243,8 +244,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             request.name,
             request.pin,
             request.agency,
-            request.role or "signer",
-            request.scope or "agency",
+            request.role or Role.SIGNER,
+            request.scope or Scope.AGENCY,
         )
         return pb.EnrolUserResponse(user_id=enr.user_id, otpauth_uri=enr.otpauth_uri)
 

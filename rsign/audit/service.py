@@ -1,8 +1,9 @@
 """Audit for auditors: verification, signed checkpoints, queries and exports.
 
-Authorization: the audit API is for the ``auditor`` role (and ``admin``). An auditor's scope is
-either their agency (they see and export only records of that agency; other records appear in an
-export as content-free links, so the chain still verifies) or the whole province.
+Authorization (``rsign.domain.policy.audit_filter``): the audit API is for the ``auditor`` role
+(and ``admin``). An auditor's scope is either their agency (they see and export only records of
+that agency; other records appear in an export as content-free links, so the chain still
+verifies) or the whole province.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from rsign.audit import chain
@@ -22,14 +23,14 @@ from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
 from rsign.audit.offline import FORMAT, export_signature_message
 from rsign.domain.clock import Clock, iso_utc
-from rsign.domain.errors import AuditIntegrityError, FailedPrecondition, InvalidRequest, PermissionDenied, RsignError
+from rsign.domain.errors import AuditIntegrityError, FailedPrecondition, InvalidRequest, RsignError
 from rsign.domain.events import Action, EventFilter, Result, event, matches
-from rsign.domain.principal import Principal
+from rsign.domain.policy import audit_filter, audit_scope
+from rsign.domain.principal import Principal, Scope
 from rsign.domain.records import CheckpointView
 
 log = logging.getLogger(__name__)
 
-AUDIT_ROLES = frozenset({"auditor", "admin"})
 _MAC_BATCH = 2000
 
 
@@ -63,26 +64,11 @@ class AuditService:
         # One checkpoint at a time in this process; the database arbitrates between replicas.
         self._cp_lock = threading.Lock()
 
-    # -- authorization -----------------------------------------------------------------------
-
-    @staticmethod
-    def scoped(who: Principal | None, flt: EventFilter) -> EventFilter:
-        """Apply the caller's scope. ``None`` is the local operator (CLI on the state directory)."""
-        if who is None:
-            return flt
-        if who.role not in AUDIT_ROLES:
-            raise PermissionDenied("the audit API is reserved to auditors")
-        if who.role == "admin" or who.scope == "province":
-            return flt
-        if flt.agency and flt.agency != who.agency:
-            raise PermissionDenied(f"your audit scope is {who.agency!r}; you cannot see {flt.agency!r}")
-        return replace(flt, agency=who.agency)
-
     # -- verification ------------------------------------------------------------------------
 
-    def verify_log(self, who: Principal | None = None) -> LogReport:
+    def verify_log(self, who: Principal) -> LogReport:
         """Verify the stored log: chain, MACs (HSM key), checkpoints, truncation. Audited."""
-        self.scoped(who, EventFilter())
+        audit_filter(who, EventFilter())
         report = self._verify()
         try:
             with self._store.tx() as t:
@@ -228,8 +214,8 @@ class AuditService:
 
     # -- queries -----------------------------------------------------------------------------
 
-    def list_events(self, who: Principal | None, flt: EventFilter, page_size: int, page_token: str) -> Page:
-        flt = self.scoped(who, flt)
+    def list_events(self, who: Principal, flt: EventFilter, page_size: int, page_token: str) -> Page:
+        flt = audit_filter(who, flt)
         size = max(1, min(page_size or 100, 1000))
         after = _decode_token(page_token)
         with self._store.read() as t:
@@ -246,11 +232,11 @@ class AuditService:
 
     # -- export ------------------------------------------------------------------------------
 
-    def export(self, who: Principal | None, flt: EventFilter) -> Iterator[bytes]:
+    def export(self, who: Principal, flt: EventFilter) -> Iterator[bytes]:
         """The export file, line by line (see ``rsign.audit.offline`` for the format). A fresh
         checkpoint is signed first so that every exported record is covered; if the log fails
         verification none is signed, and the export says so. The export is audited."""
-        flt = self.scoped(who, flt)
+        flt = audit_filter(who, flt)
         try:
             self._keys.require_certificate()
         except FailedPrecondition as exc:
@@ -276,7 +262,7 @@ class AuditService:
             log.error("audit export without a fresh checkpoint: %s", exc.message)
         return self._export_lines(who, flt, warning)
 
-    def _export_lines(self, who: Principal | None, flt: EventFilter, warning: str) -> Iterator[bytes]:
+    def _export_lines(self, who: Principal, flt: EventFilter, warning: str) -> Iterator[bytes]:
         digest = hashlib.sha256()
 
         def emit(obj: dict[str, Any]) -> bytes:
@@ -292,10 +278,8 @@ class AuditService:
                     "type": "header",
                     "format": FORMAT,
                     "exported_at": iso_utc(self._clock.now()),
-                    "exported_by": who.user_id if who else "local operator",
-                    "scope": "province"
-                    if who is None or who.scope == "province" or who.role == "admin"
-                    else who.agency,
+                    "exported_by": "local operator" if who.local else who.user_id,
+                    "scope": Scope.PROVINCE if audit_scope(who) == Scope.PROVINCE else who.agency,
                     "filter": _flt_dict(flt),
                     "head": {"seq": head_seq, "hash": head_hash},
                     "audit_certificate": base64.b64encode(certs[0]).decode("ascii"),

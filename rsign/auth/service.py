@@ -1,8 +1,13 @@
-"""Login, sessions, fresh-TOTP checks and user enrolment."""
+"""Login, sessions, fresh-TOTP checks and user enrolment.
+
+The only domain package that holds ``UserSecrets`` (PIN hash, sealed TOTP seed): it reads them from
+the store, checks them here, and hands nothing of them further up.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import NoReturn
@@ -19,18 +24,25 @@ from rsign.domain.errors import (
     NotFound,
     PermissionDenied,
     RsignError,
+    SecretIntegrityError,
 )
 from rsign.domain.events import Action, AuditEvent, Result, event
-from rsign.domain.principal import Principal
-from rsign.domain.records import UserView
+from rsign.domain.principal import LOCAL_OPERATOR, Principal, Role, Scope, UserStatus, parse_role, parse_scope
+from rsign.domain.records import UserSecrets, UserView
 from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm
 
 # Refresh a session's idle timer at most this often: saves a database write on most calls, at the
 # cost of idle expiry being up to this much late.
 _TOUCH_INTERVAL = 30.0
-ROLES = frozenset({"signer", "auditor", "agency_admin", "key_officer", "admin"})
 _LOGIN_FAILED = "login failed: wrong user id, PIN or one-time code"
+SEED_INTEGRITY_REASON = "sealed TOTP seed failed integrity check"
+_SEED_DAMAGED = (
+    "this user's authenticator enrolment is damaged on the server and cannot check one-time codes;"
+    " ask an agency admin to reset the authenticator (retrying will not help)"
+)
+
+log = logging.getLogger(__name__)
 
 
 def token_hash(token: str) -> bytes:
@@ -61,7 +73,7 @@ class AuthService:
     # -- enrolment ---------------------------------------------------------------------------
 
     def enrol(
-        self, user_id: str, name: str, pin: str, agency: str = "", role: str = "signer", scope: str = "agency"
+        self, user_id: str, name: str, pin: str, agency: str = "", role: str = Role.SIGNER, scope: str = Scope.AGENCY
     ) -> Enrolment:
         user_id = user_id.strip()
         if not user_id or len(user_id) > 128:
@@ -70,10 +82,11 @@ class AuthService:
             raise InvalidRequest("a name is required")
         if len(pin) < self._settings.pin_min_length:
             raise InvalidRequest(f"the PIN must have at least {self._settings.pin_min_length} characters")
-        if role not in ROLES:
-            raise InvalidRequest(f"unknown role {role!r}; expected one of {', '.join(sorted(ROLES))}")
-        if scope not in ("agency", "province"):
-            raise InvalidRequest("scope must be 'agency' or 'province'")
+        if user_id == LOCAL_OPERATOR.user_id:
+            # Audit records and destroy approvals name the local operator by this id.
+            raise InvalidRequest(f"the user id {user_id!r} is reserved")
+        role_ = parse_role(role)
+        scope_ = parse_scope(scope)
         with self._store.read() as t:
             if t.get_user(user_id) is not None:
                 raise AlreadyExists(f"user {user_id} already exists")
@@ -81,13 +94,13 @@ class AuthService:
         sealed = self._hsm.seal(seed, seed_aad(user_id))
         pin_hash = pins.hash_pin(pin)  # ~20 ms of Argon2: never inside the write transaction
         with self._store.tx() as t:
-            t.add_user(user_id, name.strip(), agency.strip(), role, pin_hash, sealed, self._clock.now(), scope)
+            t.add_user(user_id, name.strip(), agency.strip(), role_, pin_hash, sealed, self._clock.now(), scope_)
             t.append(
                 event(
                     Action.USER_ENROL,
                     actor=context.current().actor or "cli",
                     agency=agency.strip(),
-                    details={"user_id": user_id, "agency": agency, "role": role, "scope": scope},
+                    details={"user_id": user_id, "agency": agency, "role": role_, "scope": scope_},
                 )
             )
         return Enrolment(user_id, seed, totp.provisioning_uri(seed, user_id))
@@ -105,8 +118,9 @@ class AuthService:
         context.set_actor(user_id)
         with self._store.read() as t:
             user = t.get_user(user_id)
-        pin_ok = pins.verify_pin(user.pin_hash if user else None, pin)
-        if user is None:
+            secret = t.get_user_secrets(user_id)
+        pin_ok = pins.verify_pin(secret.pin_hash if secret else None, pin)
+        if user is None or secret is None:
             self._audit_only(event(Action.LOGIN, Result.FAILURE, reason="unknown user"))
             raise AuthenticationFailed(_LOGIN_FAILED)
         context.set_actor(user_id, user.agency)
@@ -115,12 +129,14 @@ class AuthService:
             raise FailedPrecondition(
                 "this user is locked after too many failed attempts; ask an agency admin to unlock it"
             )
-        if user.status != "active":
+        if user.status != UserStatus.ACTIVE:
             self._audit_only(event(Action.LOGIN, Result.FAILURE, reason=f"user {user.status}"))
             raise FailedPrecondition(f"this user is {user.status}")
         if not pin_ok:
             self._fail(user, Action.LOGIN, "wrong PIN", AuthenticationFailed(_LOGIN_FAILED))
-        step = self._match_otp(user, otp)
+        # Only reached with the right PIN: a damaged seed is reported (below) to whoever knows it,
+        # never to a guesser.
+        step = self._match_otp(user, secret, otp, Action.LOGIN)
         if step is None:
             self._fail(user, Action.LOGIN, "wrong or replayed one-time code", AuthenticationFailed(_LOGIN_FAILED))
         token = secrets.token_urlsafe(32)
@@ -185,15 +201,16 @@ class AuthService:
         accepts it with ``Tx.accept_otp_step`` in the transaction that uses it."""
         with self._store.read() as t:
             user = t.get_user(user_id)
-        if user is None:
+            secret = t.get_user_secrets(user_id)
+        if user is None or secret is None:
             raise AuthenticationFailed("invalid session; log in again")
-        if user.status != "active":
+        if user.status != UserStatus.ACTIVE:
             raise FailedPrecondition(f"this user is {user.status}")
         if user.locked:
             raise FailedPrecondition(
                 "this user is locked after too many failed attempts; ask an agency admin to unlock it"
             )
-        step = self._match_otp(user, otp)
+        step = self._match_otp(user, secret, otp, action)
         if step is None:
             self._fail(
                 user, action, "wrong or replayed one-time code", PermissionDenied("wrong or already used one-time code")
@@ -210,11 +227,27 @@ class AuthService:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _match_otp(self, user: UserView, otp: str) -> int | None:
-        seed = self._hsm.unseal(user.totp_sealed, seed_aad(user.user_id))
+    def _match_otp(self, user: UserView, secret: UserSecrets, otp: str, action: Action) -> int | None:
+        try:
+            seed = self._hsm.unseal(secret.totp_sealed, seed_aad(user.user_id))
+        except SecretIntegrityError:
+            self._seed_damaged(user, action)
         steps = totp.matching_steps(seed, otp.strip(), self._clock.now(), self._settings.otp_window)
-        fresh = [s for s in steps if s > user.last_otp_step]
+        fresh = [s for s in steps if s > secret.last_otp_step]
         return fresh[0] if fresh else None
+
+    def _seed_damaged(self, user: UserView, action: Action) -> NoReturn:
+        """The sealed seed does not authenticate (altered, or copied from another user's row).
+
+        Audited and refused with ``SecretIntegrityError``; NOT counted towards lockout: no code was
+        compared (so nothing can be guessed through it), the fault is the server's data and not
+        the caller's, and locking the user on top would only add a second thing to repair. The
+        cure is an authenticator reset, which seals a new seed."""
+        log.error("user %s: %s", user.user_id, SEED_INTEGRITY_REASON)
+        self._audit_only(
+            event(action, Result.FAILURE, actor=user.user_id, agency=user.agency, reason=SEED_INTEGRITY_REASON)
+        )
+        raise SecretIntegrityError(_SEED_DAMAGED)
 
     def _audit_only(self, ev: AuditEvent) -> None:
         with self._store.tx() as t:

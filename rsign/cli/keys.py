@@ -11,6 +11,7 @@ from rsign.cli._common import F, friendly_errors, state_dir_option
 from rsign.cli._output import print_cred
 from rsign.cli._remote import admin_target, remember_server, remote_requested, with_server_options
 from rsign.domain.errors import InvalidRequest
+from rsign.domain.principal import LOCAL_OPERATOR
 
 
 @click.group()
@@ -46,7 +47,7 @@ def keys_generate(
     """Generate a key pair inside the HSM (embedded token: with a development certificate; real HSM:
     no certificate until one is imported with import-certificate)."""
     with admin_target(state_dir) as admin:
-        cred = admin.generate(None, credential_id, algorithm, holder, multisign, seal_agency, seal_users)
+        cred = admin.generate(LOCAL_OPERATOR, credential_id, algorithm, holder, multisign, seal_agency, seal_users)
     click.echo(
         f"generated {cred.credential_id} ({cred.key_algorithm}, key version {cred.key_version})"
         f" for {cred.holder_user_id or 'the seal of ' + cred.agency}"
@@ -62,7 +63,7 @@ def keys_destroy(credential_id: str, state_dir: Path) -> None:
     if not remote_requested():
         raise InvalidRequest("destroying keys needs two authenticated key officers: use --server HOST:PORT --as USER")
     with admin_target(state_dir) as admin:
-        state = admin.destroy(None, credential_id)
+        state = admin.destroy(LOCAL_OPERATOR, credential_id)
     click.echo("destroyed" if state == "destroyed" else "requested: a second, different key officer must confirm")
 
 
@@ -78,7 +79,7 @@ def _cred_command(name: str, help_text: str) -> Callable[[F], F]:
 @_cred_command("csr", "Print a PKCS#10 request for the current key, signed inside the HSM.")
 def keys_csr(credential_id: str, state_dir: Path) -> None:
     with admin_target(state_dir) as admin:
-        click.echo(admin.csr(None, credential_id).decode("ascii"), nl=False)
+        click.echo(admin.csr(LOCAL_OPERATOR, credential_id).decode("ascii"), nl=False)
 
 
 @keys.command("import-certificate")
@@ -90,25 +91,25 @@ def keys_import(credential_id: str, chain: Path, state_dir: Path) -> None:
     """Install a CA-issued certificate chain (PEM, leaf first); it must certify the credential's key
     and chain to a trust anchor (<state-dir>/trust-anchors/*.pem)."""
     with admin_target(state_dir) as admin:
-        print_cred(admin.import_certificate(None, credential_id, chain.read_bytes()))
+        print_cred(admin.import_certificate(LOCAL_OPERATOR, credential_id, chain.read_bytes()))
 
 
 @_cred_command("rotate", "New key version in the HSM; the old one stops signing, its certificate stays.")
 def keys_rotate(credential_id: str, state_dir: Path) -> None:
     with admin_target(state_dir) as admin:
-        print_cred(admin.rotate(None, credential_id))
+        print_cred(admin.rotate(LOCAL_OPERATOR, credential_id))
 
 
 @_cred_command("disable", "Stop the credential from signing (reversible).")
 def keys_disable(credential_id: str, state_dir: Path) -> None:
     with admin_target(state_dir) as admin:
-        print_cred(admin.set_enabled(None, credential_id, False))
+        print_cred(admin.set_enabled(LOCAL_OPERATOR, credential_id, False))
 
 
 @_cred_command("enable", "Re-enable a disabled credential.")
 def keys_enable(credential_id: str, state_dir: Path) -> None:
     with admin_target(state_dir) as admin:
-        print_cred(admin.set_enabled(None, credential_id, True))
+        print_cred(admin.set_enabled(LOCAL_OPERATOR, credential_id, True))
 
 
 @keys.command("revoke")
@@ -123,7 +124,7 @@ def keys_enable(credential_id: str, state_dir: Path) -> None:
 def keys_revoke(credential_id: str, reason: str, state_dir: Path) -> None:
     """Revoke (final)."""
     with admin_target(state_dir) as admin:
-        print_cred(admin.revoke(None, credential_id, reason))
+        print_cred(admin.revoke(LOCAL_OPERATOR, credential_id, reason))
 
 
 @_cred_command("history", "Every key version with its status and certificate subject.")
@@ -131,7 +132,7 @@ def keys_history(credential_id: str, state_dir: Path) -> None:
     from cryptography import x509
 
     with admin_target(state_dir) as admin:
-        for v in admin.history(None, credential_id):
+        for v in admin.history(LOCAL_OPERATOR, credential_id):
             if not v.certificate:
                 click.echo(f"v{v.version}\t{v.status}\tno certificate imported yet")
                 continue
@@ -152,7 +153,7 @@ def keys_history(credential_id: str, state_dir: Path) -> None:
 def keys_search(agency: str, holder: str, status: str, days: int, limit: int, state_dir: Path) -> None:
     """Find credentials by agency, holder name, status and expiry window."""
     with admin_target(state_dir) as admin:
-        for c in admin.search_credentials(None, agency, holder, status, days, limit):
+        for c in admin.search_credentials(LOCAL_OPERATOR, agency, holder, status, days, limit):
             print_cred(c)
 
 
@@ -164,7 +165,7 @@ def keys_search(agency: str, holder: str, status: str, days: int, limit: int, st
 def keys_expiring(days: int, agency: str, state_dir: Path) -> None:
     """Expiry report: active credentials whose certificate expires within DAYS."""
     with admin_target(state_dir) as admin:
-        found = admin.expiring(None, days, agency)
+        found = admin.expiring(LOCAL_OPERATOR, days, agency)
     for c in found:
         print_cred(c)
     click.echo(f"{len(found)} certificate(s) expire within {days} days")

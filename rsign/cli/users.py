@@ -10,6 +10,7 @@ import click
 from rsign.cli._common import friendly_errors, state_dir_option
 from rsign.cli._output import print_enrolment, print_move, print_user
 from rsign.cli._remote import admin_target, remember_server, with_server_options
+from rsign.domain.principal import LOCAL_OPERATOR
 
 
 @click.group()
@@ -46,7 +47,7 @@ def users_add(user_id: str, name: str, agency: str, role: str, scope: str, pin_s
     """Enrol USER_ID; prints the otpauth:// URI and a QR code for the authenticator app."""
     pin = sys.stdin.readline().rstrip("\r\n")
     with admin_target(state_dir) as admin:
-        enr = admin.enrol(None, user_id, name, pin, agency, role, scope)
+        enr = admin.enrol(LOCAL_OPERATOR, user_id, name, pin, agency, role, scope)
     click.echo(f"enrolled {enr.user_id}")
     click.echo("Scan this with the authenticator app (shown once; rsign keeps the seed only encrypted):")
     print_enrolment(enr.otpauth_uri)
@@ -59,7 +60,7 @@ def users_add(user_id: str, name: str, agency: str, role: str, scope: str, pin_s
 def users_unlock(user_id: str, state_dir: Path) -> None:
     """Unlock USER_ID after too many failed attempts."""
     with admin_target(state_dir) as admin:
-        admin.unlock(None, user_id)
+        admin.unlock(LOCAL_OPERATOR, user_id)
     click.echo(f"unlocked {user_id}")
 
 
@@ -71,7 +72,7 @@ def users_unlock(user_id: str, state_dir: Path) -> None:
 def users_suspend(user_id: str, reason: str, state_dir: Path) -> None:
     """Suspend USER_ID: no login, no signing; open sessions end."""
     with admin_target(state_dir) as admin:
-        print_user(admin.suspend(None, user_id, reason))
+        print_user(admin.suspend(LOCAL_OPERATOR, user_id, reason))
 
 
 @users.command("reactivate")
@@ -81,7 +82,7 @@ def users_suspend(user_id: str, reason: str, state_dir: Path) -> None:
 def users_reactivate(user_id: str, state_dir: Path) -> None:
     """Lift a suspension."""
     with admin_target(state_dir) as admin:
-        print_user(admin.reactivate(None, user_id))
+        print_user(admin.reactivate(LOCAL_OPERATOR, user_id))
 
 
 @users.command("reset-totp")
@@ -91,7 +92,7 @@ def users_reactivate(user_id: str, state_dir: Path) -> None:
 def users_reset_totp(user_id: str, state_dir: Path) -> None:
     """New authenticator for USER_ID (lost phone): old seed, sessions and SADs stop working."""
     with admin_target(state_dir) as admin:
-        enr = admin.reset_totp(None, user_id)
+        enr = admin.reset_totp(LOCAL_OPERATOR, user_id)
     print_enrolment(enr.otpauth_uri)
 
 
@@ -103,7 +104,7 @@ def users_reset_totp(user_id: str, state_dir: Path) -> None:
 def users_move(user_id: str, agency: str, state_dir: Path) -> None:
     """Job change: move USER_ID to another agency; their credentials are revoked (Decree 68)."""
     with admin_target(state_dir) as admin:
-        res = admin.move(None, user_id, agency)
+        res = admin.move(LOCAL_OPERATOR, user_id, agency)
     print_move(res)
 
 
@@ -114,7 +115,7 @@ def users_move(user_id: str, agency: str, state_dir: Path) -> None:
 def users_retire(user_id: str, state_dir: Path) -> None:
     """Retire USER_ID: their credentials are revoked, sessions end."""
     with admin_target(state_dir) as admin:
-        res = admin.retire(None, user_id)
+        res = admin.retire(LOCAL_OPERATOR, user_id)
     print_move(res)
 
 
@@ -128,5 +129,5 @@ def users_retire(user_id: str, state_dir: Path) -> None:
 def users_search(agency: str, name: str, status: str, limit: int, state_dir: Path) -> None:
     """Find users by agency, name and status."""
     with admin_target(state_dir) as admin:
-        for u in admin.search_users(None, agency, name, status, limit):
+        for u in admin.search_users(LOCAL_OPERATOR, agency, name, status, limit):
             print_user(u)

@@ -72,5 +72,11 @@ class AuditIntegrityError(RsignError):
     """The audit log failed verification: rsign will not sign a checkpoint over it."""
 
 
+class SecretIntegrityError(RsignError):
+    """A sealed secret (a user's TOTP seed) failed its integrity check: the stored blob was altered,
+    truncated or copied from another record. Retrying cannot help; an administrator must re-enrol
+    the secret (reset the authenticator)."""
+
+
 class ConfigurationError(RsignError):
     """The configuration is incomplete or contradictory."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from rsign.domain.errors import InvalidRequest
+
 
 class Role(enum.StrEnum):
     SIGNER = "signer"
@@ -49,15 +51,30 @@ class CredentialKind(enum.StrEnum):
     SEAL = "seal"  # an organisation seal, owned by an agency, activated by its authorized users
 
 
+def parse_role(text: str) -> Role:
+    """A role named by a caller (API request, CLI option), or a clear refusal."""
+    try:
+        return Role(text)
+    except ValueError:
+        raise InvalidRequest(f"unknown role {text!r}; expected one of {', '.join(sorted(Role))}") from None
+
+
+def parse_scope(text: str) -> Scope:
+    try:
+        return Scope(text)
+    except ValueError:
+        raise InvalidRequest(f"unknown scope {text!r}; expected one of {', '.join(sorted(Scope))}") from None
+
+
 @dataclass(frozen=True)
 class Principal:
     """An authenticated caller. ``session_id`` 0 with ``local`` set is the local operator."""
 
     user_id: str
     session_id: int
-    role: str
+    role: Role
     agency: str
-    scope: str = Scope.AGENCY  # auditors: agency or province
+    scope: Scope = Scope.AGENCY  # auditors: agency or province
     local: bool = False
 
 

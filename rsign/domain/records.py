@@ -1,7 +1,9 @@
 """Plain records handed out by the store to the domain services and the transports.
 
-They carry no ORM state and no database handles. Secrets (the PIN hash and the sealed TOTP seed)
-live only in ``UserSecrets``, which the store hands to ``rsign.auth`` and nothing hands further up.
+They carry no ORM state and no database handles. Every record here may travel up to the API and
+the CLI, except ``UserSecrets``: the PIN hash and the sealed TOTP seed, which only the store (that
+reads them) and ``rsign.auth`` (that checks them) ever hold. ``UserView`` carries no secret, so no
+transport can leak one by serialising a user.
 """
 
 from __future__ import annotations
@@ -9,20 +11,32 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
+from rsign.domain.principal import CredentialKind, CredentialStatus, KeyVersionStatus, Role, Scope, UserStatus
+
 
 @dataclass(frozen=True)
 class UserView:
     user_id: str
     name: str
     agency: str
-    role: str
-    status: str
-    pin_hash: str
-    totp_sealed: bytes
-    last_otp_step: int
-    failed_attempts: int
+    role: Role
+    status: UserStatus
     locked: bool
-    scope: str = "agency"
+    scope: Scope = Scope.AGENCY
+
+
+@dataclass(frozen=True)
+class UserSecrets:
+    """What authentication checks; never handed above ``rsign.auth`` (see the module docstring)."""
+
+    user_id: str
+    pin_hash: str
+    totp_sealed: bytes  # the TOTP seed, AES-GCM-sealed under the HSM key, bound to ``user_id``
+    last_otp_step: int  # the last accepted TOTP step: a code for it or an earlier one is a replay
+
+    def __repr__(self) -> str:
+        # Keep the hash and the sealed seed out of logs and tracebacks.
+        return f"UserSecrets(user_id={self.user_id!r}, last_otp_step={self.last_otp_step})"
 
 
 @dataclass(frozen=True)
@@ -42,13 +56,13 @@ class CredentialView:
     holder_user_id: str  # "" for an organisation seal
     agency: str
     key_algorithm: str
-    status: str
+    status: CredentialStatus
     key_version: int
     multisign: int
     cka_id: bytes
     certificate: bytes
     chain: tuple[bytes, ...]
-    kind: str = "person"
+    kind: CredentialKind = CredentialKind.PERSON
     status_reason: str = ""
     not_after: float = 0.0
 
@@ -60,7 +74,7 @@ class KeyVersionView:
     cka_id: bytes
     certificate: bytes
     chain: tuple[bytes, ...]
-    status: str
+    status: KeyVersionStatus
 
 
 @dataclass(frozen=True)
@@ -91,7 +105,6 @@ class AuditKeyView:
     cka_id: bytes
     certificate: bytes
     chain: tuple[bytes, ...]
-
 
 
 def fold(text: str) -> str:

@@ -31,7 +31,7 @@ from pkcs11.exceptions import (
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from rsign.domain.algorithms import KeyAlgorithm, Mechanism, SignSpec
-from rsign.domain.errors import HsmUnavailable, NotFound
+from rsign.domain.errors import HsmUnavailable, NotFound, SecretIntegrityError
 from rsign.domain.settings import HsmConfig
 from rsign.hsm.ports import ItemFailure, SignResult
 
@@ -339,22 +339,45 @@ class Pkcs11Token:
 
     @_serialised
     def unseal(self, blob: bytes, aad: bytes) -> bytes:
+        """Raises ``SecretIntegrityError`` when the blob does not authenticate under any sealing key
+        of a working HSM (altered, truncated, or bound to another ``aad``: copied from another
+        user), and ``HsmUnavailable`` only when the HSM itself fails."""
         if blob[:1] != _SEAL_VERSION or len(blob) < 1 + 12 + 16:
-            raise HsmUnavailable("sealed secret has an unknown format")
+            raise SecretIntegrityError("the sealed secret is malformed (altered or truncated)")
         nonce, ct = blob[1:13], blob[13:]
         for attempt in range(2):
-            for key in self._seal_keys():
+            try:
+                keys = self._seal_keys()
+            except PKCS11Error as exc:
+                raise HsmUnavailable(f"the HSM sealing key is unavailable ({type(exc).__name__})") from exc
+            for key in keys:
                 try:
                     return bytes(
                         key.decrypt(ct, mechanism=P11Mech.AES_GCM, mechanism_param=pkcs11.GCMParams(nonce, aad, 128))
                     )
                 except PKCS11Error:
+                    # A GCM tag mismatch has no error code of its own (SoftHSMv2 answers
+                    # CKR_GENERAL_ERROR): try the other keys, then tell the cases apart below.
                     continue
             if attempt == 0:
                 # Another process may have created a sealing key this one cannot see yet (two
                 # workers starting on a fresh token; SoftHSMv2 refreshes its object index lazily).
                 self._reopen(reinitialize=True)
-        raise HsmUnavailable("the HSM could not unseal the secret (wrong key or altered data)")
+        # No key opens it. If the HSM round-trips a fresh secret, the HSM works and the blob is
+        # what is wrong: an integrity failure, which no retry will cure. Otherwise the HSM failed.
+        if not self._seal_round_trip_ok():
+            raise HsmUnavailable("the HSM could not unseal the secret (sealing is failing)")
+        raise SecretIntegrityError("the sealed secret failed its integrity check (altered, or copied from elsewhere)")
+
+    def _seal_round_trip_ok(self) -> bool:
+        probe, aad, nonce = secrets.token_bytes(16), b"rsign-seal-probe", secrets.token_bytes(12)
+        try:
+            key = self._seal_keys()[0]
+            ct = key.encrypt(probe, mechanism=P11Mech.AES_GCM, mechanism_param=pkcs11.GCMParams(nonce, aad, 128))
+            back = key.decrypt(ct, mechanism=P11Mech.AES_GCM, mechanism_param=pkcs11.GCMParams(nonce, aad, 128))
+        except PKCS11Error:
+            return False
+        return bytes(back) == probe
 
     @_serialised
     def close(self) -> None:

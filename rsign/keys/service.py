@@ -32,6 +32,7 @@ from rsign.domain.errors import (
     PermissionDenied,
 )
 from rsign.domain.events import Action, Result, event
+from rsign.domain.principal import CredentialKind, CredentialStatus, UserStatus
 from rsign.domain.records import CredentialView, KeyVersionView
 from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm, ItemFailure
@@ -135,7 +136,8 @@ class KeyService:
             for (r, alg, ms, _name, agency, uid), (_a, cka_id, _l), (cert, chain, not_after) in zip(
                 prepared, items, certs, strict=True
             ):
-                cid, seal = r.credential_id.strip(), bool(r.seal_agency)
+                cid = r.credential_id.strip()
+                kind = CredentialKind.SEAL if r.seal_agency else CredentialKind.PERSON
                 t.add_credential(
                     cid,
                     uid,
@@ -146,10 +148,10 @@ class KeyService:
                     cert,
                     chain,
                     self._clock.now(),
-                    kind="seal" if seal else "person",
+                    kind=kind,
                     not_after=not_after,
                 )
-                if seal:
+                if kind == CredentialKind.SEAL:
                     t.set_seal_users(cid, list(r.seal_users))
                 events.append(
                     event(
@@ -162,7 +164,7 @@ class KeyService:
                             "algorithm": alg.value,
                             "holder": uid,
                             "seal_users": list(r.seal_users),
-                            "kind": "seal" if seal else "person",
+                            "kind": kind,
                             "cka_id": cka_id.hex(),
                             "certificate": "issued" if cert else "none until one is imported",
                         },
@@ -197,13 +199,13 @@ class KeyService:
         holder = t.get_user(r.holder_user_id)
         if holder is None:
             raise NotFound(f"no user {r.holder_user_id}")
-        if holder.status != "active":
+        if holder.status != UserStatus.ACTIVE:
             raise FailedPrecondition(f"user {r.holder_user_id} is {holder.status}")
         return alg, ms, holder.name, holder.agency, holder.user_id
 
     def set_seal_users(self, credential_id: str, users: Sequence[str]) -> None:
         cred = self.get(credential_id)
-        if cred.kind != "seal":
+        if cred.kind != CredentialKind.SEAL:
             raise InvalidRequest(f"{credential_id} is a personal credential, not an organisation seal")
         with self._store.tx() as t:
             for u in users:
@@ -225,7 +227,7 @@ class KeyService:
     def csr(self, credential_id: str) -> bytes:
         """PEM PKCS#10 request for the current key version, signed inside the HSM."""
         cred = self.get(credential_id)
-        if cred.status in ("revoked", "destroyed"):
+        if cred.status in (CredentialStatus.REVOKED, CredentialStatus.DESTROYED):
             raise FailedPrecondition(f"credential {credential_id} is {cred.status}")
         alg = KeyAlgorithm(cred.key_algorithm)
         with self._store.read() as t:
@@ -254,7 +256,7 @@ class KeyService:
         """Install a CA-issued certificate (leaf first, then intermediates) for the current key
         version. Refused unless it certifies this very key and chains to a trust anchor."""
         cred = self.get(credential_id)
-        if cred.status in ("revoked", "destroyed"):
+        if cred.status in (CredentialStatus.REVOKED, CredentialStatus.DESTROYED):
             raise FailedPrecondition(f"credential {credential_id} is {cred.status}")
         leaf, path = self._validate_chain(
             self._hsm.public_key(cred.cka_id), chain_data, f"{credential_id}'s key (version {cred.key_version})"
@@ -331,7 +333,7 @@ class KeyService:
         a CA-issued one is imported; with a real HSM, none: it cannot sign until one is imported);
         the previous version stops signing, its certificate stays for verification."""
         cred = self.get(credential_id)
-        if cred.status != "active":
+        if cred.status != CredentialStatus.ACTIVE:
             raise FailedPrecondition(f"credential {credential_id} is {cred.status}; only an active one rotates")
         alg = KeyAlgorithm.parse(algorithm) if algorithm else KeyAlgorithm(cred.key_algorithm)
         if alg.value != cred.key_algorithm:
@@ -363,7 +365,8 @@ class KeyService:
 
     def set_enabled(self, credential_id: str, enabled: bool, reason: str = "") -> CredentialView:
         cred = self.get(credential_id)
-        target, source = ("active", ("disabled",)) if enabled else ("disabled", ("active",))
+        active, disabled = CredentialStatus.ACTIVE, CredentialStatus.DISABLED
+        target, source = (active, (disabled,)) if enabled else (disabled, (active,))
         with self._store.tx() as t:
             if not t.set_credential_status(credential_id, target, reason, source):
                 raise FailedPrecondition(f"credential {credential_id} is {cred.status}; cannot make it {target}")
@@ -383,7 +386,9 @@ class KeyService:
             raise InvalidRequest(f"reason must be one of: {', '.join(REVOCATION_REASONS)}")
         cred = self.get(credential_id)
         with self._store.tx() as t:
-            if not t.set_credential_status(credential_id, "revoked", reason, ("active", "disabled")):
+            if not t.set_credential_status(
+                credential_id, CredentialStatus.REVOKED, reason, (CredentialStatus.ACTIVE, CredentialStatus.DISABLED)
+            ):
                 raise FailedPrecondition(f"credential {credential_id} is {cred.status}")
             t.append(
                 event(
@@ -400,7 +405,7 @@ class KeyService:
         """Dual control: the first key officer's call records a request; a second, different
         officer's call destroys every key version in the HSM. Returns "requested" or "destroyed"."""
         cred = self.get(credential_id)
-        if cred.status != "revoked":
+        if cred.status != CredentialStatus.REVOKED:
             raise FailedPrecondition(f"credential {credential_id} is {cred.status}; revoke it before destroying")
         with self._store.tx() as t:
             approvals = t.destroy_approvals(credential_id)
@@ -434,7 +439,9 @@ class KeyService:
             versions = t.key_versions(credential_id)
         destroyed = sum(self._hsm.destroy_keypair(v.cka_id) for v in versions)
         with self._store.tx() as t:
-            t.set_credential_status(credential_id, "destroyed", cred.status_reason, ("revoked",))
+            t.set_credential_status(
+                credential_id, CredentialStatus.DESTROYED, cred.status_reason, (CredentialStatus.REVOKED,)
+            )
             t.mark_keys_destroyed(credential_id)
             t.append(
                 event(
@@ -494,7 +501,7 @@ class KeyService:
         """Active credentials whose current certificate expires within ``days`` days."""
         horizon = self._clock.now() + days * 86400
         with self._store.read() as t:
-            found = t.search_credentials(agency=agency, status="active", expires_before=horizon)
+            found = t.search_credentials(agency=agency, status=CredentialStatus.ACTIVE, expires_before=horizon)
         return sorted(found, key=lambda c: c.not_after)
 
 

@@ -30,7 +30,8 @@ from rsign.domain.errors import (
     Unavailable,
 )
 from rsign.domain.events import Action, Result, event
-from rsign.domain.principal import Principal
+from rsign.domain.policy import check_use_credential
+from rsign.domain.principal import CredentialKind, CredentialStatus, Principal
 from rsign.domain.records import CredentialView, SadView
 from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm, ItemFailure
@@ -87,22 +88,17 @@ class SigningService:
     def get_credential(self, who: Principal, credential_id: str) -> CredentialView:
         with self._store.read() as t:
             cred = t.get_credential(credential_id)
-        if cred is None:
-            raise NotFound(f"no credential {credential_id!r}")
-        if cred.kind == "seal":
             # An organisation seal: any of its authorized users activates it, each with their own
             # fresh TOTP; the audit records who.
-            with self._store.read() as t:
-                allowed = t.may_activate(credential_id, who.user_id)
-        else:
-            allowed = cred.holder_user_id == who.user_id
-        if not allowed:
-            raise PermissionDenied(f"credential {credential_id} is not yours")
+            seal_users = t.seal_users(credential_id) if cred and cred.kind == CredentialKind.SEAL else []
+        if cred is None:
+            raise NotFound(f"no credential {credential_id!r}")
+        check_use_credential(who, cred, seal_users)
         return cred
 
     def _usable(self, who: Principal, credential_id: str) -> CredentialView:
         cred = self.get_credential(who, credential_id)
-        if cred.status != "active":
+        if cred.status != CredentialStatus.ACTIVE:
             raise FailedPrecondition(f"credential {credential_id} is {cred.status}")
         if not cred.certificate:
             # With a real HSM a new key (or key version) has no certificate until a key officer

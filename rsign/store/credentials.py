@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
+from rsign.domain.principal import CredentialKind, CredentialStatus, KeyVersionStatus
 from rsign.domain.records import CredentialView, KeyVersionView
 from rsign.store._core import APPROVALS, CREDS, KEYS, SEAL_USERS, USERS, pack_certs, rowcount, unpack_certs
 
@@ -27,13 +28,13 @@ class CredentialRepo:
                 r.holder_user_id or "",
                 r.agency,
                 r.key_algorithm,
-                r.status,
+                CredentialStatus(r.status),
                 r.key_version,
                 r.multisign,
                 bytes(r.cka_id),
                 bytes(r.certificate),
                 unpack_certs(bytes(r.chain)),
-                r.kind,
+                CredentialKind(r.kind),
                 r.status_reason,
                 r.not_after,
             )
@@ -49,30 +50,14 @@ class CredentialRepo:
         seals = select(SEAL_USERS.c.credential_id).where(SEAL_USERS.c.user_id == holder_user_id)
         return self._credentials((CREDS.c.holder_user_id == holder_user_id) | CREDS.c.credential_id.in_(seals))
 
-    def may_activate(self, credential_id: str, user_id: str) -> bool:
-        """Holder of a personal credential, or an authorized user of a seal."""
-        row = self.c.execute(
-            select(CREDS.c.kind, CREDS.c.holder_user_id).where(CREDS.c.credential_id == credential_id)
-        ).first()
-        if row is None:
-            return False
-        if row.kind != "seal":
-            return bool(row.holder_user_id == user_id)
-        return (
-            self.c.execute(
-                select(SEAL_USERS.c.user_id).where(
-                    SEAL_USERS.c.credential_id == credential_id, SEAL_USERS.c.user_id == user_id
-                )
-            ).first()
-            is not None
-        )
-
     def set_seal_users(self, credential_id: str, user_ids: Sequence[str]) -> None:
         self.c.execute(delete(SEAL_USERS).where(SEAL_USERS.c.credential_id == credential_id))
         if user_ids:
             self.c.execute(insert(SEAL_USERS), [{"credential_id": credential_id, "user_id": u} for u in user_ids])
 
     def seal_users(self, credential_id: str) -> list[str]:
+        """The users authorized to activate the seal ``credential_id`` (``rsign.domain.policy``
+        decides with this list)."""
         rows = self.c.execute(select(SEAL_USERS.c.user_id).where(SEAL_USERS.c.credential_id == credential_id)).all()
         return sorted(r[0] for r in rows)
 
@@ -105,7 +90,7 @@ class CredentialRepo:
                 bytes(r.cka_id),
                 bytes(r.certificate),
                 unpack_certs(bytes(r.chain)),
-                r.status,
+                KeyVersionStatus(r.status),
             )
             for r in rows
         ]
@@ -123,8 +108,8 @@ class CredentialRepo:
         """A new current key version; the previous one is retired (verifies, never signs)."""
         self.c.execute(
             update(KEYS)
-            .where(KEYS.c.credential_id == credential_id, KEYS.c.status == "active")
-            .values(status="retired")
+            .where(KEYS.c.credential_id == credential_id, KEYS.c.status == KeyVersionStatus.ACTIVE)
+            .values(status=KeyVersionStatus.RETIRED)
         )
         self.c.execute(
             insert(KEYS).values(
@@ -133,7 +118,7 @@ class CredentialRepo:
                 cka_id=cka_id,
                 certificate=certificate,
                 chain=pack_certs(chain_certs),
-                status="active",
+                status=KeyVersionStatus.ACTIVE,
                 created_at=now,
             )
         )
@@ -155,7 +140,9 @@ class CredentialRepo:
             .values(not_after=not_after)
         )
 
-    def set_credential_status(self, credential_id: str, status: str, reason: str, only_from: Sequence[str]) -> bool:
+    def set_credential_status(
+        self, credential_id: str, status: CredentialStatus, reason: str, only_from: Sequence[CredentialStatus]
+    ) -> bool:
         """Move to ``status`` if the credential is currently in one of ``only_from``."""
         res = self.c.execute(
             update(CREDS)
@@ -165,7 +152,9 @@ class CredentialRepo:
         return rowcount(res) == 1
 
     def mark_keys_destroyed(self, credential_id: str) -> None:
-        self.c.execute(update(KEYS).where(KEYS.c.credential_id == credential_id).values(status="destroyed"))
+        self.c.execute(
+            update(KEYS).where(KEYS.c.credential_id == credential_id).values(status=KeyVersionStatus.DESTROYED)
+        )
 
     def destroy_approvals(self, credential_id: str) -> list[str]:
         rows = self.c.execute(
@@ -187,7 +176,7 @@ class CredentialRepo:
         certificate: bytes,
         chain_certs: Sequence[bytes],
         now: float,
-        kind: str = "person",
+        kind: CredentialKind = CredentialKind.PERSON,
         not_after: float = 0.0,
     ) -> None:
         self.c.execute(
@@ -197,7 +186,7 @@ class CredentialRepo:
                 kind=kind,
                 agency=agency,
                 key_algorithm=key_algorithm,
-                status="active",
+                status=CredentialStatus.ACTIVE,
                 status_reason="",
                 key_version=1,
                 multisign=multisign,
@@ -212,7 +201,7 @@ class CredentialRepo:
                 cka_id=cka_id,
                 certificate=certificate,
                 chain=pack_certs(chain_certs),
-                status="active",
+                status=KeyVersionStatus.ACTIVE,
                 created_at=now,
             )
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from rsign.domain.principal import CredentialKind, CredentialStatus, KeyVersionStatus, Role, Scope, UserStatus
+
 
 class Base(DeclarativeBase):
     pass
@@ -19,10 +21,10 @@ class User(Base):
     # Lower-case, diacritics removed ("Lò Văn Tuấn" -> "lo van tuan"), for search.
     name_folded: Mapped[str] = mapped_column(String(256), default="", index=True)
     agency: Mapped[str] = mapped_column(String(256), default="", index=True)
-    role: Mapped[str] = mapped_column(String(32), default="signer")
+    role: Mapped[str] = mapped_column(String(32), default=Role.SIGNER)
     # For auditors: "agency" (their own agency's records) or "province" (all records).
-    scope: Mapped[str] = mapped_column(String(16), default="agency")
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    scope: Mapped[str] = mapped_column(String(16), default=Scope.AGENCY)
+    status: Mapped[str] = mapped_column(String(16), default=UserStatus.ACTIVE)
     pin_hash: Mapped[str] = mapped_column(String(256))
     totp_sealed: Mapped[bytes] = mapped_column(LargeBinary)  # seed encrypted under the HSM seal key
     # Last TOTP time step accepted: any code for a step <= this one is a replay (RFC 6238 5.2).
@@ -51,11 +53,11 @@ class Credential(Base):
     credential_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     # A person's credential has a holder; an organisation seal has none (see SealUser).
     holder_user_id: Mapped[str | None] = mapped_column(ForeignKey("users.user_id"), index=True, nullable=True)
-    kind: Mapped[str] = mapped_column(String(16), default="person")  # "person" or "seal"
+    kind: Mapped[str] = mapped_column(String(16), default=CredentialKind.PERSON)
     agency: Mapped[str] = mapped_column(String(256), default="", index=True)
     key_algorithm: Mapped[str] = mapped_column(String(16))
     # active, disabled (reversible), revoked (final: Decree 68 reasons), destroyed (keys gone)
-    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=CredentialStatus.ACTIVE, index=True)
     status_reason: Mapped[str] = mapped_column(String(256), default="")
     key_version: Mapped[int] = mapped_column(Integer, default=1)
     multisign: Mapped[int] = mapped_column(Integer)
@@ -91,7 +93,7 @@ class KeyVersion(Base):
     certificate: Mapped[bytes] = mapped_column(LargeBinary)  # DER
     chain: Mapped[bytes] = mapped_column(LargeBinary)  # DER certificates of the issuers, each length-prefixed
     # active (signs), retired (rotated out: verifies old signatures only), destroyed
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(16), default=KeyVersionStatus.ACTIVE)
     created_at: Mapped[float] = mapped_column(Float)
 
 

@@ -6,8 +6,12 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from rsign.domain.records import UserView, fold
+from rsign.domain.principal import Role, Scope, UserStatus
+from rsign.domain.records import UserSecrets, UserView, fold
 from rsign.store._core import CREDS, SADS, SESSIONS, USERS, rowcount
+
+# The columns of a UserView: a user search or lookup never reads the secrets.
+_PUBLIC = (USERS.c.user_id, USERS.c.name, USERS.c.agency, USERS.c.role, USERS.c.status, USERS.c.locked, USERS.c.scope)
 
 
 def _user_view(u: Any) -> UserView:
@@ -15,14 +19,10 @@ def _user_view(u: Any) -> UserView:
         u.user_id,
         u.name,
         u.agency,
-        u.role,
-        u.status,
-        u.pin_hash,
-        bytes(u.totp_sealed),
-        u.last_otp_step,
-        u.failed_attempts,
+        Role(u.role),
+        UserStatus(u.status),
         bool(u.locked),
-        u.scope or "agency",
+        Scope(u.scope or Scope.AGENCY),
     )
 
 
@@ -30,19 +30,28 @@ class UserRepo:
     c: Connection
 
     def get_user(self, user_id: str) -> UserView | None:
-        u = self.c.execute(select(USERS).where(USERS.c.user_id == user_id)).first()
+        u = self.c.execute(select(*_PUBLIC).where(USERS.c.user_id == user_id)).first()
         return None if u is None else _user_view(u)
+
+    def get_user_secrets(self, user_id: str) -> UserSecrets | None:
+        """For ``rsign.auth`` only (see ``rsign.domain.records``)."""
+        u = self.c.execute(
+            select(USERS.c.user_id, USERS.c.pin_hash, USERS.c.totp_sealed, USERS.c.last_otp_step).where(
+                USERS.c.user_id == user_id
+            )
+        ).first()
+        return None if u is None else UserSecrets(u.user_id, u.pin_hash, bytes(u.totp_sealed), u.last_otp_step)
 
     def add_user(
         self,
         user_id: str,
         name: str,
         agency: str,
-        role: str,
+        role: Role,
         pin_hash: str,
         totp_sealed: bytes,
         now: float,
-        scope: str = "agency",
+        scope: Scope = Scope.AGENCY,
     ) -> None:
         self.c.execute(
             insert(USERS).values(
@@ -50,7 +59,7 @@ class UserRepo:
                 name=name,
                 agency=agency,
                 role=role,
-                status="active",
+                status=UserStatus.ACTIVE,
                 pin_hash=pin_hash,
                 totp_sealed=totp_sealed,
                 last_otp_step=-1,
@@ -65,7 +74,7 @@ class UserRepo:
     def search_users(
         self, agency: str = "", name_folded: str = "", status: str = "", limit: int = 1000
     ) -> list[UserView]:
-        q = select(USERS)
+        q = select(*_PUBLIC)
         if agency:
             q = q.where(USERS.c.agency == agency)
         if status:
@@ -80,7 +89,7 @@ class UserRepo:
     def credential_ids(self) -> set[str]:
         return {r[0] for r in self.c.execute(select(CREDS.c.credential_id)).all()}
 
-    def set_user_status(self, user_id: str, status: str) -> bool:
+    def set_user_status(self, user_id: str, status: UserStatus) -> bool:
         res = self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(status=status))
         return rowcount(res) == 1
 

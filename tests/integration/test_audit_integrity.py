@@ -22,6 +22,7 @@ from rsign.domain import context
 from rsign.domain.algorithms import HashAlg, Scheme
 from rsign.domain.errors import AuditIntegrityError
 from rsign.domain.events import EventFilter
+from rsign.domain.principal import LOCAL_OPERATOR
 from rsign.runtime.app import App, build_app
 from rsign.runtime.config import load_settings
 
@@ -35,14 +36,14 @@ def _populate(app: App) -> None:
             assert enr.seed
         # Sign through the service without gRPC: a session is not needed for the audit content.
         from rsign.auth.totp import code_for_step, step_of
-        from rsign.domain.principal import Principal
+        from rsign.domain.principal import Principal, Role
 
         for i in range(3):
-            who = Principal(f"u{i}", 0, "signer", f"Agency {i % 2}")
+            who = Principal(f"u{i}", 0, Role.SIGNER, f"Agency {i % 2}")
             with app.store.read() as t:
-                user = t.get_user(f"u{i}")
-            assert user is not None
-            seed = app.hsm.unseal(user.totp_sealed, f"rsign-totp-seed-v1:u{i}".encode())
+                secret = t.get_user_secrets(f"u{i}")
+            assert secret is not None
+            seed = app.hsm.unseal(secret.totp_sealed, f"rsign-totp-seed-v1:u{i}".encode())
             hs = [hashlib.sha256(f"{i}-{j}".encode()).digest() for j in range(5)]
             code = code_for_step(seed, step_of(app.clock.now()))
             sad = app.signing.authorize(who, f"C{i}", HashAlg.SHA256, hs, code).sad
@@ -86,12 +87,12 @@ def db(state: Path) -> sqlite3.Connection:
 
 def verify(app: App) -> LogReport:
     with context.request(client="test", actor="auditor"):
-        return app.audit.verify_log()
+        return app.audit.verify_log(LOCAL_OPERATOR)
 
 
 def export(app: App, path: Path) -> list[str]:
     with context.request(client="test", actor="auditor"), open(path, "wb") as f:
-        for line in app.audit.export(None, EventFilter()):
+        for line in app.audit.export(LOCAL_OPERATOR, EventFilter()):
             f.write(line)
     return verify_export(path).problems
 

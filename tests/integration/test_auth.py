@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+from typing import Any
 
 import grpc
 import pytest
 
 from rsign.api.client import RsignClient
 from rsign.auth import totp
-from tests.conftest import Env, Signer, detail, make_signer
+from rsign.auth.service import SEED_INTEGRITY_REASON
+from rsign.domain.principal import LOCAL_OPERATOR
+from tests.conftest import Env, Signer, detail, digests, make_signer
 
 
 def code_of(exc: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
@@ -145,3 +149,59 @@ def test_health_is_serving(env: Env) -> None:
     with grpc.insecure_channel(env.server.address) as ch:
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _sealed_seed(env: Env, user_id: str, new: bytes | None = None) -> bytes:
+    """Read (or overwrite, as someone with write access to the database could) a user's sealed
+    TOTP seed, directly in SQLite."""
+    with sqlite3.connect(env.state_dir / "rsign.db") as db:
+        if new is not None:
+            db.execute("UPDATE users SET totp_sealed = ? WHERE user_id = ?", (new, user_id))
+        (blob,) = db.execute("SELECT totp_sealed FROM users WHERE user_id = ?", (user_id,)).fetchone()
+    return bytes(blob)
+
+
+def _records(env: Env, user_id: str, action: str) -> list[dict[str, Any]]:
+    with env.app.store.read() as t:
+        return [r for r in t.audit_rows() if r["actor"] == user_id and r["action"] == action]
+
+
+def test_tampered_seed_is_data_loss_audited_and_not_a_lockout(env: Env, signer: Signer) -> None:
+    """A sealed seed altered in the database fails AES-GCM authentication in the HSM. That is
+    DATA_LOSS with a message saying what cures it (not UNAVAILABLE, which clients retry), audited,
+    and not counted towards lockout: no code was compared, and the fault is the server's data."""
+    blob = bytearray(_sealed_seed(env, signer.user_id))
+    blob[-1] ^= 0x01  # one bit of the GCM tag
+    _sealed_seed(env, signer.user_id, bytes(blob))
+    for _ in range(env.settings.lockout_threshold + 1):
+        with pytest.raises(grpc.RpcError) as e:
+            RsignClient(env.server.address).login(signer.user_id, signer.pin, signer.code())
+        assert code_of(e) == grpc.StatusCode.DATA_LOSS, detail(e)
+        assert "reset the authenticator" in detail(e)
+    failures = [r for r in _records(env, signer.user_id, "auth.login") if r["result"] == "failure"]
+    assert [r["reason"] for r in failures] == [SEED_INTEGRITY_REASON] * (env.settings.lockout_threshold + 1)
+    assert _records(env, signer.user_id, "auth.lockout") == []
+    with env.app.store.read() as t:
+        user = t.get_user(signer.user_id)
+    assert user is not None and not user.locked
+    # A wrong PIN never reaches the seed: it is refused (and counted) as before, revealing nothing.
+    with pytest.raises(grpc.RpcError) as e:
+        RsignClient(env.server.address).login(signer.user_id, signer.pin + "x", signer.code())
+    assert code_of(e) == grpc.StatusCode.UNAUTHENTICATED
+    # The cure: an authenticator reset seals a new seed.
+    signer.seed = env.app.admin.reset_totp(LOCAL_OPERATOR, signer.user_id).seed
+    signer.client()
+
+
+def test_seed_copied_from_another_user_fails_authorize(env: Env, signer: Signer) -> None:
+    """A seed blob copied onto another user's row does not unseal (it is bound to its user), so
+    that user's next activation fails with DATA_LOSS and a sad.issue failure record."""
+    cid = signer.add_key("ec-p256")
+    c = signer.client()  # logged in before the copy
+    other = make_signer(env)
+    _sealed_seed(env, signer.user_id, _sealed_seed(env, other.user_id))
+    with pytest.raises(grpc.RpcError) as e:
+        c.authorize(cid, digests(1), signer.code())
+    assert code_of(e) == grpc.StatusCode.DATA_LOSS, detail(e)
+    (rec,) = [r for r in _records(env, signer.user_id, "sad.issue") if r["result"] == "failure"]
+    assert rec["reason"] == SEED_INTEGRITY_REASON

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from rsign.dev.democlient import verify_signature
+from rsign.domain.principal import LOCAL_OPERATOR
 from rsign.hsm.pool import HsmPool
 from tests.conftest import Env, Signer, detail, digests
 
@@ -63,7 +64,7 @@ def test_rsa_10000_hash_batch(env: Env, signer: Signer) -> None:
     assert len(recs) == 10_000 and all(r["result"] == "success" for r in recs)
     assert [r["digest"] for r in recs] == [d.hex() for d in hs]
     assert batch_end(env, cid)["result"] == "success"
-    assert env.app.audit.verify_log().ok
+    assert env.app.audit.verify_log(LOCAL_OPERATOR).ok
 
 
 def test_mismatch_mid_stream_aborts(env: Env, signer: Signer) -> None:
@@ -123,7 +124,7 @@ def test_cancel_mid_stream_keeps_signed_items_consumed(env: Env, signer: Signer)
     sad2 = c.authorize(cid, rest, signer.code()).sad
     assert sum(len(r.signatures) for r in c.sign_stream(cid, sad2, rest, "RSA_PKCS1_V15")) == len(rest)
     assert len(sign_records(env, cid)) == len(recs) + len(rest)
-    assert env.app.audit.verify_log().ok
+    assert env.app.audit.verify_log(LOCAL_OPERATOR).ok
 
 
 def test_worker_killed_mid_batch(env: Env, signer: Signer) -> None:

@@ -21,6 +21,7 @@ from rsign.domain import context
 from rsign.domain.algorithms import HashAlg, Scheme
 from rsign.domain.clock import FakeClock
 from rsign.domain.errors import PermissionDenied
+from rsign.domain.principal import LOCAL_OPERATOR
 from rsign.runtime.app import App, build_app
 from rsign.runtime.config import load_settings
 
@@ -85,7 +86,7 @@ def test_same_sad_on_two_replicas_signs_exactly_once(replicas: tuple[App, App, F
     with a.store.read() as t:
         rows = [r for r in t.audit_rows() if r["credential_id"] == "PG-1"]
     assert sum(r["action"] == "sign.hash" and r["result"] == "success" for r in rows) == 1
-    assert a.audit.verify_log().ok
+    assert a.audit.verify_log(LOCAL_OPERATOR).ok
 
 
 def test_concurrent_appends_from_two_replicas_keep_one_chain(replicas: tuple[App, App, FakeClock]) -> None:
@@ -106,9 +107,9 @@ def test_concurrent_appends_from_two_replicas_keep_one_chain(replicas: tuple[App
     for th in threads:
         th.join()
     assert errors == []
-    rep = b.audit.verify_log()
+    rep = b.audit.verify_log(LOCAL_OPERATOR)
     assert rep.ok, rep.problem
     with a.store.read() as t:
         seqs = [int(r["seq"]) for r in t.audit_rows()]
     assert seqs == list(range(1, len(seqs) + 1))
-    assert a.audit.checkpoint() is not None and b.audit.verify_log().ok
+    assert a.audit.checkpoint() is not None and b.audit.verify_log(LOCAL_OPERATOR).ok
