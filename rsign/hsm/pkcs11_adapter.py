@@ -7,12 +7,16 @@ disables its own mutexes. Use it from one thread only; ``HsmPool`` gives each wo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import os
 import secrets
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pkcs11
@@ -23,6 +27,11 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11 import Mechanism as P11Mech
 from pkcs11.exceptions import (
     NoSuchKey,
+    PinExpired,
+    PinIncorrect,
+    PinInvalid,
+    PinLenRange,
+    PinLocked,
     PKCS11Error,
     SessionClosed,
     SessionHandleInvalid,
@@ -78,6 +87,79 @@ def _serialised(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+# Opening and logging in: bounded retries for transient failures (see _TokenFileLock for the
+# cause on a file-backed token; a network HSM can also refuse briefly while it fails over). A PIN
+# that is wrong, locked or expired is not transient: it fails at once, and retrying it would
+# count towards the token's own lockout.
+_OPEN_ATTEMPTS = 6
+_OPEN_BACKOFF = 0.05  # seconds, doubled per attempt: 0.05 + 0.1 + ... = 1.55 s at most
+_NOT_TRANSIENT = (PinIncorrect, PinLocked, PinExpired, PinInvalid, PinLenRange)
+
+
+def _with_retries(what: str, attempt: Callable[[], T]) -> T:
+    last: BaseException | None = None
+    for i in range(_OPEN_ATTEMPTS):
+        try:
+            return attempt()
+        except _NOT_TRANSIENT as exc:
+            raise HsmUnavailable(f"{what}: the HSM refused the PIN ({_describe(exc)})") from exc
+        except (PKCS11Error, RuntimeError, OSError) as exc:
+            last = exc
+            time.sleep(_OPEN_BACKOFF * (2**i))
+    assert last is not None
+    raise HsmUnavailable(f"{what} after {_OPEN_ATTEMPTS} attempts: {_describe(last)}") from last
+
+
+def _describe(exc: BaseException) -> str:
+    """The underlying PKCS#11 error by name, and its text when python-pkcs11 gives one."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _TokenFileLock:
+    """Serialises token-file writes against token opens, across rsign's processes.
+
+    SoftHSMv2's file object store is not safe against a concurrent reader: C_Login rewrites the
+    token file (token.object) and creating an object updates it too, and a process that
+    initialises the library or looks up the token while another is writing reads a half-written
+    file: the token is reported missing (NoSuchToken) or the login fails (CKR_GENERAL_ERROR).
+    Workers starting together, or a server starting while the previous one was killed mid-write,
+    hit this about once in twenty starts. An advisory flock beside the token directory orders
+    rsign's own processes; the bounded retries above cover anything else (softhsm2-util).
+    A real HSM needs no such lock: the device orders its own state, so there is none.
+    """
+
+    def __init__(self, config: HsmConfig) -> None:
+        self._path = Path(config.softhsm_conf).parent / "token.lock" if config.softhsm_conf else None
+        # Re-entrant within this token object (its calls are serialised by the object's own lock):
+        # a second flock on a new descriptor of the same file would wait for ourselves.
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def _locked(self, mode: int) -> Iterator[None]:
+        if self._path is None or self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        with open(self._path, "a") as f:
+            fcntl.flock(f, mode)
+            self._depth = 1
+            try:
+                yield
+            finally:
+                self._depth = 0
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return self._locked(fcntl.LOCK_EX)
+
+    def shared(self) -> contextlib.AbstractContextManager[None]:
+        return self._locked(fcntl.LOCK_SH)
+
+
 class Pkcs11Token:
     def __init__(self, config: HsmConfig) -> None:
         self._lock = threading.RLock()
@@ -87,28 +169,35 @@ class Pkcs11Token:
         # python-pkcs11's key classes are mixins typed loosely; Any keeps mypy honest elsewhere.
         self._keys: dict[bytes, Any] = {}
         self._seal_cache: list[Any] = []
+        self._file_lock = _TokenFileLock(config)
+        self._session = _with_retries(f"cannot open the HSM token {config.token_label!r}", self._connect)
+
+    def _connect(self) -> pkcs11.Session:
+        """Load the module, find the token and log in: one attempt, under the token file lock."""
         global _active_softhsm_conf
-        try:
-            self._lib = pkcs11.lib(config.module)
+        with self._file_lock.exclusive():
+            self._lib = pkcs11.lib(self._config.module)
             # python-pkcs11 loads a module once per process and SoftHSMv2 reads SOFTHSM2_CONF at
             # C_Initialize: switching to another embedded token (another state directory) in the
             # same process needs a re-initialisation, which invalidates the previous one's
             # sessions. A process serves one state directory at a time.
-            if config.softhsm_conf and _active_softhsm_conf not in (None, config.softhsm_conf):
+            if self._config.softhsm_conf and _active_softhsm_conf not in (None, self._config.softhsm_conf):
                 self._lib.reinitialize()
-            _active_softhsm_conf = config.softhsm_conf or _active_softhsm_conf
-            self._token = self._lib.get_token(token_label=config.token_label)
-        except (PKCS11Error, RuntimeError, OSError) as exc:
-            raise HsmUnavailable(f"cannot open the HSM token {config.token_label!r}") from exc
-        self._session = self._open()
+            _active_softhsm_conf = self._config.softhsm_conf or _active_softhsm_conf
+            self._token = self._lib.get_token(token_label=self._config.token_label)
+            return self._login()
+
+    def _login(self) -> pkcs11.Session:
+        # A second C_Login in the same process returns CKR_USER_ALREADY_LOGGED_IN, which
+        # python-pkcs11 treats as success: login state is per token, not per session.
+        return self._token.open(user_pin=self._config.pin, rw=True)
 
     def _open(self) -> pkcs11.Session:
-        try:
-            # A second C_Login in the same process returns CKR_USER_ALREADY_LOGGED_IN, which
-            # python-pkcs11 treats as success: login state is per token, not per session.
-            return self._token.open(user_pin=self._config.pin, rw=True)
-        except PKCS11Error as exc:
-            raise HsmUnavailable(f"cannot log in to the HSM token ({type(exc).__name__})") from exc
+        def attempt() -> pkcs11.Session:
+            with self._file_lock.exclusive():
+                return self._login()
+
+        return _with_retries("cannot log in to the HSM token", attempt)
 
     def _reopen(self, reinitialize: bool = False) -> None:
         """A new session (and, with ``reinitialize``, a reloaded token); handles are session-bound."""
@@ -119,11 +208,15 @@ class Pkcs11Token:
         except PKCS11Error:
             pass
         if reinitialize:
-            try:
-                self._lib.reinitialize()
-                self._token = self._lib.get_token(token_label=self._config.token_label)
-            except (PKCS11Error, RuntimeError) as exc:
-                raise HsmUnavailable("cannot re-open the HSM token") from exc
+
+            def reload() -> pkcs11.Session:
+                with self._file_lock.exclusive():
+                    self._lib.reinitialize()
+                    self._token = self._lib.get_token(token_label=self._config.token_label)
+                    return self._login()
+
+            self._session = _with_retries("cannot re-open the HSM token", reload)
+            return
         self._session = self._open()
 
     # -- keys --------------------------------------------------------------------------------
@@ -136,8 +229,9 @@ class Pkcs11Token:
         25,000 per-key lookups would take an hour; one scan takes seconds. Keys created later are
         looked up once, on first use."""
         try:
-            for key in self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
-                self._keys[bytes(key[Attribute.ID])] = key
+            with self._file_lock.shared():
+                for key in self._session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
+                    self._keys[bytes(key[Attribute.ID])] = key
         except PKCS11Error as exc:
             raise HsmUnavailable(f"cannot list the HSM's keys ({type(exc).__name__})") from exc
         return len(self._keys)
@@ -203,6 +297,10 @@ class Pkcs11Token:
 
     @_serialised
     def generate_keypair(self, alg: KeyAlgorithm, cka_id: bytes, label: str) -> bytes:
+        with self._file_lock.exclusive():
+            return self._generate_keypair(alg, cka_id, label)
+
+    def _generate_keypair(self, alg: KeyAlgorithm, cka_id: bytes, label: str) -> bytes:
         try:
             if alg.is_rsa:
                 pub, _priv = self._session.generate_keypair(
@@ -233,7 +331,8 @@ class Pkcs11Token:
 
     @_serialised
     def generate_keypairs(self, items: Sequence[tuple[KeyAlgorithm, bytes, str]]) -> list[bytes]:
-        return [self.generate_keypair(alg, cka_id, label) for alg, cka_id, label in items]
+        with self._file_lock.exclusive():
+            return [self._generate_keypair(alg, cka_id, label) for alg, cka_id, label in items]
 
     @_serialised
     def public_key(self, cka_id: bytes) -> bytes:
@@ -247,9 +346,10 @@ class Pkcs11Token:
     def destroy_keypair(self, cka_id: bytes) -> int:
         self._keys.pop(cka_id, None)
         try:
-            objs = list(self._session.get_objects({Attribute.ID: cka_id}))
-            for obj in objs:
-                obj.destroy()
+            with self._file_lock.exclusive():
+                objs = list(self._session.get_objects({Attribute.ID: cka_id}))
+                for obj in objs:
+                    obj.destroy()
         except PKCS11Error as exc:
             raise HsmUnavailable(f"the HSM could not destroy the key ({type(exc).__name__})") from exc
         return len(objs)
@@ -259,23 +359,27 @@ class Pkcs11Token:
     @_serialised
     def generate_mac_key(self, cka_id: bytes, label: str) -> None:
         try:
-            self._session.generate_key(
-                KeyType.GENERIC_SECRET,
-                256,
-                id=cka_id,
-                label=label,
-                store=True,
-                template={
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.SIGN: True,
-                    Attribute.VERIFY: True,
-                },
-            )
+            with self._file_lock.exclusive():
+                self._generate_mac_key(cka_id, label)
         except PKCS11Error as exc:
             raise HsmUnavailable(f"the HSM could not generate the MAC key ({type(exc).__name__})") from exc
+
+    def _generate_mac_key(self, cka_id: bytes, label: str) -> None:
+        self._session.generate_key(
+            KeyType.GENERIC_SECRET,
+            256,
+            id=cka_id,
+            label=label,
+            store=True,
+            template={
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.SIGN: True,
+                Attribute.VERIFY: True,
+            },
+        )
 
     @_serialised
     def mac(self, cka_id: bytes, messages: Sequence[bytes]) -> list[bytes]:
@@ -290,34 +394,38 @@ class Pkcs11Token:
     def _seal_keys(self) -> list[Any]:
         """Every sealing key on the token, oldest CKA_ID first, creating one if there is none.
 
-        Two processes starting at once on a fresh token may each create a key; rather than lock
-        across processes, sealing uses the first key in CKA_ID order and unsealing tries them all
-        (AES-GCM authentication tells the right key apart).
+        rsign's processes create it under the token file lock (re-listing first). With a real HSM,
+        where there is no such lock, two processes starting at once on a fresh token may each
+        create one: sealing uses the first key in CKA_ID order and unsealing tries them all (AES-GCM
+        authentication tells the right key apart).
         """
         if not self._seal_cache:
-            found = list(
-                self._session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: SEAL_KEY_LABEL})
-            )
-            if not found:
-                found = [
-                    self._session.generate_key(
-                        KeyType.AES,
-                        256,
-                        id=secrets.token_bytes(16),
-                        label=SEAL_KEY_LABEL,
-                        store=True,
-                        template={
-                            Attribute.TOKEN: True,
-                            Attribute.PRIVATE: True,
-                            Attribute.SENSITIVE: True,
-                            Attribute.EXTRACTABLE: False,
-                            Attribute.ENCRYPT: True,
-                            Attribute.DECRYPT: True,
-                        },
-                    )
-                ]
-            self._seal_cache = sorted(found, key=lambda k: bytes(k[Attribute.ID]))
+            with self._file_lock.exclusive():
+                self._seal_cache = sorted(self._find_or_create_seal_keys(), key=lambda k: bytes(k[Attribute.ID]))
         return self._seal_cache
+
+    def _find_or_create_seal_keys(self) -> list[Any]:
+        found = list(
+            self._session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: SEAL_KEY_LABEL})
+        )
+        if found:
+            return found
+        key = self._session.generate_key(
+            KeyType.AES,
+            256,
+            id=secrets.token_bytes(16),
+            label=SEAL_KEY_LABEL,
+            store=True,
+            template={
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.ENCRYPT: True,
+                Attribute.DECRYPT: True,
+            },
+        )
+        return [key]
 
     @_serialised
     def ensure_seal_key(self) -> None:
