@@ -5,25 +5,19 @@ CLI on a local state directory (``LOCAL_OPERATOR``)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from rsign.admin.ports import MoveResult
 from rsign.audit.journal import AuditedStore
 from rsign.auth import totp
-from rsign.auth.service import AuthService, Enrolment, seed_aad
+from rsign.auth.service import AuthService, seed_aad
 from rsign.domain.clock import Clock
 from rsign.domain.errors import FailedPrecondition, InvalidRequest, NotFound
 from rsign.domain.events import Action, event
 from rsign.domain.policy import Op, authorize, check_enrol, scope_agency
 from rsign.domain.principal import CredentialStatus, Principal, Role, Scope, UserStatus, parse_role, parse_scope
-from rsign.domain.records import CredentialView, KeyVersionView, UserView, fold
+from rsign.domain.records import CredentialView, Enrolment, KeyVersionView, UserView, fold
 from rsign.hsm.ports import Hsm
 from rsign.keys.service import KeyService
-
-
-@dataclass(frozen=True)
-class MoveResult:
-    user: UserView
-    revoked: list[str]
 
 
 class AdminService:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from dataclasses import dataclass
 from typing import NoReturn
 
 from rsign.audit.journal import AuditedStore
@@ -28,7 +27,7 @@ from rsign.domain.errors import (
 )
 from rsign.domain.events import Action, AuditEvent, Result, event
 from rsign.domain.principal import LOCAL_OPERATOR, Principal, Role, Scope, UserStatus, parse_role, parse_scope
-from rsign.domain.records import UserSecrets, UserView
+from rsign.domain.records import Enrolment, UserSecrets, UserView
 from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm
 
@@ -54,13 +53,6 @@ def token_hash(token: str) -> bytes:
 def seed_aad(user_id: str) -> bytes:
     # Binds a sealed seed to its user: a seed blob copied onto another user row will not unseal.
     return b"rsign-totp-seed-v1:" + user_id.encode("utf-8")
-
-
-@dataclass(frozen=True)
-class Enrolment:
-    user_id: str
-    seed: bytes
-    otpauth_uri: str
 
 
 class AuthService:

@@ -9,7 +9,9 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from rsign.admin.ports import MoveResult
 from rsign.cli._common import console
+from rsign.domain.records import CredentialView, UserView
 
 
 def print_enrolment(otpauth_uri: str) -> None:
@@ -20,16 +22,16 @@ def print_enrolment(otpauth_uri: str) -> None:
     click.echo(otpauth_uri)
 
 
-def print_user(u: Any) -> None:
+def print_user(u: UserView) -> None:
     click.echo(f"{u.user_id}\t{u.name}\t{u.agency}\t{u.role}\t{u.status}" + ("\tLOCKED" if u.locked else ""))
 
 
-def print_move(res: Any) -> None:
+def print_move(res: MoveResult) -> None:
     print_user(res.user)
     click.echo(f"revoked: {', '.join(res.revoked) or 'none'}")
 
 
-def print_cred(c: Any) -> None:
+def print_cred(c: CredentialView) -> None:
     from datetime import UTC, datetime
 
     exp = datetime.fromtimestamp(c.not_after, UTC).date().isoformat() if c.not_after else "-"

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
 
+from rsign.admin.ports import AdminOps
 from rsign.cli._common import F, local_app
 from rsign.domain.errors import InvalidRequest
 
@@ -50,9 +50,11 @@ def remote_requested() -> bool:
 
 
 @contextmanager
-def admin_target(state_dir: Path) -> Iterator[Any]:
-    """The AdminService to use: the local state directory's, or a server's after an interactive
-    login (PIN hidden, never on the command line; a fresh one-time code)."""
+def admin_target(state_dir: Path) -> Iterator[AdminOps]:
+    """The administration operations to use: the local state directory's AdminService, or a
+    server's after an interactive login (PIN hidden, never on the command line; a fresh one-time
+    code). Commands pass ``LOCAL_OPERATOR``, the operator at this terminal: the local AdminService
+    authorizes it; a server is not told it, and acts for the --as user whose session this is."""
     obj = click.get_current_context().find_object(dict) or {}
     if not obj.get("server"):
         with local_app(state_dir) as app:

@@ -9,7 +9,7 @@ transport can leak one by serialising a user.
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rsign.domain.principal import CredentialKind, CredentialStatus, KeyVersionStatus, Role, Scope, UserStatus
 
@@ -105,6 +105,16 @@ class AuditKeyView:
     cka_id: bytes
     certificate: bytes
     chain: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """A user's new authenticator, handed once to whoever enrols them (to show as a QR code); the
+    store keeps the seed only sealed."""
+
+    user_id: str
+    seed: bytes = field(repr=False)  # out of logs and tracebacks, like the URI that carries it
+    otpauth_uri: str = field(repr=False)
 
 
 def fold(text: str) -> str:
