@@ -1,12 +1,13 @@
 """Shared fixtures: a real SoftHSMv2 token and SQLite database in a temporary state directory,
-HSM worker processes, and a real gRPC server on an ephemeral port. Nothing is mocked; the only
-wrapper, ``CountingHsm``, counts sign calls on the way to the real pool."""
+HSM worker processes, and a real gRPC server on an ephemeral port. Nothing is mocked or patched: the
+two wrappers observe real objects (``CountingHsm`` counts sign calls on the way to the real pool;
+``RecordingClient``, a real client, remembers the secrets it sent and was handed)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
-import logging
 import os
 import secrets
 import threading
@@ -29,6 +30,7 @@ from rsign.hsm.pool import HsmPool
 from rsign.hsm.ports import SignResult
 from rsign.runtime.app import App, build_app
 from rsign.runtime.config import load_settings
+from rsign.v1 import rsign_pb2 as pb
 
 T0 = float(int(__import__("time").time()) // 30 * 30)  # a step boundary near the real time
 _ids = itertools.count(1)
@@ -36,41 +38,38 @@ _ids = itertools.count(1)
 
 @dataclass
 class Secrets:
-    """Every PIN, OTP, session token and SAD the test run handed out (test_zz_audit searches the
-    database and the logs for them)."""
+    """What recording clients sent or were handed: every PIN, OTP, session token, SAD and TOTP seed
+    (the secrets test searches the database, its WAL, the audit export and the log for them)."""
 
     pins: set[str] = field(default_factory=set)
     otps: set[str] = field(default_factory=set)
-    tokens: set[str] = field(default_factory=set)
+    tokens: set[str] = field(default_factory=set)  # session tokens and SADs
+    seeds: set[bytes] = field(default_factory=set)
 
 
-SECRETS = Secrets()
+class RecordingClient(RsignClient):
+    """A real client that also remembers the PINs and OTPs it sends and the session tokens and SADs
+    it is handed. A subclass, not a patch: only an ``Env`` built with a recorder hands these out."""
 
+    def __init__(self, target: str, record: Secrets) -> None:
+        super().__init__(target)
+        self.record = record
 
-def _record_secrets() -> None:
-    """Observe (not replace) the client: remember what the server handed out."""
-    login, authorize = RsignClient.login, RsignClient.authorize
-
-    def login_rec(self: RsignClient, user_id: str, pin: str, otp: str) -> Any:
-        # (PINs come from make_signer; a login may carry a deliberately wrong one like "000000".)
-        SECRETS.otps.add(otp)
-        resp = login(self, user_id, pin, otp)
-        SECRETS.tokens.add(resp.session_token)
+    def login(self, user_id: str, pin: str, otp: str) -> pb.LoginResponse:
+        # Before the call: a refused login's PIN and code must not leak either.
+        self.record.pins.add(pin)
+        self.record.otps.add(otp)
+        resp = super().login(user_id, pin, otp)
+        self.record.tokens.add(resp.session_token)
         return resp
 
-    def authorize_rec(
-        self: RsignClient, credential_id: str, hashes: list[bytes], otp: str, hash_alg: str = "SHA256"
-    ) -> Any:
-        SECRETS.otps.add(otp)
-        resp = authorize(self, credential_id, hashes, otp, hash_alg)
-        SECRETS.tokens.add(resp.sad)
+    def authorize(
+        self, credential_id: str, hashes: list[bytes], otp: str, hash_alg: str = "SHA256"
+    ) -> pb.AuthorizeResponse:
+        self.record.otps.add(otp)
+        resp = super().authorize(credential_id, hashes, otp, hash_alg)
+        self.record.tokens.add(resp.sad)
         return resp
-
-    RsignClient.login = login_rec  # type: ignore[method-assign]
-    RsignClient.authorize = authorize_rec  # type: ignore[method-assign]
-
-
-_record_secrets()
 
 
 class CountingHsm:
@@ -130,10 +129,17 @@ class Env:
     clock: FakeClock
     hsm: CountingHsm
     state_dir: Path
+    recorder: Secrets | None = None  # set: clients and enrolments record their secrets here
 
     @property
     def settings(self) -> Settings:
         return self.app.settings
+
+    def client(self) -> RsignClient:
+        """A client of this environment's server (recording, when the environment records)."""
+        if self.recorder is None:
+            return RsignClient(self.server.address)
+        return RecordingClient(self.server.address, self.recorder)
 
 
 @dataclass
@@ -154,12 +160,10 @@ class Signer:
         if step > now_step + 1:
             self.env.clock.advance((step - now_step - 1) * totp.STEP_SECONDS)
         self.last_step = step
-        code = totp.code_for_step(self.seed, step)
-        SECRETS.otps.add(code)
-        return code
+        return totp.code_for_step(self.seed, step)
 
     def client(self, login: bool = True) -> RsignClient:
-        c = RsignClient(self.env.server.address)
+        c = self.env.client()
         if login:
             c.login(self.user_id, self.pin, self.code())
         return c
@@ -177,8 +181,10 @@ def make_signer(
     user_id = f"{prefix}.{next(_ids):04d}"
     # Distinctive, so that the secrets test can search the database and logs for every PIN.
     pin = f"P{secrets.randbelow(10**8):08d}"
-    SECRETS.pins.add(pin)
     enr = env.app.auth.enrol(user_id, "Lò Văn Tuấn", pin, agency=agency, role=role, scope=scope)
+    if env.recorder is not None:
+        env.recorder.pins.add(pin)
+        env.recorder.seeds.add(enr.seed)
     return Signer(env, user_id, pin, enr.seed)
 
 
@@ -191,26 +197,36 @@ def digests(n: int, alg: str = "sha256", tag: str = "") -> list[bytes]:
     return [hashlib.new(alg, f"document {tag} {i} {secrets.token_hex(4)}".encode()).digest() for i in range(n)]
 
 
-@pytest.fixture(scope="session")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    state = tmp_path_factory.mktemp("rsign-state")
+@contextlib.contextmanager
+def running_env(state: Path, recorder: Secrets | None = None, **overrides: Any) -> Iterator[Env]:
+    """The service on ``state``: real SoftHSMv2 token, two HSM worker processes, SQLite, gRPC on
+    an ephemeral port, and a fake clock the tests move."""
     os.environ.pop("RSIGN_PKCS11_MODULE", None)
-    settings = load_settings(state, embedded=EMBEDDED).with_overrides(
-        hsm_workers=2, database_busy_timeout_seconds=1.0, checkpoint_every_records=500, checkpoint_interval_seconds=5
-    )
-    # Everything the service logs during the run goes to a file the secrets test reads.
-    log_file = state / "service.log"
-    handler = logging.FileHandler(log_file, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.DEBUG)
+    tuned: dict[str, Any] = {
+        "hsm_workers": 2,
+        "database_busy_timeout_seconds": 1.0,
+        "checkpoint_every_records": 500,
+        "checkpoint_interval_seconds": 5,
+    }
+    settings = load_settings(state, embedded=EMBEDDED).with_overrides(**(tuned | overrides))
     clock = FakeClock(T0)
     counting = CountingHsm(HsmPool(settings.hsm, workers=2))
     app = build_app(settings, pool=True, clock=clock, hsm=counting)
-    server = start_server(app, "127.0.0.1:0")
-    yield Env(app, server, clock, counting, state)
-    server.stop(grace=1)
-    app.close()
+    try:
+        server = start_server(app, "127.0.0.1:0")
+        try:
+            yield Env(app, server, clock, counting, state, recorder)
+        finally:
+            server.stop(grace=1)
+    finally:
+        app.close()
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """One service shared by the integration tests: each makes its own users and credentials."""
+    with running_env(tmp_path_factory.mktemp("rsign-state")) as e:
+        yield e
 
 
 @pytest.fixture
