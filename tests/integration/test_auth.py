@@ -13,6 +13,7 @@ import pytest
 from rsign.api.client import RsignClient
 from rsign.auth import totp
 from rsign.auth.service import SEED_INTEGRITY_REASON
+from rsign.domain.events import EventFilter
 from rsign.domain.principal import LOCAL_OPERATOR
 from tests.conftest import Env, Signer, detail, digests, make_signer
 
@@ -162,8 +163,8 @@ def _sealed_seed(env: Env, user_id: str, new: bytes | None = None) -> bytes:
 
 
 def _records(env: Env, user_id: str, action: str) -> list[dict[str, Any]]:
-    with env.app.store.read() as t:
-        return [r for r in t.audit_rows() if r["actor"] == user_id and r["action"] == action]
+    with env.app.store.read() as t:  # filtered in SQL: the shared log is long late in a session
+        return t.find_events(EventFilter(actor=user_id, action=action), 0, 1_000_000)
 
 
 def test_tampered_seed_is_data_loss_audited_and_not_a_lockout(env: Env, signer: Signer) -> None:

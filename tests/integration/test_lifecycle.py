@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from rsign.api.client import RsignClient
 from rsign.dev.democlient import verify_signature
+from rsign.domain.events import EventFilter
 from rsign.v1 import rsign_pb2 as pb
 from tests.conftest import Env, Signer, detail, digests, make_signer
 
@@ -168,7 +169,7 @@ def test_whole_life_of_a_credential(env: Env, tmp_path: Path) -> None:
         with pytest.raises(Exception, match="not present"):
             env.app.hsm.public_key(v.cka_id)
     with env.app.store.read() as t:
-        actions = [r["action"] for r in t.audit_rows() if r["credential_id"] == cid]
+        actions = [r["action"] for r in t.find_events(EventFilter(credential_id=cid), 0, 1_000_000)]
     for a in (
         "key.generate",
         "key.csr",
@@ -347,11 +348,8 @@ def test_organisation_seal(env: Env) -> None:
         for d, s in zip(hs, sigs, strict=True):
             verify_signature(seal.certificates[0], d, s, "ECDSA")
     with env.app.store.read() as t:
-        actors = {
-            r["actor"]
-            for r in t.audit_rows()
-            if r["credential_id"] == seal.credential_id and r["action"] == "sign.hash"
-        }
+        flt = EventFilter(action="sign.hash", credential_id=seal.credential_id)
+        actors = {r["actor"] for r in t.find_events(flt, 0, 1_000_000)}
     assert actors == {clerk1.user_id, clerk2.user_id}
     c = outsider.client()
     with pytest.raises(grpc.RpcError) as e:
