@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -54,12 +55,20 @@ def test_enrol_generate_verify_and_errors(tmp_path: Path) -> None:
     assert out.returncode == 0 and "C-rsa-2048" in out.stdout and "C-ec-p384" in out.stdout
     out = rsign("audit", "verify", "--state-dir", sd)
     assert out.returncode == 0 and "intact" in out.stdout
-    # Clear errors, exit code 2, no traceback.
-    for args, message in (
+    # Clear errors, exit code 2, no traceback. The four commands are independent: run side by side,
+    # since each spends about a second starting Python and opening the token.
+    errors = (
         (("users", "add", "lo.van.tuan", "--name", "X", "--pin-stdin"), "already exists"),
         (("users", "add", "short.pin", "--name", "X", "--pin-stdin"), "at least 6"),
         (("keys", "generate", "C-x", "--algorithm", "ec-p256", "--holder", "nobody"), "no user nobody"),
         (("keys", "revoke", "NO-SUCH", "--reason", "other"), "no credential"),
-    ):
-        out = rsign(*args, "--state-dir", sd, stdin="123\n" if "short.pin" in args else "87654321\n")
+    )
+    with ThreadPoolExecutor(len(errors)) as ex:
+        outs = list(
+            ex.map(
+                lambda args: rsign(*args, "--state-dir", sd, stdin="123\n" if "short.pin" in args else "87654321\n"),
+                [args for args, _ in errors],
+            )
+        )
+    for (args, message), out in zip(errors, outs, strict=True):
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
