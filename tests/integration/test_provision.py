@@ -21,15 +21,17 @@ from rsign.runtime.provision import apply, load
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "son-la"
 
 
-def subset(dst: Path, centres: int = 3, credentials: int = 4) -> None:
-    """A small but real slice of the Son La files, keeping quoted agency names with commas."""
+def subset(dst: Path, centres: int = 3, credentials: int = 4, officials_per_centre: int = 4) -> None:
+    """A small but real slice of the Son La files, keeping quoted agency names with commas. A few
+    officials per centre (each is an Argon2 PIN hash; the whole centre's staff only made it slow)."""
     dst.mkdir()
     rows = list(csv.reader(open(EXAMPLES / "one_stop_centres.csv", encoding="utf-8")))
     keep = rows[: centres + 1]
     ids = {r[0] for r in keep[1:]}
     _write(dst / "one_stop_centres.csv", keep)
     off = list(csv.reader(open(EXAMPLES / "officials.csv", encoding="utf-8")))
-    _write(dst / "officials.csv", [off[0]] + [r for r in off[1:] if r[2] in ids])
+    staff = [[r for r in off[1:] if r[2] == centre][:officials_per_centre] for centre in sorted(ids)]
+    _write(dst / "officials.csv", [off[0], *(r for group in staff for r in group)])
     cred = list(csv.reader(open(EXAMPLES / "centralized_credentials.csv", encoding="utf-8")))
     with_comma = [r for r in cred[1:] if "," in r[3]][:2]
     ec = [r for r in cred[1:] if r[5] == "EC-P256"][:1]
