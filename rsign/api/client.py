@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,9 +15,38 @@ HASH = {"SHA256": pb.SHA256, "SHA384": pb.SHA384, "SHA512": pb.SHA512}
 SCHEME = {"RSA_PKCS1_V15": pb.RSA_PKCS1_V15, "RSA_PSS": pb.RSA_PSS, "ECDSA": pb.ECDSA}
 
 
+def channel(
+    target: str,
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> grpc.Channel:
+    """A channel to ``target``: TLS when ``ca_file`` (the CA that issued the server's certificate)
+    is given, presenting ``cert_file``/``key_file`` when the server requires client certificates;
+    plaintext otherwise (a server on this machine's loopback address)."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("a client certificate needs its key, and a key its certificate")
+    if ca_file is None:
+        if cert_file is not None:
+            raise ValueError("a client certificate is only sent over TLS: give the server's CA too")
+        return grpc.insecure_channel(target)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=Path(ca_file).read_bytes(),
+        private_key=Path(key_file).read_bytes() if key_file is not None else None,
+        certificate_chain=Path(cert_file).read_bytes() if cert_file is not None else None,
+    )
+    return grpc.secure_channel(target, creds)
+
+
 class RsignClient:
-    def __init__(self, target: str | grpc.Channel) -> None:
-        self.channel = grpc.insecure_channel(target) if isinstance(target, str) else target
+    def __init__(
+        self,
+        target: str | grpc.Channel,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
+    ) -> None:
+        self.channel = channel(target, ca_file, cert_file, key_file) if isinstance(target, str) else target
         self.auth = pb_grpc.AuthServiceStub(self.channel)
         self.signing = pb_grpc.SigningServiceStub(self.channel)
         self.audit = pb_grpc.AuditServiceStub(self.channel)

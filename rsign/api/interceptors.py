@@ -16,6 +16,8 @@ import grpc
 
 from rsign.api.capacity import Admission
 from rsign.api.errors import INTERNAL_MESSAGE, status_for
+from rsign.api.listener import client_identity
+from rsign.api.streams import OpenStreams
 from rsign.auth.service import AuthService
 from rsign.domain import context
 from rsign.domain.errors import AuthenticationFailed, RsignError
@@ -60,6 +62,7 @@ def _request_id(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | N
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
     def __init__(self, auth: AuthService, admission: Admission) -> None:
         self._auth = auth
+        self.streams = OpenStreams()  # closed when their call ends; shutdown waits for them
         self._admission = admission
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
@@ -71,7 +74,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
 
         def setup(ctx: grpc.ServicerContext) -> Any:
             md = ctx.invocation_metadata()
-            rc = context.request(ctx.peer() or "", _request_id(md))
+            rc = context.request(client_identity(ctx), _request_id(md), cancelled=lambda: not ctx.is_active())
             rc.__enter__()
             if not public:
                 _principal.set(self._auth.authenticate(_bearer(md)))
@@ -133,7 +136,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
                 with rpc(ctx, streaming=True):
                     yield from _inner(request, ctx)
 
-            return make(streaming, handler.request_deserializer, handler.response_serializer)
+            guarded = self.streams.wrap(streaming)  # closed when the call ends, even if gRPC abandons it
+            return make(guarded, handler.request_deserializer, handler.response_serializer)
         if not public:
             # Fail closed: an RPC shape this interceptor cannot authenticate is never served.
             raise RuntimeError(f"{method}: unsupported RPC shape for an authenticated method")

@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from rsign.api.capacity import Admission, Capacity, server_options
 from rsign.api.interceptors import ServiceInterceptor
+from rsign.api.listener import ReloadableTls, TlsFiles, check_plaintext, check_port_free
 from rsign.api.servicers import AdminServicer, AuditServicer, AuthServicer, SigningServicer
+from rsign.api.streams import OpenStreams
 from rsign.audit.service import Checkpointer
+from rsign.domain.errors import ConfigurationError
 from rsign.runtime.app import App
 from rsign.v1 import rsign_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICES = ("rsign.v1.AuthService", "rsign.v1.SigningService", "rsign.v1.AuditService", "rsign.v1.AdminService")
+# After the grace period, what is still running is cancelled; closing those streams (their
+# chunks at the HSM awaited and audited) gets at most this long before the final checkpoint.
+SHUTDOWN_MARGIN = 3.0
 
 
 @dataclass
@@ -34,15 +43,28 @@ class RunningServer:
     monitor: StoreMonitor
     admission: Admission  # calls in progress per budget (rsign.api.capacity)
 
+    streams: OpenStreams = field(default_factory=OpenStreams)  # the interceptor's: closed at shutdown
+    tls: ReloadableTls | None = None  # None: plaintext listener
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace: float = 5.0) -> None:
+        """Refuse new calls, give those in progress ``grace`` seconds, cancel the rest, wait until
+        every stream is closed (what was at the HSM audited, batch.end written), then sign a last
+        checkpoint. Bounded: whatever the calls do, the checkpoint starts within
+        ``grace + SHUTDOWN_MARGIN`` seconds."""
+        deadline = time.monotonic() + grace + SHUTDOWN_MARGIN
         self.monitor.stop()
         set_health(self.health, False)
-        self.server.stop(grace).wait()
+        if not self.server.stop(grace).wait(max(0.0, deadline - time.monotonic())):
+            log.error("the gRPC server did not stop in time; going on with the shutdown")
+        if not self.streams.wait_closed(max(0.0, deadline - time.monotonic())):
+            log.error("%d stream(s) still closing at shutdown: their audit may be incomplete", self.streams.open)
+        log.info("calls ended; signing the final checkpoint")
         self.checkpointer.stop()  # signs a last checkpoint over everything written
+        log.info("stopped")
 
 
 def set_health(hs: health.HealthServicer, serving: bool) -> None:
@@ -71,14 +93,26 @@ class StoreMonitor:
         self._stop.set()
 
 
-def start_server(app: App, listen: str) -> RunningServer:
-    """Start serving on ``listen`` ("HOST:PORT"; port 0 picks a free one). Non-blocking."""
+def start_server(
+    app: App, listen: str, tls: TlsFiles | None = None, *, behind_tls_proxy: bool = False
+) -> RunningServer:
+    """Start serving on ``listen`` ("HOST:PORT"; port 0 picks a free one). Non-blocking.
+
+    With ``tls`` the listener speaks TLS (mutual TLS when it names a client CA). Without it only a
+    loopback address is served, unless ``behind_tls_proxy`` (logged loudly). A port in use, a
+    plaintext listener refused or a bad certificate file is a ``ConfigurationError``."""
+    reloadable = ReloadableTls(tls) if tls is not None else None
+    if reloadable is None:
+        check_plaintext(listen, behind_tls_proxy)
+    check_port_free(listen)
     capacity = Capacity.from_settings(app.settings)  # thread budgets and limits: see rsign.api.capacity
     admission = Admission(capacity)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=capacity.threads, thread_name_prefix="rsign-rpc"),
-        interceptors=[ServiceInterceptor(app.auth, admission)],
-        options=server_options(),
+        interceptors=[interceptor := ServiceInterceptor(app.auth, admission)],
+        # One server per port: with gRPC's default SO_REUSEPORT a second server on the same port
+        # would start silently and take part of the connections.
+        options=[*server_options(), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=capacity.max_concurrent_rpcs,
     )
     pb_grpc.add_AuthServiceServicer_to_server(AuthServicer(app), server)
@@ -87,9 +121,16 @@ def start_server(app: App, listen: str) -> RunningServer:
     pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(app), server)
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    port = server.add_insecure_port(listen)
+    try:
+        if reloadable is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, reloadable.credentials())
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+        server.stop(None)
+        raise ConfigurationError(f"cannot listen on {listen}: the port is in use or the address is not available")
     server.start()
     set_health(hs, app.store.healthy)
     monitor = StoreMonitor(app, hs)
@@ -97,7 +138,9 @@ def start_server(app: App, listen: str) -> RunningServer:
         app.audit, app.journal, app.settings.checkpoint_every_records, app.settings.checkpoint_interval_seconds
     )
     cp.start()
-    return RunningServer(server, port, hs, cp, monitor, admission=admission)
+    return RunningServer(
+        server, port, hs, cp, monitor, streams=interceptor.streams, tls=reloadable, admission=admission
+    )
 
 
 @contextlib.contextmanager
@@ -109,15 +152,54 @@ def running(app: App, listen: str = "127.0.0.1:0") -> Iterator[RunningServer]:
         srv.stop(grace=1.0)
 
 
-def serve_forever(app: App, listen: str, on_ready: str | None = None) -> None:
-    """Serve until SIGINT or SIGTERM, then drain in-flight RPCs and shut the HSM workers down."""
-    srv = start_server(app, listen)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    log.info("rsign listening on %s", listen)
+def serve_forever(
+    app: App, listen: str, on_ready: str | None = None, tls: TlsFiles | None = None, *, behind_tls_proxy: bool = False
+) -> None:
+    """Serve until SIGINT or SIGTERM, then drain in-flight RPCs (``shutdown_grace_seconds``) and
+    stop; SIGHUP re-reads the TLS certificate files without dropping the service."""
+    srv = start_server(app, listen, tls, behind_tls_proxy=behind_tls_proxy)
+    received: deque[int] = deque()
+    wake = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        wake.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    mode = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
+    log.info("rsign listening on %s (%s)", listen, mode)
     if on_ready:
         print(on_ready, flush=True)
-    stop.wait()
-    log.info("shutting down")
-    srv.stop(grace=10.0)
+    stopping = False
+    while not stopping:
+        # Never an untimed wait: Python runs signal handlers in the main thread only, and the
+        # kernel may deliver SIGTERM to any thread (there are dozens: gRPC, streams, HSM pool).
+        # A main thread parked in an untimed wait would then never see it: SIGTERM ignored.
+        if not wake.wait(0.5):
+            continue
+        wake.clear()
+        while received:
+            if received.popleft() != signal.SIGHUP:
+                stopping = True
+            elif srv.tls is not None:
+                srv.tls.reload()
+            else:
+                log.warning("SIGHUP: no TLS certificate configured, nothing to reload")
+    grace = app.settings.shutdown_grace_seconds
+    log.info("shutting down (grace %.1f s)", grace)
+    _exit_after(grace + SHUTDOWN_MARGIN + 1.5)  # covers the final checkpoint and closing the HSM workers
+    srv.stop(grace)
+
+
+def _exit_after(seconds: float) -> None:
+    """Last resort: the process ends after ``seconds`` whatever is stuck (a worker thread that
+    ignores cancellation, an HSM that stops answering): an operator's SIGTERM is never ignored."""
+
+    def give_up() -> None:
+        log.critical("shutdown did not complete within %.1f s; exiting now (no final checkpoint?)", seconds)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()

@@ -39,14 +39,15 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RsignError as exc:
-            console.print(f"[red]error:[/red] {exc.message}")
+            # soft_wrap: one line whatever the width (rich would cut it at 80 columns off a terminal).
+            console.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
             sys.exit(2)
         except Exception as exc:
             # A status from a remote server (grpc.RpcError: this layer does not import grpc).
             details, code = getattr(exc, "details", None), getattr(exc, "code", None)
             if not (callable(details) and callable(code)):
                 raise
-            console.print(f"[red]error ({code().name}):[/red] {details()}")
+            console.print(f"[red]error ({code().name}):[/red] {details()}", soft_wrap=True)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]

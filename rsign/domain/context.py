@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,9 @@ class RequestContext:
     client: str
     actor: str = ""
     agency: str = ""  # the actor's agency: audit records are scoped by it
+    # True once the caller is gone (call cancelled, deadline passed, server shutting down): long
+    # work (a SignHashStream run) stops taking new work instead of signing for nobody.
+    cancelled: Callable[[], bool] = field(default=_never, compare=False, repr=False)
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("rsign_request", default=None)
@@ -31,13 +38,20 @@ def current() -> RequestContext:
 
 
 @contextlib.contextmanager
-def request(client: str, request_id: str | None = None, actor: str = "") -> Iterator[RequestContext]:
-    ctx = RequestContext(request_id=request_id or uuid.uuid4().hex, client=client, actor=actor)
+def request(
+    client: str, request_id: str | None = None, actor: str = "", cancelled: Callable[[], bool] = _never
+) -> Iterator[RequestContext]:
+    ctx = RequestContext(request_id=request_id or uuid.uuid4().hex, client=client, actor=actor, cancelled=cancelled)
     token = _current.set(ctx)
     try:
         yield ctx
     finally:
-        _current.reset(token)
+        try:
+            _current.reset(token)
+        except ValueError:
+            # Left in a copy of the context it was entered in (a response stream closed after
+            # its call ended, by rsign.api.streams): that copy is discarded, nothing to restore.
+            _current.set(None)
 
 
 def set_actor(actor: str, agency: str | None = None) -> None:

@@ -58,6 +58,15 @@ class Settings:
     checkpoint_interval_seconds: float = 60.0
     database_busy_timeout_seconds: float = 5.0
     pin_min_length: int = 6
+    # Transport security (rsign.api.tls): the listener's certificate chain and key (PEM files);
+    # with a client CA, clients must present a certificate it issued (mutual TLS). Without a
+    # certificate the service listens in plaintext, which it allows on a loopback address only.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # On SIGTERM/SIGINT: calls in progress get this long to finish, then are cancelled; the
+    # process exits within a few seconds more, whatever is stuck (rsign.api.server).
+    shutdown_grace_seconds: float = 10.0
     # Capacity (rsign.api.capacity): no caller can starve the others. A stream the client sends
     # nothing on (its first message included) for this long is closed (DEADLINE_EXCEEDED, audited).
     stream_idle_seconds: float = 10.0

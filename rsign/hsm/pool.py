@@ -154,6 +154,7 @@ class HsmPool:
         self._ctx = multiprocessing.get_context("spawn")
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=self._size * 4)
         self._closed = False
+        self._drained = False  # closed and its dispatcher threads gone: nothing will run a queued job
         # Start every worker (in parallel) before any thread, so a bad PIN fails fast and loudly.
         starting = [_Worker(self._ctx, config, start_timeout, warm) for _ in range(self._size)]
         try:
@@ -279,6 +280,8 @@ class HsmPool:
             raise HsmUnavailable("the HSM pool is shut down")
         job = _Job(op, args)
         self._queue.put(job)  # blocks when full: back-pressure
+        if self._drained:  # the pool closed while this job was being queued
+            self._fail_queued()
         return job.future
 
     def _call(self, op: str, *args: Any) -> Any:
@@ -350,6 +353,17 @@ class HsmPool:
         result: bytes = self._call("unseal", blob, aad)
         return result
 
+    def _fail_queued(self) -> None:
+        """Jobs still queued once the dispatchers are gone would never run: fail them, so that no
+        caller waits forever (a stream closing at shutdown awaits its chunks at the HSM)."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(HsmUnavailable("the HSM pool is shut down"))
+
     def close(self) -> None:
         if self._closed:
             return
@@ -358,6 +372,8 @@ class HsmPool:
             self._queue.put(None)
         for t in self._threads:
             t.join(timeout=10)
+        self._drained = True
+        self._fail_queued()
         for slot in self._slots:
             with slot.lock:
                 w, slot.worker = slot.worker, None

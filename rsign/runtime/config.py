@@ -45,8 +45,10 @@ _FLOAT_KEYS = {
     "session_idle_seconds",
     "session_max_seconds",
     "sad_ttl_seconds",
+    "shutdown_grace_seconds",
     "stream_idle_seconds",
 }
+_PATH_KEYS = {"tls_cert", "tls_key", "tls_client_ca"}
 
 
 @contextmanager
@@ -104,6 +106,9 @@ def load_settings(state_dir: Path | str | None = None, *, embedded: EmbeddedDefa
             kw[key] = float(value)
         elif key == "listen":
             kw[key] = str(value)
+        elif key in _PATH_KEYS:
+            # Relative to the file that names them.
+            kw[key] = str(sd / str(value)) if value else ""
         else:
             raise ConfigurationError(f"unknown setting service.{key} in {cfg_path}")
     # A configured module always wins: a real HSM never gets the development CA.

@@ -28,13 +28,18 @@ from typing import Any
 from rsign.audit.journal import AuditedStore
 from rsign.domain import context
 from rsign.domain.algorithms import HashAlg, Scheme, SignSpec, check_digests
-from rsign.domain.errors import AlreadyExists, DeadlineExceeded, PermissionDenied, RsignError, StreamIdle
+from rsign.domain.errors import AlreadyExists, DeadlineExceeded, PermissionDenied, RsignError, StreamIdle, Unavailable
 from rsign.domain.events import Action, AuditEvent, Result, event
 from rsign.domain.records import CredentialView, SadView
 from rsign.hsm.ports import Hsm, ItemFailure, SignResult
 
 _WAKE = 0.5  # safety net: the loop re-checks at least this often
 _DISCARDED = "signature discarded: the stream ended before it was delivered"
+_UNANSWERED = "discarded: the stream ended before the HSM answered (the item stays consumed)"
+# How long a closing stream waits for its chunks still at the HSM. Bounded: at shutdown every
+# stream closes at once and the HSM queue can hold seconds of work; what has not come back by then
+# stays consumed (it may exist, if only in memory) and is audited as discarded.
+_CLOSE_WAIT = 1.5
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,9 @@ class BatchRun:
     def _check(self, chunk: Sequence[bytes]) -> None:
         if self.deadline_passed():
             raise DeadlineExceeded("the deadline passed; the rest of the batch was not signed")
+        if context.current().cancelled():
+            # Nobody would receive these signatures: the client cancelled, or the server is shutting down.
+            raise Unavailable("the call ended (cancelled, or the server is shutting down); the rest was not signed")
         check_digests(self.hash_alg, list(chunk))
         pos, end = self.received, self.received + len(chunk)
         authorized = self.sad.hashes
@@ -243,8 +251,10 @@ class BatchRun:
             self._cv.notify_all()
 
     def _outcome(self, p: _Pending, delivered: bool) -> _Outcome:
+        unanswered = not p.future.done()  # only when closing (delivered=False): see _CLOSE_WAIT
+        discarded = _UNANSWERED if unanswered else _DISCARDED
         try:
-            results: list[SignResult] = p.future.result()
+            results: list[SignResult] = [b""] * len(p.hashes) if unanswered else p.future.result()
         except RsignError as exc:
             results = [ItemFailure(exc.message)] * len(p.hashes)
         sigs: list[bytes] = []
@@ -275,8 +285,8 @@ class BatchRun:
             elif not delivered:
                 # Signed by the HSM but never released: stays consumed (it exists, if only in memory).
                 self.stats["discarded"] += 1
-                evs.append(AuditEvent(Action.SIGN, Result.FAILURE, reason=_DISCARDED, **common))
-                errs.append((at, _DISCARDED))
+                evs.append(AuditEvent(Action.SIGN, Result.FAILURE, reason=discarded, **common))
+                errs.append((at, discarded))
                 sigs.append(b"")
             else:
                 self.stats["signed"] += 1
@@ -285,13 +295,12 @@ class BatchRun:
         return _Outcome(StreamChunk(p.start, sigs, errs, cred.key_version), evs, failed)
 
     def _close(self, outcome: Result, reason: str) -> None:
-        """Whatever ended the stream: await chunks still at the HSM, audit them (undelivered),
-        and write batch.end."""
+        """Whatever ended the stream: await chunks still at the HSM (at most ``_CLOSE_WAIT``),
+        audit them (undelivered), and write batch.end."""
+        wait_futures([p.future for p in self.inflight], timeout=_CLOSE_WAIT)
         leftovers = []
         while self.inflight:
-            p = self.inflight.popleft()
-            wait_futures([p.future])
-            leftovers.append(self._outcome(p, delivered=False))
+            leftovers.append(self._outcome(self.inflight.popleft(), delivered=False))
         with self.store.tx() as t:
             events = [ev for out in leftovers for ev in out.events]
             for out in leftovers:
