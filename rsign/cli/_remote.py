@@ -1,7 +1,7 @@
 """Where an administration command acts: the local state directory, or a running server.
 
-The remote-connection options (--server, --as) are defined here only, so that connection options
-(e.g. TLS) are added in one place.
+The remote-connection options (--server, --as, and TLS: --ca, --cert, --key) are defined here
+only, so that connection options are added in one place.
 """
 
 from __future__ import annotations
@@ -15,6 +15,53 @@ import click
 from rsign.admin.ports import AdminOps
 from rsign.cli._common import F, local_app
 from rsign.domain.errors import InvalidRequest
+
+
+def _keep_tls(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    # Kept in the context for ``tls_options`` (read where the channel is made), so that the
+    # command groups' signatures do not change with every connection option.
+    if value is not None:
+        ctx.meta[f"rsign.tls.{param.name}"] = value
+
+
+_pem_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+tls_client_options = [
+    click.option(
+        "--ca",
+        type=_pem_file,
+        expose_value=False,
+        callback=_keep_tls,
+        help="The CA certificate (PEM) that issued the server's TLS certificate: connect over TLS.",
+    ),
+    click.option(
+        "--cert",
+        type=_pem_file,
+        expose_value=False,
+        callback=_keep_tls,
+        help="With --ca: your TLS client certificate (PEM), for a server that requires one (mutual TLS).",
+    ),
+    click.option(
+        "--key", type=_pem_file, expose_value=False, callback=_keep_tls, help="With --cert: its private key (PEM)."
+    ),
+]
+
+
+def with_tls_client_options(fn: F) -> F:
+    for opt in reversed(tls_client_options):
+        fn = opt(fn)
+    return fn
+
+
+def tls_options() -> dict[str, Path | None]:
+    """--ca, --cert and --key as ``RsignClient`` keyword arguments."""
+    meta = click.get_current_context().meta
+    ca, cert, key = (meta.get(f"rsign.tls.{name}") for name in ("ca", "cert", "key"))
+    if (cert is None) != (key is None):
+        raise InvalidRequest("--cert and --key go together")
+    if cert is not None and ca is None:
+        raise InvalidRequest("--cert needs --ca: a client certificate is only sent over TLS")
+    return {"ca_file": ca, "cert_file": cert, "key_file": key}
+
 
 server_options = [
     click.option(
@@ -30,6 +77,7 @@ server_options = [
         metavar="USER_ID",
         help="With --server: your admin user id (PIN and one-time code are asked for).",
     ),
+    *tls_client_options,
 ]
 
 
@@ -65,7 +113,7 @@ def admin_target(state_dir: Path) -> Iterator[AdminOps]:
     from rsign.api.admin_client import RemoteAdmin
     from rsign.api.client import RsignClient
 
-    client = RsignClient(obj["server"])
+    client = RsignClient(obj["server"], **tls_options())
     try:
         pin = click.prompt("PIN", hide_input=True, err=True)
         otp = click.prompt("one-time code", err=True)

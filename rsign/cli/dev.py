@@ -11,6 +11,7 @@ import click
 
 from rsign.cli._common import EXAMPLES, console, friendly_errors
 from rsign.cli._output import progress_bar, stage_bars
+from rsign.cli._remote import tls_options, with_tls_client_options
 from rsign.dev.embedded import EMBEDDED
 from rsign.domain import context
 from rsign.runtime.app import build_app
@@ -111,12 +112,15 @@ def client() -> None:
     help="Demo state directory holding the demo holders' PINs and TOTP seeds.",
 )
 @click.option("--server", default="127.0.0.1:50051", show_default=True)
+@with_tls_client_options
+@friendly_errors
 def client_sign(file: Path, credential: str, state_dir: Path, server: str) -> None:
     """Log in as the credential's demo holder, authorize with a fresh TOTP, sign FILE's SHA-256."""
     from rsign.dev.democlient import sign_file
 
+    tls = tls_options()
     try:
-        result = sign_file(server, state_dir, credential, file)
+        result = sign_file(server, state_dir, credential, file, **tls)
     except Exception as exc:  # a person is reading: one line, not a traceback
         details = getattr(exc, "details", None)
         msg = details() if callable(details) else str(exc)

@@ -67,7 +67,16 @@ def _next_steps(secrets_store: DemoSecrets, user_id: str, n: int) -> list[int]:
         time.sleep(totp.STEP_SECONDS - time.time() % totp.STEP_SECONDS + 0.2)
 
 
-def sign_file(server: str, state_dir: Path, credential_id: str, file: Path) -> SignedFile:
+def sign_file(
+    server: str,
+    state_dir: Path,
+    credential_id: str,
+    file: Path,
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+) -> SignedFile:
+    """``ca_file``: connect over TLS (``cert_file``/``key_file``: with a client certificate)."""
     store = DemoSecrets(state_dir)
     data = store.load()
     user_id = data["credentials"].get(credential_id)
@@ -86,7 +95,7 @@ def sign_file(server: str, state_dir: Path, credential_id: str, file: Path) -> S
     )
     digest = hashlib.sha256(signed_attrs.encode("utf-8")).digest()
     login_step, authz_step = _next_steps(store, user_id, 2)
-    client = RsignClient(server)
+    client = RsignClient(server, ca_file, cert_file, key_file)
     try:
         client.login(user_id, user["pin"], totp.code_for_step(seed, login_step))
         cred = client.get_credential(credential_id)

@@ -222,3 +222,36 @@ def test_sighup_reloads_the_certificate_without_dropping_the_service(tmp_path: P
     finally:
         srv.stop()
     assert srv.proc.returncode == 0, srv.stderr()
+
+
+# -- the CLI's --server commands over TLS ---------------------------------------------------------
+
+
+def run_cli(env: Env, address: str, login: tuple[str, str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    user, pin, otp = login
+    return subprocess.run(
+        rsign_cmd("users", "--server", address, "--as", user, *args, "--state-dir", str(env.state_dir)),
+        input=f"{pin}\n{otp}\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_acts_through_a_mutual_tls_server(env: Env, mtls_server: RunningServer, pki: Pki) -> None:
+    admin = make_signer(env, "aa.tls", agency="UBND huyện Sốp Cộp", role="agency_admin")
+    user = make_signer(env, "tls.user", agency="UBND huyện Sốp Cộp")
+    me = pki.client("cli-operator")
+    tls = ("--ca", str(pki.ca.path), "--cert", str(me.cert), "--key", str(me.key))
+    address = mtls_server.address
+    out = run_cli(env, address, (admin.user_id, admin.pin, admin.code()), *tls, "search", "--name", "lo van")
+    assert out.returncode == 0, out.stderr
+    assert user.user_id in out.stdout
+    assert all(str(r["client"]).endswith(f" cert:{me.subject}") for r in records_of(env, admin.user_id))
+    # Without a client certificate the server refuses the connection; the CLI says so in one line.
+    out = run_cli(env, address, (admin.user_id, admin.pin, admin.code()), "--ca", str(pki.ca.path), "search")
+    last = out.stderr.strip().splitlines()[-1]  # the code prompt, then the error on the same line
+    assert out.returncode == 2 and "error (UNAVAILABLE)" in last and "Traceback" not in out.stderr
+    # A certificate without its key is a usage mistake, caught before connecting.
+    out = run_cli(env, address, (admin.user_id, admin.pin, admin.code()), *tls[:4], "search")
+    assert out.returncode == 2 and "--cert and --key go together" in out.stderr
