@@ -21,8 +21,10 @@ from cryptography import x509
 from rsign.api.client import RsignClient
 from rsign.api.listener import TlsFiles
 from rsign.api.server import RunningServer, start_server
+from rsign.dev import EMBEDDED
 from rsign.domain.errors import ConfigurationError
 from rsign.domain.events import EventFilter
+from rsign.runtime.config import load_settings
 from rsign.v1 import rsign_pb2 as pb
 from tests.conftest import Env, Signer, digests, make_signer
 from tests.integration.serving import Issued, Pki, free_port, prepare_state, rsign_cmd, serve
@@ -255,3 +257,16 @@ def test_cli_acts_through_a_mutual_tls_server(env: Env, mtls_server: RunningServ
     # A certificate without its key is a usage mistake, caught before connecting.
     out = run_cli(env, address, (admin.user_id, admin.pin, admin.code()), *tls[:4], "search")
     assert out.returncode == 2 and "--cert and --key go together" in out.stderr
+
+
+def test_example_configuration_loads(tmp_path: Path) -> None:
+    """hsm_config/rsign.toml.example's [service] table is what rsign reads (every key known)."""
+    example = (Path(__file__).resolve().parents[2] / "hsm_config" / "rsign.toml.example").read_text(encoding="utf-8")
+    # Its [hsm] table names a vendor module this machine lacks: the [service] table (the last) alone.
+    (tmp_path / "rsign.toml").write_text(example[example.index("\n[service]\n") :], encoding="utf-8")
+    settings = load_settings(tmp_path, embedded=EMBEDDED)
+    assert settings.tls_cert == "/etc/rsign/tls/server.crt" and settings.tls_client_ca.endswith("clients-ca.pem")
+    assert settings.shutdown_grace_seconds == 10.0
+    # A relative path is relative to the state directory that holds rsign.toml.
+    (tmp_path / "rsign.toml").write_text('[service]\ntls_cert = "tls/server.crt"\n')
+    assert load_settings(tmp_path, embedded=EMBEDDED).tls_cert == str(tmp_path.resolve() / "tls" / "server.crt")
