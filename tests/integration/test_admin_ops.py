@@ -14,7 +14,7 @@ from rsign.admin.ports import AdminOps, MoveResult
 from rsign.api.admin_client import RemoteAdmin
 from rsign.domain.principal import LOCAL_OPERATOR, CredentialStatus, UserStatus
 from rsign.domain.records import CredentialView, KeyVersionView
-from tests.conftest import SECRETS, Env, Signer, make_signer
+from tests.conftest import Env, Signer, make_signer
 
 
 def _remote_view(c: CredentialView) -> CredentialView:
@@ -36,7 +36,6 @@ def test_local_and_remote_admin_return_the_same_records(env: Env) -> None:
 
         # Enrolled through the server: the seed read back from the URI is the one that logs in.
         pin = f"P{secrets.randbelow(10**8):08d}"
-        SECRETS.pins.add(pin)
         enr = remote.enrol(who, f"ops.user.{secrets.token_hex(3)}", "Cầm Thị Hoa", pin, agency)
         assert enr.otpauth_uri.startswith(f"otpauth://totp/rsign:{enr.user_id}?secret=")
         Signer(env, enr.user_id, pin, enr.seed).client().close()
