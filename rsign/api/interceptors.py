@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from rsign.api.capacity import Admission
+from rsign.api.decoding import tolerant
 from rsign.api.errors import INTERNAL_MESSAGE, status_for
 from rsign.api.listener import client_identity
 from rsign.api.streams import OpenStreams
@@ -121,7 +122,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
                     return inner(request, ctx)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
+                unary_unary, tolerant(method, handler.request_deserializer), handler.response_serializer
             )
         # Streaming responses: the generator runs the whole call inside the context.
         for kind, make in (
@@ -137,7 +138,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
                     yield from _inner(request, ctx)
 
             guarded = self.streams.wrap(streaming)  # closed when the call ends, even if gRPC abandons it
-            return make(guarded, handler.request_deserializer, handler.response_serializer)
+            return make(guarded, tolerant(method, handler.request_deserializer), handler.response_serializer)
         if not public:
             # Fail closed: an RPC shape this interceptor cannot authenticate is never served.
             raise RuntimeError(f"{method}: unsupported RPC shape for an authenticated method")

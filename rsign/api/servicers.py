@@ -1,4 +1,5 @@
-"""Thin servicers: validate and convert the request, call the domain, convert the answer."""
+"""Thin servicers: convert the request, call the domain, convert the answer. Each class is
+``guarded``: its requests were checked against their table (``rsign.api.validation``) first."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import grpc
 
 from rsign.api.capacity import first_message
 from rsign.api.interceptors import current_principal
+from rsign.api.validation import guarded
 from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme
 from rsign.domain.clock import iso_utc
 from rsign.domain.errors import InvalidRequest, StreamIdle
@@ -59,13 +61,12 @@ def credential_pb(c: CredentialView) -> pb.Credential:
     )
 
 
+@guarded("AuthService")
 class AuthServicer(pb_grpc.AuthServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
 
     def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginResponse:
-        if not request.user_id:
-            raise InvalidRequest("user_id is required")
         token, expires = self._app.auth.login(request.user_id, request.pin, request.otp)
         return pb.LoginResponse(session_token=token, expires_at=int(expires))
 
@@ -74,6 +75,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         return pb.LogoutResponse()
 
 
+@guarded("SigningService")
 class SigningServicer(pb_grpc.SigningServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
@@ -85,13 +87,9 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
         return pb.ListCredentialsResponse(credentials=[credential_pb(c) for c in creds])
 
     def GetCredential(self, request: pb.GetCredentialRequest, context: grpc.ServicerContext) -> pb.Credential:
-        if not request.credential_id:
-            raise InvalidRequest("credential_id is required")
         return credential_pb(self._app.signing.get_credential(current_principal(), request.credential_id))
 
     def Authorize(self, request: pb.AuthorizeRequest, context: grpc.ServicerContext) -> pb.AuthorizeResponse:
-        if not request.credential_id:
-            raise InvalidRequest("credential_id is required")
         auth = self._app.signing.authorize(
             current_principal(),
             request.credential_id,
@@ -102,8 +100,6 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
         return pb.AuthorizeResponse(sad=auth.sad, expires_at=int(auth.expires_at), key_version=auth.key_version)
 
     def SignHash(self, request: pb.SignHashRequest, context: grpc.ServicerContext) -> pb.SignHashResponse:
-        if not request.credential_id:
-            raise InvalidRequest("credential_id is required")
         signed = self._app.signing.sign_hash(
             current_principal(),
             request.credential_id,
@@ -126,8 +122,6 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
             raise
         if first is None:
             return
-        if not first.credential_id:
-            raise InvalidRequest("the first message must carry credential_id, sad, hash_algorithm and signature_scheme")
 
         def chunks() -> Iterator[list[bytes]]:
             yield list(first.hashes)
@@ -192,6 +186,7 @@ def audit_event_pb(r: dict[str, Any]) -> pb.AuditEvent:
     )
 
 
+@guarded("AuditService")
 class AuditServicer(pb_grpc.AuditServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
@@ -231,10 +226,12 @@ def user_pb(u: UserView) -> pb.User:
     )
 
 
+@guarded("AdminService")
 class AdminServicer(pb_grpc.AdminServiceServicer):
     """Thin: every rule lives in rsign.admin (policy) and the domain services (audit)."""
 
     def __init__(self, app: App) -> None:
+        self._app = app
         self._admin = app.admin
 
     def EnrolUser(self, request: pb.EnrolUserRequest, context: grpc.ServicerContext) -> pb.EnrolUserResponse:

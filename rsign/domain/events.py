@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsign.domain import context
+from rsign.domain import context, limits
 
 
 class Action(enum.StrEnum):
@@ -42,6 +42,9 @@ class Action(enum.StrEnum):
     AUDIT_VERIFY = "audit.verify"
     AUDIT_EXPORT = "audit.export"
     AUDIT_QUERY = "audit.query"
+    # A malformed request from an authenticated caller (over a limit, unknown enum value, out of
+    # range, unparsable), refused before anything else ran.
+    REQUEST_REFUSE = "request.refuse"
 
 
 class Result(enum.StrEnum):
@@ -62,6 +65,17 @@ class AuditEvent:
     details: dict[str, Any] = field(default_factory=dict)
     request_id: str = ""
     client: str = ""
+
+    def __post_init__(self) -> None:
+        # Every record is built here, so no path can write an unbounded one: a refused request's
+        # 1 MiB user id or credential id is kept as a prefix plus its digest and length.
+        for name, limit in limits.AUDIT_FIELD_MAX.items():
+            value = getattr(self, name)
+            if isinstance(value, str) and len(value) > limit:
+                object.__setattr__(self, name, limits.bounded(value, limit))
+        details = limits.bounded_details(self.details)
+        if details is not self.details:
+            object.__setattr__(self, "details", details)
 
 
 def event(action: Action, result: Result = Result.SUCCESS, **kw: Any) -> AuditEvent:
