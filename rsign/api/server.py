@@ -107,9 +107,10 @@ def start_server(
     check_port_free(listen)
     capacity = Capacity.from_settings(app.settings)  # thread budgets and limits: see rsign.api.capacity
     admission = Admission(capacity)
+    interceptor = ServiceInterceptor(app.auth, admission)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=capacity.threads, thread_name_prefix="rsign-rpc"),
-        interceptors=[interceptor := ServiceInterceptor(app.auth, admission)],
+        interceptors=[interceptor],
         # One server per port: with gRPC's default SO_REUSEPORT a second server on the same port
         # would start silently and take part of the connections.
         options=[*server_options(), ("grpc.so_reuseport", 0)],
