@@ -3,15 +3,14 @@ checkpoint signed, and one port serves one server."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import queue
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,7 +23,7 @@ from rsign.domain.events import EventFilter
 from rsign.runtime.config import load_settings
 from rsign.store import Store
 from rsign.v1 import rsign_pb2 as pb
-from tests.integration.serving import User, free_port, prepare_state, rsign_cmd, serve
+from tests.integration.serving import Served, User, free_port, prepare_state, rsign_cmd, serve
 
 GRACE = 2.0
 
@@ -66,12 +65,66 @@ def first_message(user: User, sad: str, ds: list[bytes]) -> pb.SignHashStreamReq
     )
 
 
-def test_sigterm_stops_within_the_grace_period_and_signs_the_checkpoint(tmp_path: Path) -> None:
-    """A dozen streams that sent malformed hashes and stay open, a few that never sent anything,
-    and two busy ones (the client sends on and never reads) when SIGTERM comes."""
-    state = tmp_path / "state"
+@dataclass
+class Running:
+    srv: Served
+    state: Path
+    users: list[User]
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """One server for this module (starting one costs seconds): the port test uses it as it is,
+    the SIGTERM test (the last) stops it."""
+    state = tmp_path_factory.mktemp("serve") / "state"
     users = prepare_state(state, 14, config=f"[service]\nshutdown_grace_seconds = {GRACE}\n")
     srv = serve(state, free_port())
+    yield Running(srv, state, users)
+    srv.stop()
+
+
+def session_processes(sid: int) -> list[int]:
+    """Processes still alive in session ``sid`` (a process and everything it started)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # fields after the name: state, ppid, pgrp, session
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_one_server_per_port(running: Running, tmp_path: Path) -> None:
+    first = running.srv
+    port = int(first.address.rsplit(":", 1)[1])
+    second = subprocess.Popen(
+        rsign_cmd("serve", "--state-dir", str(tmp_path / "b"), "--listen", first.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 2
+    assert err.strip().splitlines() == [
+        f"error: port {port} is already in use on 127.0.0.1 (another rsign serve?); not starting"
+    ]
+    assert "rsign serving" not in out
+    assert session_processes(second.pid) == []  # nothing left behind (no HSM worker, no listener)
+    # Every new connection reaches the first server.
+    for _ in range(10):
+        with grpc.insecure_channel(first.address) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    assert first.proc.poll() is None
+
+
+def test_sigterm_stops_within_the_grace_period_and_signs_the_checkpoint(running: Running) -> None:
+    """A dozen streams that sent malformed hashes and stay open, a few that never sent anything,
+    and two busy ones (the client sends on and never reads) when SIGTERM comes."""
+    srv, state, users = running.srv, running.state, running.users
     streams: list[OpenStream] = []
     clients: list[RsignClient] = []
     try:
@@ -128,65 +181,3 @@ def test_sigterm_stops_within_the_grace_period_and_signs_the_checkpoint(tmp_path
     # Closed in the call's own context: each record names the caller, not the process.
     assert {r["actor"] for r in ends} == {u.user_id for u in users}
     assert all(str(r["client"]).startswith("ipv4:127.0.0.1:") for r in ends)
-
-
-def session_processes(sid: int) -> list[int]:
-    """Processes still alive in session ``sid`` (a process and everything it started)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # fields after the name: state, ppid, pgrp, session
-            found.append(int(stat.parent.name))
-    return found
-
-
-def test_one_server_per_port(tmp_path: Path) -> None:
-    prepare_state(tmp_path / "a", 0)
-    port = free_port()
-    first = serve(tmp_path / "a", port)
-    try:
-        second = subprocess.Popen(
-            rsign_cmd("serve", "--state-dir", str(tmp_path / "b"), "--listen", f"127.0.0.1:{port}"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        out, err = second.communicate(timeout=60)
-        assert second.returncode == 2
-        assert err.strip().splitlines() == [
-            f"error: port {port} is already in use on 127.0.0.1 (another rsign serve?); not starting"
-        ]
-        assert "rsign serving" not in out
-        assert session_processes(second.pid) == []  # nothing left behind (no HSM worker, no listener)
-        # Every new connection reaches the first server.
-        for _ in range(10):
-            with grpc.insecure_channel(first.address) as ch:
-                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
-                assert resp.status == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        first.stop()
-    assert first.proc.returncode == 0, first.stderr()
-
-
-def test_port_taken_by_something_else(tmp_path: Path) -> None:
-    with socket_listening() as port:
-        out = subprocess.run(
-            rsign_cmd("serve", "--state-dir", str(tmp_path / "s"), "--listen", f"127.0.0.1:{port}"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert out.returncode == 2 and f"port {port} is already in use" in out.stderr
-    assert "Traceback" not in out.stderr
-
-
-@contextlib.contextmanager
-def socket_listening() -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield int(s.getsockname()[1])

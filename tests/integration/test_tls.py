@@ -16,11 +16,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from click.testing import CliRunner, Result
 from cryptography import x509
 
 from rsign.api.client import RsignClient
 from rsign.api.listener import TlsFiles
 from rsign.api.server import RunningServer, start_server
+from rsign.cli.main import main
 from rsign.dev import EMBEDDED
 from rsign.domain.errors import ConfigurationError
 from rsign.domain.events import EventFilter
@@ -229,14 +231,13 @@ def test_sighup_reloads_the_certificate_without_dropping_the_service(tmp_path: P
 # -- the CLI's --server commands over TLS ---------------------------------------------------------
 
 
-def run_cli(env: Env, address: str, login: tuple[str, str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(env: Env, address: str, login: tuple[str, str, str], *args: str) -> Result:
+    """The CLI in this process (click's runner): the PIN and one-time code typed at its prompts."""
     user, pin, otp = login
-    return subprocess.run(
-        rsign_cmd("users", "--server", address, "--as", user, *args, "--state-dir", str(env.state_dir)),
+    return CliRunner().invoke(
+        main,
+        ["users", "--server", address, "--as", user, *args, "--state-dir", str(env.state_dir)],
         input=f"{pin}\n{otp}\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
 
 
@@ -247,16 +248,16 @@ def test_cli_acts_through_a_mutual_tls_server(env: Env, mtls_server: RunningServ
     tls = ("--ca", str(pki.ca.path), "--cert", str(me.cert), "--key", str(me.key))
     address = mtls_server.address
     out = run_cli(env, address, (admin.user_id, admin.pin, admin.code()), *tls, "search", "--name", "lo van")
-    assert out.returncode == 0, out.stderr
+    assert out.exit_code == 0, out.output
     assert user.user_id in out.stdout
     assert all(str(r["client"]).endswith(f" cert:{me.subject}") for r in records_of(env, admin.user_id))
     # Without a client certificate the server refuses the connection; the CLI says so in one line.
     out = run_cli(env, address, (admin.user_id, admin.pin, admin.code()), "--ca", str(pki.ca.path), "search")
-    last = out.stderr.strip().splitlines()[-1]  # the code prompt, then the error on the same line
-    assert out.returncode == 2 and "error (UNAVAILABLE)" in last and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.exit_code == 2 and last.startswith("error (UNAVAILABLE)") and isinstance(out.exception, SystemExit)
     # A certificate without its key is a usage mistake, caught before connecting.
     out = run_cli(env, address, (admin.user_id, admin.pin, admin.code()), *tls[:4], "search")
-    assert out.returncode == 2 and "--cert and --key go together" in out.stderr
+    assert out.exit_code == 2 and out.stderr.strip().splitlines()[-1] == "error: --cert and --key go together"
 
 
 def test_example_configuration_loads(tmp_path: Path) -> None:
