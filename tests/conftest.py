@@ -118,6 +118,15 @@ class CountingHsm:
     def unseal(self, blob: bytes, aad: bytes) -> bytes:
         return self.inner.unseal(blob, aad)
 
+    def read_anchor(self) -> bytes | None:
+        return self.inner.read_anchor()
+
+    def write_anchor(self, data: bytes) -> bool:
+        return self.inner.write_anchor(data)
+
+    def reset_anchor(self, data: bytes) -> bytes:
+        return self.inner.reset_anchor(data)
+
     def close(self) -> None:
         self.inner.close()
 

@@ -40,12 +40,14 @@ from pkcs11.exceptions import (
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from rsign.domain.algorithms import KeyAlgorithm, Mechanism, SignSpec
-from rsign.domain.errors import HsmUnavailable, NotFound, SecretIntegrityError
+from rsign.domain.anchor import Anchor
+from rsign.domain.errors import AuditIntegrityError, HsmUnavailable, InvalidRequest, NotFound, SecretIntegrityError
 from rsign.domain.settings import HsmConfig
 from rsign.hsm.ports import ItemFailure, SignResult
 
 T = TypeVar("T")
 SEAL_KEY_LABEL = "rsign-seal-v1"
+ANCHOR_LABEL = "rsign-audit-anchor"
 _active_softhsm_conf: str | None = None
 _SEAL_VERSION = b"\x01"
 
@@ -169,6 +171,8 @@ class Pkcs11Token:
         # python-pkcs11's key classes are mixins typed loosely; Any keeps mypy honest elsewhere.
         self._keys: dict[bytes, Any] = {}
         self._seal_cache: list[Any] = []
+        # The anchor object this process created last, with its (epoch, seq): see write_anchor.
+        self._anchor_own: tuple[tuple[int, int], Any] | None = None
         self._file_lock = _TokenFileLock(config)
         self._session = _with_retries(f"cannot open the HSM token {config.token_label!r}", self._connect)
 
@@ -203,6 +207,7 @@ class Pkcs11Token:
         """A new session (and, with ``reinitialize``, a reloaded token); handles are session-bound."""
         self._keys.clear()
         self._seal_cache = []
+        self._anchor_own = None  # handles are session-bound; a read_anchor prunes what it leaves
         try:
             self._session.close()
         except PKCS11Error:
@@ -486,6 +491,124 @@ class Pkcs11Token:
         except PKCS11Error:
             return False
         return bytes(back) == probe
+
+    # -- the audit anchor ------------------------------------------------------------------
+    #
+    # Why one object per write, never an update: SoftHSMv2 refuses C_SetAttributeValue on a data
+    # object's CKA_VALUE (CKR_ATTRIBUTE_READ_ONLY; PKCS#11 does not make it modifiable), so a new
+    # value is a new object. That also settles replicas racing, with no lock that spans hosts
+    # (there is none with a network HSM; _TokenFileLock orders one machine's processes only):
+    #   - a writer creates a new object (atomic), then destroys only objects it knows to be LOWER
+    #     than one that exists: its own previous one, or, when reading, those below the highest;
+    #   - the anchor is the highest (epoch, seq) of all anchor objects.
+    # An object is destroyed only once a higher one has existed, so the highest is never destroyed
+    # and the anchor never moves backwards, however writers interleave. The rejected alternative,
+    # one object compared-then-written under a lock, needs a lock every replica shares: the token
+    # file lock exists only for the embedded token, on one machine.
+
+    def _anchor_objects(self) -> list[tuple[tuple[int, int], Any, bytes]]:
+        """Every anchor object with its (epoch, seq), highest last."""
+        found: list[tuple[tuple[int, int], Any, bytes]] = []
+        with self._file_lock.shared():
+            objects = list(
+                self._session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: ANCHOR_LABEL})
+            )
+            for obj in objects:
+                try:
+                    value = bytes(obj[Attribute.VALUE])
+                except PKCS11Error:
+                    continue  # destroyed by another process meanwhile
+                try:
+                    order = Anchor.decode(value).order
+                except ValueError as exc:
+                    # Never guess past an anchor this version cannot read (a newer rsign may
+                    # have written a higher one): the caller reports it; only a reset replaces it.
+                    raise AuditIntegrityError(f"an HSM anchor object cannot be read: {exc}") from None
+                found.append((order, obj, value))
+        found.sort(key=lambda f: f[0])
+        return found
+
+    def _destroy_quietly(self, obj: Any) -> None:
+        try:
+            obj.destroy()
+        except PKCS11Error:
+            pass  # already destroyed by another process: the same outcome
+
+    @_serialised
+    def read_anchor(self) -> bytes | None:
+        try:
+            found = self._anchor_objects()
+            if not found:
+                return None
+            top = found[-1][0]
+            lower = [obj for order, obj, _ in found if order < top]
+            if lower:
+                with self._file_lock.exclusive():
+                    for obj in lower:
+                        self._destroy_quietly(obj)
+            return found[-1][2]
+        except PKCS11Error as exc:
+            raise HsmUnavailable(f"the HSM could not read the audit anchor ({_describe(exc)})") from exc
+
+    @_serialised
+    def write_anchor(self, data: bytes) -> bool:
+        try:
+            order = Anchor.decode(data).order
+        except ValueError as exc:
+            raise InvalidRequest(f"not an audit anchor: {exc}") from None
+        own = self._anchor_own
+        if own is not None and order <= own[0]:
+            return False
+        try:
+            with self._file_lock.exclusive():
+                obj = self._create_anchor(data)
+                if own is not None:
+                    self._destroy_quietly(own[1])
+        except PKCS11Error as exc:
+            raise HsmUnavailable(f"the HSM could not store the audit anchor ({_describe(exc)})") from exc
+        self._anchor_own = (order, obj)
+        return True
+
+    @_serialised
+    def reset_anchor(self, data: bytes) -> bytes:
+        try:
+            anchor = Anchor.decode(data)
+        except ValueError as exc:
+            raise InvalidRequest(f"not an audit anchor: {exc}") from None
+        try:
+            with self._file_lock.exclusive():
+                # Unreadable objects are replaced too: resetting is the operator's explicit decision.
+                objects = list(
+                    self._session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: ANCHOR_LABEL})
+                )
+                epoch = 0
+                for obj in objects:
+                    try:
+                        epoch = max(epoch, Anchor.decode(bytes(obj[Attribute.VALUE])).epoch)
+                    except (PKCS11Error, ValueError):
+                        continue
+                value = anchor.with_epoch(epoch + 1).encode()
+                created = self._create_anchor(value)  # first: the token is never without an anchor
+                for obj in objects:
+                    self._destroy_quietly(obj)
+        except PKCS11Error as exc:
+            raise HsmUnavailable(f"the HSM could not reset the audit anchor ({_describe(exc)})") from exc
+        self._anchor_own = ((epoch + 1, anchor.seq), created)
+        return value
+
+    def _create_anchor(self, value: bytes) -> Any:
+        return self._session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.DATA,
+                Attribute.TOKEN: True,
+                # Readable and writable only after C_Login with the user PIN, which the database
+                # administrator does not hold.
+                Attribute.PRIVATE: True,
+                Attribute.LABEL: ANCHOR_LABEL,
+                Attribute.APPLICATION: "rsign",
+                Attribute.VALUE: value,
+            }
+        )
 
     @_serialised
     def close(self) -> None:

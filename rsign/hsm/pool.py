@@ -73,6 +73,9 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: HsmConfig,
         "destroy_keypair": token.destroy_keypair,
         "mac": token.mac,
         "unseal": token.unseal,
+        "read_anchor": token.read_anchor,
+        "write_anchor": token.write_anchor,
+        "reset_anchor": token.reset_anchor,
         "ping": lambda: os.getpid(),
     }
     while True:
@@ -351,6 +354,21 @@ class HsmPool:
 
     def unseal(self, blob: bytes, aad: bytes) -> bytes:
         result: bytes = self._call("unseal", blob, aad)
+        return result
+
+    # The audit anchor: a worker process is one writer (it destroys only its own previous anchor
+    # object, see Pkcs11Token.write_anchor), so any worker may take these jobs.
+
+    def read_anchor(self) -> bytes | None:
+        result: bytes | None = self._call("read_anchor")
+        return result
+
+    def write_anchor(self, data: bytes) -> bool:
+        result: bool = self._call("write_anchor", data)
+        return result
+
+    def reset_anchor(self, data: bytes) -> bytes:
+        result: bytes = self._call("reset_anchor", data)
         return result
 
     def _fail_queued(self) -> None:

@@ -67,4 +67,24 @@ class Hsm(Protocol):
         """Decrypt what ``seal`` produced; fails if ``blob`` or ``aad`` were altered."""
         ...
 
+    # -- the audit anchor (rsign.domain.anchor): the latest signed checkpoint, kept where a
+    # database administrator cannot write. Private token data objects labelled
+    # "rsign-audit-anchor"; several may exist (one per writing process), the highest
+    # (epoch, seq) is the anchor.
+
+    def read_anchor(self) -> bytes | None:
+        """The highest anchor on the token (None: none yet). Finds every anchor object, so it costs
+        a token scan; objects below the highest, left by other processes, are destroyed."""
+        ...
+
+    def write_anchor(self, data: bytes) -> bool:
+        """Store the anchor ``data`` if it is above the one this process stored last; False when
+        it is not (nothing written). Never lowers the highest anchor on the token."""
+        ...
+
+    def reset_anchor(self, data: bytes) -> bytes:
+        """Replace every anchor with ``data`` under an epoch above all of them (an accepted
+        rollback); returns the anchor as stored."""
+        ...
+
     def close(self) -> None: ...
