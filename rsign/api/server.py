@@ -75,12 +75,14 @@ def set_health(hs: health.HealthServicer, serving: bool) -> None:
 
 class StoreMonitor:
     """Health follows the audit store: NOT_SERVING from the first failed write until a probe
-    (an audit insert, rolled back) succeeds again. Signing fails closed meanwhile."""
+    (an audit insert, rolled back) succeeds again. Signing fails closed meanwhile. Likewise while
+    the audit journal is halted: the log was found behind its HSM anchor (``AuditService.watch``)."""
 
     def __init__(self, app: App, hs: health.HealthServicer) -> None:
         self._app = app
         self._stop = threading.Event()
-        app.store.on_health_change(lambda ok: set_health(hs, ok and app.hsm_healthy()))
+        app.store.on_health_change(lambda ok: set_health(hs, ok and app.hsm_healthy() and not app.journal.halted))
+        app.journal.on_halt_change(lambda serving: set_health(hs, serving and app.store.healthy and app.hsm_healthy()))
         self._thread = threading.Thread(target=self._run, daemon=True, name="rsign-store-monitor")
         self._thread.start()
 
@@ -105,6 +107,9 @@ def start_server(
     if reloadable is None:
         check_plaintext(listen, behind_tls_proxy)
     check_port_free(listen)
+    # A log behind its HSM anchor (rolled back in the database) is not served: one line, before
+    # anything listens (AuditRollback; recovery: `rsign audit accept-rollback`).
+    app.audit.check_before_serving()
     capacity = Capacity.from_settings(app.settings)  # thread budgets and limits: see rsign.api.capacity
     admission = Admission(capacity)
     interceptor = ServiceInterceptor(app.auth, admission)
@@ -133,7 +138,7 @@ def start_server(
         server.stop(None)
         raise ConfigurationError(f"cannot listen on {listen}: the port is in use or the address is not available")
     server.start()
-    set_health(hs, app.store.healthy)
+    set_health(hs, app.store.healthy and not app.journal.halted)
     monitor = StoreMonitor(app, hs)
     cp = Checkpointer(
         app.audit, app.journal, app.settings.checkpoint_every_records, app.settings.checkpoint_interval_seconds

@@ -13,6 +13,12 @@ not at all. Appending:
 
 The MAC comes after the insert succeeded, so a store that refuses writes never causes an HSM call.
 Without its MAC key the journal cannot be built, so there is no path that appends unkeyed.
+
+Halting (fail closed on a rolled-back log): the journal remembers the highest sequence number this
+process has seen committed, and a head below it means records were deleted under it; the audit
+service halts it too when the database is behind the HSM anchor (``AuditService.watch``). A halted
+journal refuses every append with ``AuditHalted`` (UNAVAILABLE), so nothing that must be audited,
+a signature above all, happens until an operator accepts the rollback.
 """
 
 from __future__ import annotations
@@ -20,15 +26,24 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
-from collections.abc import Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rsign.audit import chain
 from rsign.audit.keys import AuditKeys
 from rsign.domain.clock import Clock, iso_utc
-from rsign.domain.errors import AuditIntegrityError
+from rsign.domain.errors import AuditHalted, AuditIntegrityError
 from rsign.domain.events import AuditEvent
 from rsign.store import Store, Tx
+
+log = logging.getLogger(__name__)
+
+HALTED = (
+    "operations are suspended: the audit log failed its rollback check and an operator must resolve it"
+    " (`rsign audit verify`); nothing was performed"
+)
 
 
 class AuditedTx(Tx):
@@ -37,10 +52,12 @@ class AuditedTx(Tx):
     def __init__(self, inner: Tx, journal: AuditedStore) -> None:
         super().__init__(inner.c, inner.clock)
         self._journal = journal
+        self.last_seq = 0
 
     def append(self, *events: AuditEvent) -> int:
         """Append events to the chain in this transaction; returns the last sequence number."""
-        return self._journal.append(self, events)
+        self.last_seq = self._journal.append(self, events)
+        return self.last_seq
 
 
 class AuditedStore:
@@ -51,13 +68,63 @@ class AuditedStore:
         self.store = store
         self.keys = keys
         self._clock = clock
+        self._guard = threading.Lock()
+        self._high_water = 0  # the highest sequence number this process saw committed
+        self._halted = ""  # why appends are refused; "" while they are not
+        self._listeners: list[Callable[[bool], None]] = []
         with store.tx() as t:
             t.init_head(chain.GENESIS)
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[AuditedTx]:
         with self.store.tx() as t:
-            yield AuditedTx(t, self)
+            at = AuditedTx(t, self)
+            yield at
+        self.saw_head(at.last_seq)  # committed: the head can never legitimately go below it
+
+    # -- halting -----------------------------------------------------------------------------
+
+    @property
+    def high_water(self) -> int:
+        return self._high_water
+
+    def saw_head(self, seq: int) -> None:
+        """Record a committed head (an append of this process, or the head another one left)."""
+        with self._guard:
+            self._high_water = max(self._high_water, seq)
+
+    def reset_high_water(self) -> None:
+        """An operator re-anchored the log (accept-rollback): its current head is the reference."""
+        with self._guard:
+            self._high_water = 0
+
+    @property
+    def halted(self) -> str:
+        return self._halted
+
+    def on_halt_change(self, listener: Callable[[bool], None]) -> None:
+        """``listener(serving)`` on every change (the server's health follows it)."""
+        self._listeners.append(listener)
+
+    def halt(self, problem: str) -> None:
+        with self._guard:
+            changed, self._halted = not self._halted, problem
+        if changed:
+            log.critical(
+                "audit log ROLLED BACK: %s. Every operation is refused until an operator runs"
+                " `rsign audit accept-rollback --reason ...` (README, Audit).",
+                problem,
+            )
+            for fn in list(self._listeners):
+                fn(False)
+
+    def resume(self) -> None:
+        with self._guard:
+            changed, self._halted = bool(self._halted), ""
+        if changed:
+            log.warning("audit log consistent with its HSM anchor again: operations resume")
+            for fn in list(self._listeners):
+                fn(True)
 
     def read(self) -> contextlib.AbstractContextManager[Tx]:
         return self.store.read()
@@ -67,7 +134,15 @@ class AuditedStore:
         return self.store.healthy
 
     def append(self, t: Tx, events: tuple[AuditEvent, ...]) -> int:
+        if self._halted:
+            raise AuditHalted(HALTED)
         old_seq, old_hash = t.lock_head()
+        high = self._high_water
+        if old_seq < high:
+            self.halt(
+                f"the log head went back from record {high} to {old_seq} while this process ran (records were deleted)"
+            )
+            raise AuditHalted(HALTED)
         if not events:
             return old_seq
         ts = iso_utc(self._clock.now())

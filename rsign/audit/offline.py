@@ -3,13 +3,27 @@ no network). Imports only the pure chain functions and ``cryptography``.
 
 Export format (JSON Lines, UTF-8, every line ending in a newline), in this order:
 
-    {"type": "header", "format": "rsign-audit-export/1", "exported_at": T, "exported_by": U, "scope": S,
-     "filter": {...}, "head": {"seq": N, "hash": H}, "audit_certificate": <base64 DER>,
-     "issuer_certificates": [<base64 DER>, ...], "warning": W}
+    {"type": "header", "format": "rsign-audit-export/2", "exported_at": T, "exported_by": U, "scope": S,
+     "filter": {...}, "head": {"seq": N, "hash": H},
+     "anchor": {"epoch": E, "seq": A, "head_hash": H, "ts": T, "signature": <base64 DER ECDSA>} | null,
+     "audit_certificate": <base64 DER>, "issuer_certificates": [<base64 DER>, ...], "warning": W}
     {"type": "checkpoint", "seq": S, "head_hash": H, "ts": T, "signature": <base64 DER ECDSA>}   ...
     {"type": "record", <content fields>, "prev_hash": P, "hash": H}                               ...
     {"type": "link", "seq": S, "content_hash": C, "hash": H}      (a record outside the export's filter)
     {"type": "signature", "sha256": <hex of every byte above>, "signature": <base64 DER ECDSA>}
+
+``anchor`` (format 2) is the checkpoint the HSM held as the log's anchor when the file was written
+(``rsign.domain.anchor``; ``epoch`` counts accepted rollbacks): the export must contain that
+checkpoint and reach that record with that hash, or the log was rolled back. Format 1 (no anchor)
+is still read.
+
+A checkpoint file (``rsign audit checkpoint --out``, ``rsign audit extract-checkpoint``) is one line,
+read as strictly:
+
+    {"format": "rsign-audit-checkpoint/1", "seq": S, "head_hash": H, "ts": T, "signature": <base64>,
+     "audit_certificate_sha256": <hex>}
+
+An auditor keeps it and later runs ``verify-export --after FILE``: a newer export must extend it.
 
 Threat model: the file comes from anywhere and may have been altered by anyone without the audit
 key. The verifier therefore reads it strictly before trusting any of it: every line must be exactly
@@ -42,7 +56,9 @@ from cryptography.utils import CryptographyDeprecationWarning
 
 from rsign.audit import chain
 
-FORMAT = "rsign-audit-export/1"
+FORMAT = "rsign-audit-export/2"
+FORMAT_1 = "rsign-audit-export/1"  # without the anchor: still read
+CHECKPOINT_FORMAT = "rsign-audit-checkpoint/1"
 # rsign.domain.events.EventFilter's fields, as the header's "filter" carries them (non-empty ones, in
 # this order); copied so that this module stays standalone, tests/unit/test_offline.py keeps them equal.
 FILTER_KEYS = ("from_ts", "to_ts", "actor", "credential_id", "agency", "action", "result")
@@ -53,8 +69,9 @@ _MAX_KEY_VERSION = 2**31 - 1  # the store's INTEGER
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def export_signature_message(sha256_hex: str) -> bytes:
-    return f"{FORMAT}\n{sha256_hex}\n".encode("ascii")
+def export_signature_message(sha256_hex: str, fmt: str = FORMAT) -> bytes:
+    """What the closing signature signs: the export's format (from its header) and digest."""
+    return f"{fmt}\n{sha256_hex}\n".encode("ascii")
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -99,6 +116,8 @@ class ExportReport:
     checkpoints: int = 0
     head_seq: int = 0
     certificate_sha256: str = ""
+    anchor: dict[str, Any] | None = None  # the header's HSM anchor (format 2), when it has one
+    last_checkpoint: dict[str, Any] | None = None  # the export's highest checkpoint entry
 
     @property
     def ok(self) -> bool:
@@ -226,23 +245,49 @@ def _object(schema: Sequence[tuple[str, Check]], optional: bool = False) -> Chec
     return check
 
 
+def _nullable(item: Check) -> Check:
+    def check(v: Any) -> Any:
+        return None if v is None else item(v)
+
+    return check
+
+
 _SEQ = _int(1, _MAX_SEQ)
 _RECORD_CHECKS: dict[str, Check] = {"seq": _SEQ, "ts": _utc, "key_version": _int(0, _MAX_KEY_VERSION)}  # others: text
+_ANCHOR = _object(
+    (("epoch", _int(0, _MAX_SEQ)), ("seq", _SEQ), ("head_hash", _hex64), ("ts", _utc), ("signature", _base64))
+)
+
+
+def _header_fields(fmt: str) -> list[tuple[str, Check]]:
+    fields: list[tuple[str, Check]] = [
+        ("type", _text),
+        ("format", _literal(fmt)),
+        ("exported_at", _utc),
+        ("exported_by", _text),
+        ("scope", _text),
+        ("filter", _object([(k, _text) for k in FILTER_KEYS], optional=True)),
+        ("head", _object((("seq", _int(0, _MAX_SEQ)), ("hash", _hex64)))),
+        ("audit_certificate", _base64),
+        ("issuer_certificates", _list_of(_base64)),
+        ("warning", _text),
+    ]
+    if fmt != FORMAT_1:
+        fields.insert(7, ("anchor", _nullable(_ANCHOR)))
+    return fields
+
+
+_HEADERS = {fmt: _object(_header_fields(fmt)) for fmt in (FORMAT_1, FORMAT)}
+
+
+def _header(v: Any) -> Any:
+    """Format 1 or 2, by the header's own "format" (anything else is named against format 2)."""
+    fmt = v.get("format") if type(v) is dict else None
+    return _HEADERS[fmt if fmt in _HEADERS else FORMAT](v)
+
+
 _SCHEMAS: dict[str, Check] = {
-    "header": _object(
-        (
-            ("type", _text),
-            ("format", _literal(FORMAT)),
-            ("exported_at", _utc),
-            ("exported_by", _text),
-            ("scope", _text),
-            ("filter", _object([(k, _text) for k in FILTER_KEYS], optional=True)),
-            ("head", _object((("seq", _int(0, _MAX_SEQ)), ("hash", _hex64)))),
-            ("audit_certificate", _base64),
-            ("issuer_certificates", _list_of(_base64)),
-            ("warning", _text),
-        )
-    ),
+    "header": _header,
     "checkpoint": _object(
         (("type", _text), ("seq", _SEQ), ("head_hash", _hex64), ("ts", _utc), ("signature", _base64))
     ),
@@ -388,16 +433,21 @@ def _verify_ecdsa(public_key: ec.EllipticCurvePublicKey, signature: bytes, messa
     return True
 
 
-def verify_export(path: Path, pinned_certificate: bytes | None = None) -> ExportReport:
+def verify_export(
+    path: Path, pinned_certificate: bytes | None = None, after: KeptCheckpoint | None = None
+) -> ExportReport:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         return ExportReport(problems=[f"cannot read {path}: {exc.strerror or exc}"])
-    return verify_export_bytes(raw, pinned_certificate)
+    return verify_export_bytes(raw, pinned_certificate, after)
 
 
-def verify_export_bytes(raw: bytes, pinned_certificate: bytes | None = None) -> ExportReport:
-    """Check an export's bytes; every problem found is one line in ``problems`` (none: intact)."""
+def verify_export_bytes(
+    raw: bytes, pinned_certificate: bytes | None = None, after: KeptCheckpoint | None = None
+) -> ExportReport:
+    """Check an export's bytes; every problem found is one line in ``problems`` (none: intact).
+    With ``after`` (a checkpoint the auditor kept), the export must also extend that checkpoint."""
     rep = ExportReport()
     try:
         ex = _read(raw)
@@ -413,12 +463,15 @@ def verify_export_bytes(raw: bytes, pinned_certificate: bytes | None = None) -> 
     if ex.closing["sha256"] != digest:
         rep.problems.append("the export's content does not match its signed digest (the file was altered)")
     elif not _verify_ecdsa(
-        ex.public_key, base64.b64decode(ex.closing["signature"]), export_signature_message(digest)
+        ex.public_key,
+        base64.b64decode(ex.closing["signature"]),
+        export_signature_message(digest, ex.header["format"]),
     ):
         rep.problems.append("the export's signature is invalid (the file was altered)")
 
     # 2. Checkpoints: each signed by the audit key, in increasing order.
     rep.checkpoints = len(ex.checkpoints)
+    rep.last_checkpoint = ex.checkpoints[-1] if ex.checkpoints else None
     cp_at: dict[int, str] = {}
     prev_cp: dict[str, Any] | None = None
     for cp in ex.checkpoints:
@@ -429,8 +482,18 @@ def verify_export_bytes(raw: bytes, pinned_certificate: bytes | None = None) -> 
             rep.problems.append(f"checkpoint {seq}: out of order after checkpoint {prev_cp['seq']} (rollback or fork)")
         cp_at[seq] = head
         prev_cp = cp
+    anchor = rep.anchor = ex.header.get("anchor")
+    anchor_signed = anchor is not None and _verify_ecdsa(
+        ex.public_key,
+        base64.b64decode(anchor["signature"]),
+        chain.checkpoint_message(anchor["seq"], anchor["head_hash"], anchor["ts"]),
+    )
+    if anchor is not None and not anchor_signed:
+        rep.problems.append(f"the header's HSM anchor (checkpoint {anchor['seq']}): signature invalid")
 
     # 3. The chain, from the first record, through records and links.
+    wanted = {a["seq"] for a in (anchor,) if a is not None} | ({after.seq} if after is not None else set())
+    hash_at: dict[int, str] = {}
     prev_seq, prev_hash = 0, chain.GENESIS
     chain_problem = ""
     for o in ex.chain:
@@ -461,13 +524,39 @@ def verify_export_bytes(raw: bytes, pinned_certificate: bytes | None = None) -> 
                 " (the log was rewritten and its hashes recomputed)"
             )
             break
+        if seq in wanted:
+            hash_at[seq] = h
         prev_seq, prev_hash = seq, h
     rep.head_seq = prev_seq
     if chain_problem:
         rep.problems.append(chain_problem)
         return rep
 
-    # 4. Truncation and coverage.
+    # 4. Rollback: the HSM anchor, and the checkpoint the auditor kept, must be in this history.
+    if anchor is not None and anchor_signed:  # (an unsigned one was reported above)
+        problem = _rollback(anchor, prev_seq, hash_at, "the HSM anchor", "the anchored one")
+        if not problem:
+            kept = [cp for cp in ex.checkpoints if cp["seq"] == anchor["seq"]]
+            if not kept:
+                problem = (
+                    f"checkpoint {anchor['seq']} is missing (the HSM anchor holds it: newer checkpoints were deleted)"
+                )
+            elif (kept[0]["head_hash"], kept[0]["ts"], kept[0]["signature"]) != (
+                anchor["head_hash"],
+                anchor["ts"],
+                anchor["signature"],
+            ):
+                problem = f"checkpoint {anchor['seq']} differs from the anchored one"
+        if problem:
+            rep.problems.append(problem)
+    if after is not None:
+        problem = after.check_signed(ex.public_key, rep.certificate_sha256) or _rollback(
+            after.as_entry(), prev_seq, hash_at, "the checkpoint you kept", "the checkpoint you kept"
+        )
+        if problem:
+            rep.problems.append(problem)
+
+    # 5. Truncation and coverage.
     want = ex.header["head"]
     last_cp = ex.checkpoints[-1]["seq"] if ex.checkpoints else 0
     if last_cp > prev_seq:
@@ -484,3 +573,89 @@ def verify_export_bytes(raw: bytes, pinned_certificate: bytes | None = None) -> 
             " cannot be proven offline" + (f" (the service refused to sign one: {warning})" if warning else "")
         )
     return rep
+
+
+def _rollback(cp: Mapping[str, Any], end: int, hash_at: Mapping[int, str], what: str, one: str) -> str:
+    """Does the export's chain (ending at ``end``) pass through checkpoint ``cp``?"""
+    seq = cp["seq"]
+    if end < seq:
+        return f"{what} is at record {seq}, the export ends at {end} (the log was rolled back)"
+    if hash_at.get(seq) != cp["head_hash"]:
+        return f"record {seq}'s hash differs from {one} (the log was rolled back and rewritten after it)"
+    return ""
+
+
+# -- checkpoint files: what an auditor keeps between exports ---------------------------------
+
+
+_CHECKPOINT_FILE = _object(
+    (
+        ("format", _literal(CHECKPOINT_FORMAT)),
+        ("seq", _SEQ),
+        ("head_hash", _hex64),
+        ("ts", _utc),
+        ("signature", _base64),
+        ("audit_certificate_sha256", _hex64),
+    )
+)
+
+
+@dataclass(frozen=True)
+class KeptCheckpoint:
+    seq: int
+    head_hash: str
+    ts: str
+    signature: bytes
+    audit_certificate_sha256: str
+
+    def as_entry(self) -> dict[str, Any]:
+        return {"seq": self.seq, "head_hash": self.head_hash, "ts": self.ts}
+
+    def check_signed(self, public_key: ec.EllipticCurvePublicKey, certificate_sha256: str) -> str:
+        if certificate_sha256 != self.audit_certificate_sha256:
+            return (
+                f"the checkpoint you kept (record {self.seq}) was signed under another audit certificate"
+                f" (SHA-256 {self.audit_certificate_sha256[:16]}...) than this export's"
+            )
+        if not _verify_ecdsa(public_key, self.signature, chain.checkpoint_message(self.seq, self.head_hash, self.ts)):
+            return f"the checkpoint you kept (record {self.seq}) does not carry a valid signature of the audit key"
+        return ""
+
+
+def checkpoint_file(seq: int, head_hash: str, ts: str, signature: bytes, certificate_sha256: str) -> bytes:
+    """The one-line file an auditor keeps (``verify-export --after``); ``certificate_sha256``: the
+    audit certificate's (DER) SHA-256, hex."""
+    return encode_line(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "seq": seq,
+            "head_hash": head_hash,
+            "ts": ts,
+            "signature": base64.b64encode(signature).decode("ascii"),
+            "audit_certificate_sha256": certificate_sha256,
+        }
+    )
+
+
+def read_checkpoint_file(raw: bytes) -> KeptCheckpoint:
+    """Strict, like an export line; ValueError with a one-line reason."""
+    if not raw.endswith(b"\n") or raw.count(b"\n") != 1:
+        raise ValueError("a checkpoint file is one line ending in a newline")
+    try:
+        obj = _DECODER.decode(raw[:-1].decode("utf-8"))
+        entry = _CHECKPOINT_FILE(obj)
+    except UnicodeDecodeError:
+        raise ValueError("the checkpoint file is not UTF-8 text") from None
+    except _Bad as exc:
+        raise ValueError(f"the checkpoint file: {exc.describe()}") from None
+    except (ValueError, RecursionError):
+        raise ValueError("the checkpoint file is not valid JSON") from None
+    if encode_line(entry) != raw:
+        raise ValueError("the checkpoint file is not written as rsign writes it")
+    return KeptCheckpoint(
+        entry["seq"],
+        entry["head_hash"],
+        entry["ts"],
+        base64.b64decode(entry["signature"]),
+        entry["audit_certificate_sha256"],
+    )

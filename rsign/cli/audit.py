@@ -73,9 +73,11 @@ def audit_verify(state_dir: Path) -> None:
     with local_app(state_dir) as app:
         report = app.audit.verify_log(LOCAL_OPERATOR)
     if report.ok:
+        a = report.anchor
         click.echo(
             f"audit log intact: {report.records} records, {report.checkpoints} signed checkpoints"
-            f" (last at {report.last_checkpoint_seq})"
+            f" (last at {report.last_checkpoint_seq}); "
+            + (f"HSM anchor at record {a.seq} (epoch {a.epoch})" if a else "no HSM anchor yet")
         )
         return
     click.echo(f"audit log BROKEN at record {report.bad_seq}: {report.problem}", err=True)
@@ -83,13 +85,41 @@ def audit_verify(state_dir: Path) -> None:
 
 
 @audit.command("checkpoint")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the latest checkpoint to this file, for `verify-export --after` later.",
+)
 @state_dir_option
 @friendly_errors
-def audit_checkpoint(state_dir: Path) -> None:
+def audit_checkpoint(out: Path | None, state_dir: Path) -> None:
     """Sign a checkpoint now (the server does so on its own every N records or T seconds)."""
     with local_app(state_dir) as app:
         cp = app.audit.checkpoint()
+        kept = app.audit.kept_checkpoint() if out is not None else b""
     click.echo(f"checkpoint signed at record {cp.seq}" if cp else "nothing new since the last checkpoint")
+    if out is not None:
+        out.write_bytes(kept)
+        click.echo(f"wrote {out}: keep it; `rsign audit verify-export EXPORT --after {out}` checks a later export")
+
+
+@audit.command("accept-rollback")
+@click.option("--reason", required=True, help="Why the rollback is accepted (recorded in the audit log).")
+@state_dir_option
+@friendly_errors
+def audit_accept_rollback(reason: str, state_dir: Path) -> None:
+    """Accept a log that is behind its HSM anchor (restored from a backup, rolled back): re-anchor
+    the HSM at the database's current head, which must verify on its own, and record
+    audit.anchor_reset with both anchors. Servers halted on the log resume."""
+    with local_app(state_dir) as app:
+        done = app.audit.accept_rollback(reason)
+    old = f"record {done.old.seq} (epoch {done.old.epoch})" if done.old else "none"
+    click.echo(f"found: {done.found}")
+    click.echo(
+        f"HSM anchor moved from {old} to record {done.new.seq} (epoch {done.new.epoch});"
+        f" recorded as audit record {done.record_seq} (audit.anchor_reset)"
+    )
 
 
 @audit.command("csr")
@@ -133,37 +163,84 @@ def audit_export(out: Path, state_dir: Path, **flt: str) -> None:
     click.echo(f"wrote {out} ({n} lines)")
 
 
-@audit.command("verify-export")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
+_AUDIT_CERT = click.option(
     "--audit-cert",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="Pin the audit certificate (DER or PEM) the export must be signed with.",
 )
-def audit_verify_export(file: Path, audit_cert: Path | None) -> None:
+
+
+def _pinned(audit_cert: Path | None) -> bytes | None:
+    if audit_cert is None:
+        return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    data = audit_cert.read_bytes()
+    cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    return cert.public_bytes(Encoding.DER)
+
+
+@audit.command("verify-export")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_AUDIT_CERT
+@click.option(
+    "--after",
+    "after_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A checkpoint file kept earlier (`audit checkpoint --out`, `audit extract-checkpoint`): the export"
+    " must extend it, or the log was rolled back.",
+)
+def audit_verify_export(file: Path, audit_cert: Path | None, after_file: Path | None) -> None:
     """Verify an export offline (no database, no HSM): exit 0 when intact, 1 naming the problem."""
-    from rsign.audit.offline import verify_export
+    from rsign.audit.offline import read_checkpoint_file, verify_export
 
-    pinned = None
-    if audit_cert is not None:
-        from cryptography import x509
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        data = audit_cert.read_bytes()
-        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-        pinned = cert.public_bytes(Encoding.DER)
-    rep = verify_export(file, pinned)
+    after = None
+    if after_file is not None:
+        try:
+            after = read_checkpoint_file(after_file.read_bytes())
+        except ValueError as exc:
+            click.echo(f"FAILED: {after_file}: {exc}", err=True)
+            sys.exit(1)
+    rep = verify_export(file, _pinned(audit_cert), after)
     click.echo(
         f"{rep.records} records, {rep.links} links (other scopes), {rep.checkpoints} checkpoints, head {rep.head_seq};"
         f" audit certificate SHA-256 {rep.certificate_sha256}"
     )
+    if rep.anchor is not None:
+        click.echo(f"HSM anchor at record {rep.anchor['seq']} (epoch {rep.anchor['epoch']})")
     if rep.ok:
+        if after is not None:
+            click.echo(f"extends the checkpoint kept in {after_file} (record {after.seq})")
         click.echo("export intact")
         return
     for p in rep.problems:
         click.echo(f"FAILED: {p}", err=True)
     sys.exit(1)
+
+
+@audit.command("extract-checkpoint")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint file to write.")
+@_AUDIT_CERT
+def audit_extract_checkpoint(file: Path, out: Path, audit_cert: Path | None) -> None:
+    """Keep an intact export's latest checkpoint in a small file (offline), for `verify-export
+    --after` on a later export."""
+    import base64
+
+    from rsign.audit.offline import checkpoint_file, verify_export
+
+    rep = verify_export(file, _pinned(audit_cert))
+    cp = rep.last_checkpoint
+    if not rep.ok or cp is None:
+        for p in rep.problems or ["the export has no checkpoint"]:
+            click.echo(f"FAILED: {p}", err=True)
+        sys.exit(1)
+    sig = base64.b64decode(cp["signature"])
+    out.write_bytes(checkpoint_file(cp["seq"], cp["head_hash"], cp["ts"], sig, rep.certificate_sha256))
+    click.echo(f"wrote {out}: checkpoint at record {cp['seq']} ({cp['ts']})")
 
 
 @audit.command("tail")

@@ -68,8 +68,17 @@ class AuditUnavailable(Unavailable):
     """The audit record could not be committed; the operation is refused (fail closed)."""
 
 
+class AuditHalted(AuditUnavailable):
+    """The audit log was found behind its HSM anchor (rolled back or trimmed) while serving: every
+    operation is refused, as when the store is down, until an operator accepts or repairs it."""
+
+
 class AuditIntegrityError(RsignError):
     """The audit log failed verification: rsign will not sign a checkpoint over it."""
+
+
+class AuditRollback(AuditIntegrityError):
+    """The database's audit log is behind, or differs from, the checkpoint anchored in the HSM."""
 
 
 class SecretIntegrityError(RsignError):

@@ -42,6 +42,8 @@ class Action(enum.StrEnum):
     AUDIT_VERIFY = "audit.verify"
     AUDIT_EXPORT = "audit.export"
     AUDIT_QUERY = "audit.query"
+    # An operator accepted a rolled-back log: the HSM anchor was moved to the database's head.
+    AUDIT_ANCHOR_RESET = "audit.anchor_reset"
     # A malformed request from an authenticated caller (over a limit, unknown enum value, out of
     # range, unparsable), refused before anything else ran.
     REQUEST_REFUSE = "request.refuse"

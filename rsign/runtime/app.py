@@ -91,7 +91,8 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
         auth=auth,
         signing=SigningService(journal, hsm, clk, settings, auth),
         keys=keys,
-        audit=AuditService(journal, audit_keys, clk),
+        # Anchor reads and writes go to the signing workers, not the audit worker (see AuditService).
+        audit=AuditService(journal, audit_keys, clk, anchors=hsm),
         audit_hsm=audit_hsm,
         admin=AdminService(journal, hsm, clk, auth, keys),
     )

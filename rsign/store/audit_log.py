@@ -85,6 +85,10 @@ class AuditLogRepo:
         r = self.c.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.seq.desc()).limit(1)).first()
         return None if r is None else CheckpointView(int(r.seq), r.head_hash, r.ts, bytes(r.signature))
 
+    def checkpoint_at(self, seq: int) -> CheckpointView | None:
+        r = self.c.execute(select(CHECKPOINTS).where(CHECKPOINTS.c.seq == seq)).first()
+        return None if r is None else CheckpointView(int(r.seq), r.head_hash, r.ts, bytes(r.signature))
+
     def add_checkpoint(self, cp: CheckpointView) -> bool:
         """Insert unless a checkpoint at or beyond this sequence exists (another replica won)."""
         newer = self.c.execute(select(CHECKPOINTS.c.seq).where(CHECKPOINTS.c.seq >= cp.seq).limit(1)).first()

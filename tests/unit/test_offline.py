@@ -1,6 +1,7 @@
 """The offline export verifier reads strictly (no token needed): an export built here with a real
 P-256 key and certificate, re-signed after each alteration so that only the alteration shows, must
-be refused with one line naming the line and field, never with an exception."""
+be refused with one line naming the line and field, never with an exception. Also: the header's HSM
+anchor (format 2), format 1 exports, and the checkpoint files auditors keep (``--after``)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,13 @@ from cryptography.x509.oid import NameOID
 from rsign.audit import chain
 from rsign.audit.offline import (
     FILTER_KEYS,
+    FORMAT_1,
+    checkpoint_file,
     closing_line,
     encode_line,
     export_signature_message,
     read_certificate,
+    read_checkpoint_file,
     verify_export,
     verify_export_bytes,
 )
@@ -81,9 +85,10 @@ def entries() -> list[dict[str, Any]]:
     out.append({"type": "link", "seq": 3, "content_hash": other, "hash": head})
     cp = {"type": "checkpoint", "seq": 3, "head_hash": head, "ts": TS,
           "signature": _b64(_sign(chain.checkpoint_message(3, head, TS)))}  # fmt: skip
+    anchor = {"epoch": 0, **{k: cp[k] for k in ("seq", "head_hash", "ts", "signature")}}
     header = {
-        "type": "header", "format": "rsign-audit-export/1", "exported_at": TS, "exported_by": "local operator",
-        "scope": "province", "filter": {"agency": "Sở Y tế"}, "head": {"seq": 3, "hash": head},
+        "type": "header", "format": "rsign-audit-export/2", "exported_at": TS, "exported_by": "local operator",
+        "scope": "province", "filter": {"agency": "Sở Y tế"}, "head": {"seq": 3, "hash": head}, "anchor": anchor,
         "audit_certificate": _b64(CERT), "issuer_certificates": [], "warning": "",
     }  # fmt: skip
     return [header, cp, *out]
@@ -93,7 +98,10 @@ def signed(lines: list[bytes]) -> bytes:
     """The body lines (each ending in a newline) and a valid closing signature over them."""
     body = b"".join(lines)
     hexd = hashlib.sha256(body).hexdigest()
-    return body + closing_line(hexd, _sign(export_signature_message(hexd)))
+    fmt = (
+        json.loads(lines[0])["format"] if lines and lines[0].startswith(b'{"type":"header"') else "rsign-audit-export/2"
+    )
+    return body + closing_line(hexd, _sign(export_signature_message(hexd, fmt)))
 
 
 def lines() -> list[bytes]:
@@ -151,7 +159,12 @@ def _drop(line: int, key: str) -> Callable[[list[dict[str, Any]]], None]:
         (_set(5, ("content_hash",), 7), "line 5 (link 3): field 'content_hash' is not a string"),
         (_set(2, ("signature",), "not base64!"), "line 2 (checkpoint 3): field 'signature' is not base64"),
         (_set(2, ("signature",), ""), "line 2 (checkpoint 3): field 'signature' is not canonical base64"),
-        (_set(1, ("format",), "rsign-audit-export/2"), "line 1 (header): field 'format' is 'rsign-audit-export/2'"),
+        (_set(1, ("format",), "rsign-audit-export/3"), "line 1 (header): field 'format' is 'rsign-audit-export/3'"),
+        (_set(1, ("anchor", "epoch"), -1), "line 1 (header): field 'anchor.epoch' is out of range"),
+        (_set(1, ("anchor", "seq"), "3"), "line 1 (header): field 'anchor.seq' is not an integer"),
+        (_set(1, ("anchor", "note"), ""), "line 1 (header): field 'anchor.note' is not expected here"),
+        (_set(1, ("anchor",), []), "line 1 (header): field 'anchor' is not an object"),
+        (_drop(1, "anchor"), "line 1 (header): field 'anchor' is missing"),
         (_set(1, ("head", "seq"), "3"), "line 1 (header): field 'head.seq' is not an integer"),
         (_set(1, ("filter", "user"), "x"), "line 1 (header): field 'filter.user' is not expected here"),
         (_set(1, ("issuer_certificates",), "x"), "line 1 (header): field 'issuer_certificates' is not a list"),
@@ -213,7 +226,7 @@ def test_closing_signature_must_be_canonical() -> None:
     )
     for other, expected in (
         (closing.replace(b'", "', b'","'), "is not written as rsign writes it"),
-        (closing.replace(b'{"type": "signature", ', b"{") [:-2] + b', "type": "signature"}\n', "is not written"),
+        (closing.replace(b'{"type": "signature", ', b"{")[:-2] + b', "type": "signature"}\n', "is not written"),
         (closing[:-2] + b', "note": ""}\n', "field 'note' is not expected here"),
         (closing.replace(b'"sha256": "', b'"sha256": "0'), "field 'sha256' is not 64 lowercase hex digits"),
     ):
@@ -268,3 +281,124 @@ def test_read_certificate_pem_der_and_garbage(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     rep = verify_export(tmp_path / "missing.jsonl")
     assert not rep.ok and rep.problems[0].startswith("cannot read")
+
+
+# -- the HSM anchor (format 2) and format 1 -------------------------------------------------------
+
+
+def test_format_1_without_anchor_still_verifies() -> None:
+    es = entries()
+    es[0]["format"] = FORMAT_1
+    del es[0]["anchor"]
+    rep = verify_export_bytes(signed([encode_line(e) for e in es]))
+    assert rep.ok and rep.anchor is None, rep.problems
+    es[0]["anchor"] = None  # format 1 has no such field
+    assert "field 'anchor' is not expected here" in only_problem(signed([encode_line(e) for e in es]))
+
+
+def test_no_anchor_yet_verifies() -> None:
+    es = entries()
+    es[0]["anchor"] = None
+    assert verify_export_bytes(signed([encode_line(e) for e in es])).ok
+
+
+def _anchored_at(seq: int, head_hash: str) -> dict[str, Any]:
+    return {"epoch": 0, "seq": seq, "head_hash": head_hash, "ts": TS,
+            "signature": _b64(_sign(chain.checkpoint_message(seq, head_hash, TS)))}  # fmt: skip
+
+
+def test_export_behind_its_anchor_is_a_rollback() -> None:
+    es = entries()
+    es[0]["anchor"] = _anchored_at(9, "ab" * 32)
+    assert "the HSM anchor is at record 9, the export ends at 3 (the log was rolled back)" in only_problem(
+        signed([encode_line(e) for e in es])
+    )
+
+
+def test_anchored_record_rewritten_is_a_rollback() -> None:
+    es = entries()
+    es[0]["anchor"] = _anchored_at(2, "cd" * 32)
+    assert "record 2's hash differs from the anchored one" in only_problem(signed([encode_line(e) for e in es]))
+
+
+def test_anchored_checkpoint_missing_or_different() -> None:
+    es = entries()
+    record2 = es[3]["hash"]
+    es[0]["anchor"] = _anchored_at(2, record2)  # a record the export holds, but no checkpoint 2
+    assert "checkpoint 2 is missing (the HSM anchor holds it" in only_problem(signed([encode_line(e) for e in es]))
+    es = entries()
+    es[0]["anchor"]["ts"] = "2026-11-26T10:00:01.000000Z"
+    es[0]["anchor"]["signature"] = _b64(_sign(chain.checkpoint_message(3, es[1]["head_hash"], es[0]["anchor"]["ts"])))
+    assert "checkpoint 3 differs from the anchored one" in only_problem(signed([encode_line(e) for e in es]))
+
+
+def test_anchor_signature_is_checked() -> None:
+    es = entries()
+    es[0]["anchor"]["signature"] = _b64(_sign(b"something else"))
+    assert "the header's HSM anchor (checkpoint 3): signature invalid" in only_problem(
+        signed([encode_line(e) for e in es])
+    )
+
+
+# -- checkpoint files: --after ---------------------------------------------------------------------
+
+
+def _kept(cp: dict[str, Any], cert: bytes = CERT) -> bytes:
+    sig = base64.b64decode(cp["signature"])
+    return checkpoint_file(cp["seq"], cp["head_hash"], cp["ts"], sig, hashlib.sha256(cert).hexdigest())
+
+
+def test_export_extending_the_kept_checkpoint_verifies() -> None:
+    es = entries()
+    kept = read_checkpoint_file(_kept(es[1]))
+    rep = verify_export_bytes(signed(lines()), after=kept)
+    assert rep.ok, rep.problems
+    # A kept checkpoint at an earlier record (no checkpoint line of its own in this export) is fine too.
+    record2 = es[3]["hash"]
+    earlier = {
+        "seq": 2,
+        "head_hash": record2,
+        "ts": TS,
+        "signature": _b64(_sign(chain.checkpoint_message(2, record2, TS))),
+    }
+    assert verify_export_bytes(signed(lines()), after=read_checkpoint_file(_kept(earlier))).ok
+
+
+def test_export_not_extending_the_kept_checkpoint_is_refused() -> None:
+    later = _anchored_at(7, "ef" * 32)
+    assert (
+        "the checkpoint you kept is at record 7, the export ends at 3 (the log was rolled back)"
+        in only_problem_after(later)
+    )
+    other = _anchored_at(2, "ef" * 32)
+    assert "record 2's hash differs from the checkpoint you kept" in only_problem_after(other)
+    forged = {**entries()[1], "signature": _b64(_sign(b"not the checkpoint"))}
+    assert "does not carry a valid signature of the audit key" in only_problem_after(forged)
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    assert "was signed under another audit certificate" in only_problem_after(entries()[1], _certificate(other_key))
+
+
+def only_problem_after(cp: dict[str, Any], cert: bytes = CERT) -> str:
+    rep = verify_export_bytes(signed(lines()), after=read_checkpoint_file(_kept(cp, cert)))
+    assert len(rep.problems) == 1, rep.problems
+    return rep.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda b: b[:-1], "one line ending in a newline"),
+        (lambda b: b + b"\n", "one line ending in a newline"),
+        (lambda b: b.replace(b'"seq":3', b'"seq":"3"'), "field 'seq' is not an integer"),
+        (lambda b: b.replace(b'"seq":3', b'"seq": 3'), "not written as rsign writes it"),
+        (lambda b: b.replace(b"checkpoint/1", b"checkpoint/2"), "field 'format' is 'rsign-audit-checkpoint/2'"),
+        (lambda b: b.replace(b'{"format"', b'{"x":1,"format"'), "field 'x' is not expected here"),
+        (lambda b: b"\xff" + b, "not UTF-8 text"),
+        (lambda b: b"[" + b, "not valid JSON"),
+    ],
+)
+def test_checkpoint_file_is_read_strictly(damage: Callable[[bytes], bytes], expected: str) -> None:
+    good = _kept(entries()[1])
+    assert read_checkpoint_file(good).seq == 3
+    with pytest.raises(ValueError, match=expected):
+        read_checkpoint_file(damage(good))
