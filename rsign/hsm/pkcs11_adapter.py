@@ -502,7 +502,9 @@ class Pkcs11Token:
     #     than one that exists: its own previous one, or, when reading, those below the highest;
     #   - the anchor is the highest (epoch, seq) of all anchor objects.
     # An object is destroyed only once a higher one has existed, so the highest is never destroyed
-    # and the anchor never moves backwards, however writers interleave. The rejected alternative,
+    # and the anchor never moves backwards, however writers interleave. A read in another process
+    # may lag for a moment (SoftHSMv2 refreshes its object index lazily): it can return an older
+    # anchor, never a higher one, so callers keep the highest they have seen. The rejected alternative,
     # one object compared-then-written under a lock, needs a lock every replica shares: the token
     # file lock exists only for the embedded token, on one machine.
 
