@@ -11,7 +11,7 @@ import itertools
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,19 +207,28 @@ def digests(n: int, alg: str = "sha256", tag: str = "") -> list[bytes]:
 
 
 @contextlib.contextmanager
-def running_env(state: Path, recorder: Secrets | None = None, **overrides: Any) -> Iterator[Env]:
+def running_env(
+    state: Path,
+    recorder: Secrets | None = None,
+    wrap: Callable[[HsmPool], CountingHsm] = CountingHsm,
+    **overrides: Any,
+) -> Iterator[Env]:
     """The service on ``state``: real SoftHSMv2 token, two HSM worker processes, SQLite, gRPC on
-    an ephemeral port, and a fake clock the tests move."""
+    an ephemeral port, and a fake clock the tests move. ``wrap`` puts a ``CountingHsm`` (or a
+    subclass that injects a fault after the real pool answered) around the pool."""
     os.environ.pop("RSIGN_PKCS11_MODULE", None)
     tuned: dict[str, Any] = {
         "hsm_workers": 2,
         "database_busy_timeout_seconds": 1.0,
         "checkpoint_every_records": 500,
         "checkpoint_interval_seconds": 5,
+        # The fake clock is deliberately not the real time (tests move it by minutes), so the
+        # time-sync health check (service clock vs the database's) is off unless a test asks.
+        "max_clock_drift_seconds": 0,
     }
     settings = load_settings(state, embedded=EMBEDDED).with_overrides(**(tuned | overrides))
     clock = FakeClock(T0)
-    counting = CountingHsm(HsmPool(settings.hsm, workers=2))
+    counting = wrap(HsmPool(settings.hsm, workers=2))
     app = build_app(settings, pool=True, clock=clock, hsm=counting)
     try:
         server = start_server(app, "127.0.0.1:0")

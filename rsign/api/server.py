@@ -22,8 +22,9 @@ from rsign.api.listener import ReloadableTls, TlsFiles, check_plaintext, check_p
 from rsign.api.servicers import AdminServicer, AuditServicer, AuthServicer, SigningServicer
 from rsign.api.streams import OpenStreams
 from rsign.audit.service import Checkpointer
-from rsign.domain.errors import ConfigurationError
+from rsign.domain.errors import ConfigurationError, Unavailable
 from rsign.runtime.app import App
+from rsign.signing.recovery import Recovery
 from rsign.v1 import rsign_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class RunningServer:
 
     streams: OpenStreams = field(default_factory=OpenStreams)  # the interceptor's: closed at shutdown
     tls: ReloadableTls | None = None  # None: plaintext listener
+    # Set when stop() begins: streams cut by the shutdown say so in their batch.end.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    recovery: Recovery | None = None  # the app's reconciler, started with this server
 
     @property
     def address(self) -> str:
@@ -56,12 +60,15 @@ class RunningServer:
         checkpoint. Bounded: whatever the calls do, the checkpoint starts within
         ``grace + SHUTDOWN_MARGIN`` seconds."""
         deadline = time.monotonic() + grace + SHUTDOWN_MARGIN
+        self.stopping.set()
         self.monitor.stop()
         set_health(self.health, False)
         if not self.server.stop(grace).wait(max(0.0, deadline - time.monotonic())):
             log.error("the gRPC server did not stop in time; going on with the shutdown")
         if not self.streams.wait_closed(max(0.0, deadline - time.monotonic())):
             log.error("%d stream(s) still closing at shutdown: their audit may be incomplete", self.streams.open)
+        if self.recovery is not None:
+            self.recovery.stop()  # settles what a failed audit commit left, if the store answers now
         log.info("calls ended; signing the final checkpoint")
         self.checkpointer.stop()  # signs a last checkpoint over everything written
         log.info("stopped")
@@ -76,20 +83,53 @@ def set_health(hs: health.HealthServicer, serving: bool) -> None:
 class StoreMonitor:
     """Health follows the audit store: NOT_SERVING from the first failed write until a probe
     (an audit insert, rolled back) succeeds again. Signing fails closed meanwhile. Likewise while
-    the audit journal is halted: the log was found behind its HSM anchor (``AuditService.watch``)."""
+    the audit journal is halted: the log was found behind its HSM anchor (``AuditService.watch``),
+    and while the service clock and the database server's clock differ by more than
+    ``max_clock_drift_seconds`` (time sync: TOTP windows, SAD and session expiry and the audit
+    times all read the service clock)."""
 
     def __init__(self, app: App, hs: health.HealthServicer) -> None:
         self._app = app
+        self._hs = hs
         self._stop = threading.Event()
-        app.store.on_health_change(lambda ok: set_health(hs, ok and app.hsm_healthy() and not app.journal.halted))
-        app.journal.on_halt_change(lambda serving: set_health(hs, serving and app.store.healthy and app.hsm_healthy()))
+        self.clock_ok = True
+        self.check_clock()
+        app.store.on_health_change(lambda _ok: self.update())
+        app.journal.on_halt_change(lambda _serving: self.update())
         self._thread = threading.Thread(target=self._run, daemon=True, name="rsign-store-monitor")
         self._thread.start()
+
+    def update(self) -> None:
+        app = self._app
+        set_health(self._hs, app.store.healthy and app.hsm_healthy() and not app.journal.halted and self.clock_ok)
+
+    def check_clock(self) -> None:
+        limit = self._app.settings.max_clock_drift_seconds
+        if limit <= 0:
+            return
+        try:
+            drift = self._app.clock.now() - self._app.store.database_time()
+        except Unavailable:
+            return  # the store's own health says so
+        ok = abs(drift) <= limit
+        if ok != self.clock_ok:
+            self.clock_ok = ok
+            if ok:
+                log.warning("service clock back in sync with the database server's (%+.1f s)", drift)
+            else:
+                log.error(
+                    "service clock is %+.1f s off the database server's (more than %g s): NOT_SERVING until"
+                    " the clocks agree (check NTP)",
+                    drift,
+                    limit,
+                )
+            self.update()
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
             if not self._app.store.healthy:
                 self._app.store.probe()
+            self.check_clock()
 
     def stop(self) -> None:
         self._stop.set()
@@ -122,7 +162,8 @@ def start_server(
         maximum_concurrent_rpcs=capacity.max_concurrent_rpcs,
     )
     pb_grpc.add_AuthServiceServicer_to_server(AuthServicer(app), server)
-    pb_grpc.add_SigningServiceServicer_to_server(SigningServicer(app), server)
+    stopping = threading.Event()
+    pb_grpc.add_SigningServiceServicer_to_server(SigningServicer(app, stopping), server)
     pb_grpc.add_AuditServiceServicer_to_server(AuditServicer(app), server)
     pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(app), server)
     hs = health.HealthServicer()
@@ -137,15 +178,30 @@ def start_server(
     if port == 0:
         server.stop(None)
         raise ConfigurationError(f"cannot listen on {listen}: the port is in use or the address is not available")
+    try:
+        # Before listening: what stopped processes left in flight is recorded and released first.
+        app.signing.recovery.start()
+    except BaseException:
+        server.stop(None)
+        raise
     server.start()
-    set_health(hs, app.store.healthy and not app.journal.halted)
     monitor = StoreMonitor(app, hs)
+    monitor.update()
     cp = Checkpointer(
         app.audit, app.journal, app.settings.checkpoint_every_records, app.settings.checkpoint_interval_seconds
     )
     cp.start()
     return RunningServer(
-        server, port, hs, cp, monitor, streams=interceptor.streams, tls=reloadable, admission=admission
+        server,
+        port,
+        hs,
+        cp,
+        monitor,
+        streams=interceptor.streams,
+        tls=reloadable,
+        admission=admission,
+        stopping=stopping,
+        recovery=app.signing.recovery,
     )
 
 

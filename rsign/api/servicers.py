@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -77,8 +78,9 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
 @guarded("SigningService")
 class SigningServicer(pb_grpc.SigningServiceServicer):
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, stopping: threading.Event | None = None) -> None:
         self._app = app
+        self._stopping = stopping or threading.Event()  # set by the server when it begins to stop
 
     def ListCredentials(
         self, request: pb.ListCredentialsRequest, context: grpc.ServicerContext
@@ -128,9 +130,9 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
             for msg in request_iterator:
                 yield list(msg.hashes)
 
-        def deadline_passed() -> bool:
+        def deadline_passed(slack: float) -> bool:
             left = context.time_remaining()
-            return left is not None and left <= 0
+            return left is not None and left <= slack
 
         for chunk in self._app.signing.sign_stream(
             current_principal(),
@@ -141,6 +143,7 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
             chunks(),
             deadline_passed,
             idle_seconds=idle,
+            shutting_down=self._stopping.is_set,
         ):
             yield pb.SignHashStreamResponse(
                 offset=chunk.offset,

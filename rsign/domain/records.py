@@ -92,6 +92,47 @@ class SadView:
 
 
 @dataclass(frozen=True)
+class InflightView:
+    """Hash occurrences consumed for one request or one stream chunk whose outcome (sign.hash
+    records) is not committed yet: positions ``start`` .. ``start + count - 1`` of the SAD's list,
+    and who asked (the reconciler's records name them)."""
+
+    id: int
+    replica_id: str
+    stream_id: int | None
+    sad_id: int
+    credential_id: str
+    key_version: int
+    hash_alg: str
+    start: int
+    count: int
+    actor: str
+    agency: str
+    request_id: str
+    client: str
+
+
+@dataclass(frozen=True)
+class StreamView:
+    """A SignHashStream whose batch.end is not written yet, with its running counts."""
+
+    id: int
+    replica_id: str
+    sad_id: int
+    credential_id: str
+    key_version: int
+    fingerprint: str  # of the SAD's ordered list, as in batch.start
+    authorized: int
+    received: int
+    signed: int
+    failed: int
+    actor: str
+    agency: str
+    request_id: str
+    client: str
+
+
+@dataclass(frozen=True)
 class CheckpointView:
     seq: int
     head_hash: str

@@ -54,6 +54,14 @@ class Settings:
     multisign_default: int = 10_000
     multisign_max: int = 10_000
     stream_inflight_chunks: int = 4  # per stream: bounds memory and HSM queue share
+    # How long a replica is presumed alive after its last lease renewal (database time), when
+    # nothing better tells (PostgreSQL; on SQLite a process's liveness lock tells at once). Its
+    # in-flight signing work is reconciled by another replica after that (rsign.signing.recovery).
+    replica_lease_seconds: float = 30.0
+    # Time-sync health: NOT_SERVING while the service clock and the database server's clock differ
+    # by more than this (TOTP windows, SAD and session expiry and audit times all read the service
+    # clock). 0 disables the check.
+    max_clock_drift_seconds: float = 30.0
     checkpoint_every_records: int = 10_000
     # Also the window in which records after the last anchored checkpoint could be cut without an
     # offline check noticing (README, Audit); each checkpoint costs one HSM anchor write.

@@ -47,6 +47,8 @@ _FLOAT_KEYS = {
     "sad_ttl_seconds",
     "shutdown_grace_seconds",
     "stream_idle_seconds",
+    "replica_lease_seconds",
+    "max_clock_drift_seconds",
 }
 _PATH_KEYS = {"tls_cert", "tls_key", "tls_client_ca"}
 

@@ -16,6 +16,7 @@ ahead, and back-pressure reaches gRPC flow control when the queue is full.
 from __future__ import annotations
 
 import hmac
+import logging
 import threading
 import time
 from collections import deque
@@ -28,18 +29,32 @@ from typing import Any
 from rsign.audit.journal import AuditedStore
 from rsign.domain import context
 from rsign.domain.algorithms import HashAlg, Scheme, SignSpec, check_digests
-from rsign.domain.errors import AlreadyExists, DeadlineExceeded, PermissionDenied, RsignError, StreamIdle, Unavailable
-from rsign.domain.events import Action, AuditEvent, Result, event
+from rsign.domain.errors import (
+    AlreadyExists,
+    AuditUnavailable,
+    DeadlineExceeded,
+    HsmUnavailable,
+    InvalidRequest,
+    PermissionDenied,
+    RsignError,
+    StreamIdle,
+    Unavailable,
+)
+from rsign.domain.events import Action, AuditEvent, Result
 from rsign.domain.records import CredentialView, SadView
 from rsign.hsm.ports import Hsm, ItemFailure, SignResult
+from rsign.signing.recovery import Recovery, StreamEnd, Superseded, batch_end, caller
+
+log = logging.getLogger(__name__)
 
 _WAKE = 0.5  # safety net: the loop re-checks at least this often
-_DISCARDED = "signature discarded: the stream ended before it was delivered"
-_UNANSWERED = "discarded: the stream ended before the HSM answered (the item stays consumed)"
+_DISCARDED = "signature discarded: the stream ended before it was delivered (released: authorize it again)"
+_UNANSWERED = "discarded: the stream ended before the HSM answered (released: authorize it again)"
 # How long a closing stream waits for its chunks still at the HSM. Bounded: at shutdown every
 # stream closes at once and the HSM queue can hold seconds of work; what has not come back by then
-# stays consumed (it may exist, if only in memory) and is audited as discarded.
+# is audited as discarded and released (no signature of it ever leaves the service).
 _CLOSE_WAIT = 1.5
+_DEADLINE_SLACK = 1.0  # seconds: see BatchRun._call_gone
 
 
 @dataclass(frozen=True)
@@ -55,13 +70,18 @@ class _Pending:
     start: int
     hashes: Sequence[bytes]
     future: Future[list[SignResult]]
+    ledger: int  # its in-flight row (rsign.signing.recovery)
 
 
 @dataclass
 class _Outcome:
+    pending: _Pending
     chunk: StreamChunk
     events: list[AuditEvent]
-    failed_positions: list[int]
+    released: list[int]  # positions given back: no signature of them leaves the service
+    signed: int
+    failed: int
+    discarded: int
 
 
 _END = object()
@@ -116,6 +136,8 @@ class _Inbox:
 class BatchRun:
     store: AuditedStore
     hsm: Hsm
+    recovery: Recovery
+    stream_id: int  # its open-stream row, inserted with batch.start
     cred: CredentialView
     spec: SignSpec
     sad: SadView
@@ -124,19 +146,24 @@ class BatchRun:
     scheme: Scheme
     fingerprint: str
     limit: int
-    deadline_passed: Callable[[], bool]
+    # deadline_passed(slack): less than ``slack`` seconds are left before the client's deadline.
+    deadline_passed: Callable[[float], bool]
+    # The server is stopping (its calls are cancelled after the grace period): batch.end says so.
+    shutting_down: Callable[[], bool] = lambda: False
     # > 0: end the stream (StreamIdle) when the client has sent nothing for this long while the
     # service waits on it (nothing queued, nothing at the HSM): an idle stream holds a server thread.
     idle_seconds: float = 0.0
     inflight: deque[_Pending] = field(default_factory=deque)
-    stats: dict[str, int] = field(default_factory=lambda: {"signed": 0, "failed": 0, "discarded": 0})
+    # Back from the HSM but not committed: their transaction failed, so they were not delivered.
+    uncommitted: list[_Pending] = field(default_factory=list)
+    discarded: int = 0
     received: int = 0
     _cv: threading.Condition = field(default_factory=threading.Condition)
 
     def run(self, chunks: Iterable[Sequence[bytes]]) -> Iterator[StreamChunk]:
         cv = self._cv
         inbox = _Inbox(chunks, maxsize=self.limit, cv=cv)
-        outcome, reason = Result.SUCCESS, "completed"
+        end, message = StreamEnd.COMPLETED, ""
         ended = False
         # When the client was last heard from, or last given something it may wait for before
         # sending on (a lock-step client): the idle clock runs from the later of the two.
@@ -180,26 +207,61 @@ class BatchRun:
                     raise error
                 if waiting_on_client and 0 < self.idle_seconds <= time.monotonic() - heard:
                     raise StreamIdle(self.idle_seconds)
+            # The request side ended. gRPC ends it the same way when the call dies (deadline,
+            # cancel, shutdown) as when the client closes it: tell them apart.
+            gone = self._call_gone()
+            if gone is not None:
+                end, message = gone
+            elif self.received < len(self.sad.hashes):
+                end = StreamEnd.ENDED_EARLY
+                message = f"the client closed the stream after {self.received} of {len(self.sad.hashes)} hashes"
         except StreamIdle as exc:
-            outcome, reason = Result.FAILURE, f"idle: {exc.message}"
+            end, message = StreamEnd.IDLE, exc.message
+            raise
+        except DeadlineExceeded as exc:
+            end, message = StreamEnd.DEADLINE, exc.message
+            raise
+        except AuditUnavailable as exc:
+            end, message = StreamEnd.AUDIT, exc.message
+            raise
+        except HsmUnavailable as exc:
+            end, message = StreamEnd.HSM, exc.message
+            raise
+        except (PermissionDenied, InvalidRequest) as exc:
+            end, message = StreamEnd.ABORTED, exc.message
             raise
         except RsignError as exc:
-            outcome, reason = Result.FAILURE, exc.message
+            end, message = self._call_gone() or (StreamEnd.ERROR, exc.message)
             raise
         except GeneratorExit:
-            outcome, reason = Result.FAILURE, "stream closed by the client before the end"
+            end, message = self._call_gone() or (StreamEnd.CANCELLED, "the call ended before the stream did")
             raise
         except BaseException as exc:
-            outcome, reason = Result.FAILURE, f"stream broken ({type(exc).__name__})"
+            end, message = self._call_gone() or (StreamEnd.ERROR, f"stream broken ({type(exc).__name__})")
             raise
         finally:
             inbox.close()
-            self._close(outcome, reason)
+            self._close(end, message)
+
+    def _call_gone(self) -> tuple[StreamEnd, str] | None:
+        """Why the call is over, if it is: the server stopping, the client's deadline, its cancel."""
+        cancelled = context.current().cancelled()
+        if not (cancelled or self.deadline_passed(0.0)):
+            return None
+        left = f"{self.received} of {len(self.sad.hashes)} hashes were received"
+        if self.shutting_down():
+            return StreamEnd.SHUTDOWN, f"the server is shutting down; {left}"
+        # The client's own deadline ends its call a little before the server's copy of it (set
+        # when the request arrived) runs out, and gRPC shows that end as a cancel: a cancel this
+        # close to the deadline is taken for it.
+        if self.deadline_passed(_DEADLINE_SLACK if cancelled else 0.0):
+            return StreamEnd.DEADLINE, f"the client's deadline passed; {left}"
+        return StreamEnd.CANCELLED, f"the client cancelled the call; {left}"
 
     # -- steps -------------------------------------------------------------------------------
 
     def _check(self, chunk: Sequence[bytes]) -> None:
-        if self.deadline_passed():
+        if self.deadline_passed(0.0):
             raise DeadlineExceeded("the deadline passed; the rest of the batch was not signed")
         if context.current().cancelled():
             # Nobody would receive these signatures: the client cancelled, or the server is shutting down.
@@ -225,26 +287,62 @@ class BatchRun:
 
     def _commit(self, ready: list[_Outcome], new: Sequence[bytes] | None) -> None:
         """One transaction: audit what came back (before it is sent), release items the HSM
-        failed on (no signature exists), consume the new chunk (before the HSM sees it)."""
+        failed on (no signature exists), settle their in-flight rows, consume the new chunk
+        (before the HSM sees it) with its in-flight row, and move the stream's counts."""
         pos = self.received
+        ledger = 0
         try:
-            with self.store.tx() as t:
+            with self.recovery.tx() as t:
                 events = [ev for out in ready for ev in out.events]
                 if events:
                     t.append(*events)
                 for out in ready:
-                    t.release_hashes(self.cred.credential_id, self.sad.id, out.failed_positions)
+                    if out.released:
+                        t.release_hashes(self.cred.credential_id, self.sad.id, out.released)
+                if ready and t.end_inflight([out.pending.ledger for out in ready]) != len(ready):
+                    raise Superseded()
                 if new is not None:
                     t.consume_hashes(self.cred.credential_id, self.sad.id, pos, self.keys[pos : pos + len(new)])
+                    ledger = t.add_inflight(
+                        self.recovery.replica_id,
+                        self.stream_id,
+                        self.sad.id,
+                        self.cred.credential_id,
+                        self.cred.key_version,
+                        self.hash_alg.value,
+                        pos,
+                        len(new),
+                        caller(),
+                        self.recovery.now(),
+                    )
+                counted = t.count_stream(
+                    self.stream_id,
+                    received=len(new) if new is not None else 0,
+                    signed=sum(out.signed for out in ready),
+                    failed=sum(out.failed for out in ready),
+                )
+                if not counted:
+                    raise Superseded()
         except AlreadyExists:
+            self.uncommitted.extend(out.pending for out in ready)
             raise PermissionDenied(
                 "a hash of this chunk was already signed with this credential; stream aborted"
             ) from None
+        except BaseException:
+            self.uncommitted.extend(out.pending for out in ready)  # not delivered: _close settles them
+            raise
         if new is not None:
-            fut = self.hsm.sign_async(self.cred.cka_id, self.spec, new)
-            fut.add_done_callback(self._wake)
-            self.inflight.append(_Pending(pos, new, fut))
             self.received += len(new)
+            try:
+                fut = self.hsm.sign_async(self.cred.cka_id, self.spec, new)
+            except RsignError as exc:
+                # Consumed, never signed: _close records and releases the chunk.
+                failed: Future[list[SignResult]] = Future()
+                failed.set_exception(exc)
+                self.inflight.append(_Pending(pos, new, failed, ledger))
+                raise HsmUnavailable(f"the HSM is unavailable ({exc.message}); the rest was not signed") from exc
+            fut.add_done_callback(self._wake)
+            self.inflight.append(_Pending(pos, new, fut, ledger))
 
     def _wake(self, _: Future[list[SignResult]]) -> None:
         with self._cv:
@@ -252,7 +350,7 @@ class BatchRun:
 
     def _outcome(self, p: _Pending, delivered: bool) -> _Outcome:
         unanswered = not p.future.done()  # only when closing (delivered=False): see _CLOSE_WAIT
-        discarded = _UNANSWERED if unanswered else _DISCARDED
+        discarded_reason = _UNANSWERED if unanswered else _DISCARDED
         try:
             results: list[SignResult] = [b""] * len(p.hashes) if unanswered else p.future.result()
         except RsignError as exc:
@@ -260,7 +358,8 @@ class BatchRun:
         sigs: list[bytes] = []
         errs: list[tuple[int, str]] = []
         evs: list[AuditEvent] = []
-        failed: list[int] = []
+        released: list[int] = []
+        signed = discarded = 0
         cred = self.cred
         ctx = context.current()  # once per chunk, not per item: this loop is the batch hot path
         base = {"sad_id": self.sad.id, "scheme": self.scheme.value, "hash_algorithm": self.hash_alg.value}
@@ -277,49 +376,52 @@ class BatchRun:
                 "client": ctx.client,
             }
             if isinstance(r, ItemFailure):
-                self.stats["failed"] += 1
-                failed.append(at)
+                released.append(at)
                 evs.append(AuditEvent(Action.SIGN, Result.FAILURE, reason=r.reason, **common))
                 errs.append((at, r.reason))
                 sigs.append(b"")
             elif not delivered:
-                # Signed by the HSM but never released: stays consumed (it exists, if only in memory).
-                self.stats["discarded"] += 1
-                evs.append(AuditEvent(Action.SIGN, Result.FAILURE, reason=discarded, **common))
-                errs.append((at, discarded))
+                # Signed by the HSM (or not yet) but never sent: released, so that the document
+                # can be signed again; this signature never leaves the service.
+                discarded += 1
+                released.append(at)
+                evs.append(AuditEvent(Action.SIGN, Result.FAILURE, reason=discarded_reason, **common))
+                errs.append((at, discarded_reason))
                 sigs.append(b"")
             else:
-                self.stats["signed"] += 1
+                signed += 1
                 evs.append(AuditEvent(Action.SIGN, Result.SUCCESS, **common))
                 sigs.append(r)
-        return _Outcome(StreamChunk(p.start, sigs, errs, cred.key_version), evs, failed)
+        chunk = StreamChunk(p.start, sigs, errs, cred.key_version)
+        return _Outcome(p, chunk, evs, released, signed, len(released), discarded)
 
-    def _close(self, outcome: Result, reason: str) -> None:
+    def _close(self, end: StreamEnd, message: str) -> None:
         """Whatever ended the stream: await chunks still at the HSM (at most ``_CLOSE_WAIT``),
-        audit them (undelivered), and write batch.end."""
+        audit them and everything not delivered, release them, and write batch.end, in one
+        transaction. If that fails, the reconciler settles it all once the store answers."""
         wait_futures([p.future for p in self.inflight], timeout=_CLOSE_WAIT)
-        leftovers = []
-        while self.inflight:
-            leftovers.append(self._outcome(self.inflight.popleft(), delivered=False))
-        with self.store.tx() as t:
-            events = [ev for out in leftovers for ev in out.events]
-            for out in leftovers:
-                t.release_hashes(self.cred.credential_id, self.sad.id, out.failed_positions)
-            t.append(
-                *events,
-                event(
-                    Action.BATCH_END,
-                    outcome,
-                    credential_id=self.cred.credential_id,
-                    agency=self.cred.agency,
-                    key_version=self.cred.key_version,
-                    digest=self.fingerprint,
-                    reason=reason,
-                    details={
-                        "sad_id": self.sad.id,
-                        "authorized": len(self.sad.hashes),
-                        "received": self.received,
-                        **self.stats,
-                    },
-                ),
-            )
+        pending = [*self.uncommitted, *self.inflight]
+        self.uncommitted, self.inflight = [], deque()
+        leftovers = [self._outcome(p, delivered=False) for p in pending]
+        try:
+            with self.recovery.tx() as t:
+                for out in leftovers:
+                    t.release_hashes(self.cred.credential_id, self.sad.id, out.released)
+                if t.end_inflight([out.pending.ledger for out in leftovers]) != len(leftovers):
+                    raise Superseded()
+                stream = t.end_stream(self.stream_id)
+                if stream is None:
+                    raise Superseded()
+                failed = sum(out.failed for out in leftovers)
+                discarded = sum(out.discarded for out in leftovers)
+                t.append(
+                    *[ev for out in leftovers for ev in out.events],
+                    batch_end(stream, end, message, failed_more=failed, discarded=discarded),
+                )
+        except Superseded:
+            log.warning("stream %d was settled by another replica (this one was presumed stopped)", self.stream_id)
+            self.recovery.orphaned([out.pending.ledger for out in leftovers], self.stream_id, end, message)
+            raise
+        except BaseException:
+            self.recovery.orphaned([out.pending.ledger for out in leftovers], self.stream_id, end, message)
+            raise

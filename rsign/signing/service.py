@@ -1,9 +1,11 @@
 """Credentials, signing activation (Authorize -> SAD) and signing (SignHash).
 
 Order of checks in ``sign_hash``: request shape -> credential and ownership -> SAD binding ->
-atomic SAD consumption (committed with its audit record) -> HSM -> signature audit records
-committed -> signatures returned. The HSM is called only after the SAD is consumed, and no
-signature leaves before its audit record is committed.
+atomic SAD consumption (committed with its audit record and its in-flight row) -> HSM ->
+signature audit records committed (the in-flight row deleted) -> signatures returned. The HSM is
+called only after the SAD is consumed, and no signature leaves before its audit record is
+committed; consumed occurrences whose outcome never got committed are settled by
+``rsign.signing.recovery``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import NoReturn
 
 from rsign.audit.journal import AuditedStore
 from rsign.auth.service import AuthService, token_hash
-from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme, check_digests, sign_spec
+from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme, SignSpec, check_digests, sign_spec
 from rsign.domain.clock import Clock
 from rsign.domain.errors import (
     AlreadyExists,
@@ -36,6 +38,7 @@ from rsign.domain.records import CredentialView, SadView
 from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm, ItemFailure
 from rsign.signing.batch import BatchRun, StreamChunk
+from rsign.signing.recovery import Recovery, StreamEnd, Superseded, caller
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class SigningService:
         self._clock = clock
         self._settings = settings
         self._auth = auth
+        # This process as a signing replica: the in-flight ledger and its reconciliation.
+        self.recovery = Recovery(store, clock, settings.replica_lease_seconds)
 
     # -- credentials -------------------------------------------------------------------------
 
@@ -86,6 +91,12 @@ class SigningService:
             return t.list_credentials(who.user_id)
 
     def get_credential(self, who: Principal, credential_id: str) -> CredentialView:
+        try:
+            return self._credential(who, credential_id)
+        except RsignError as exc:
+            self._refused("credential.get", credential_id, "", exc)
+
+    def _credential(self, who: Principal, credential_id: str) -> CredentialView:
         with self._store.read() as t:
             cred = t.get_credential(credential_id)
             # An organisation seal: any of its authorized users activates it, each with their own
@@ -97,7 +108,7 @@ class SigningService:
         return cred
 
     def _usable(self, who: Principal, credential_id: str) -> CredentialView:
-        cred = self.get_credential(who, credential_id)
+        cred = self._credential(who, credential_id)
         if cred.status != CredentialStatus.ACTIVE:
             raise FailedPrecondition(f"credential {credential_id} is {cred.status}")
         if not cred.certificate:
@@ -186,23 +197,48 @@ class SigningService:
                 raise InvalidRequest(f"at most {self._settings.multisign_max} hashes per request")
             cred = self._usable(who, credential_id)
             spec = sign_spec(KeyAlgorithm(cred.key_algorithm), hash_alg, scheme)
-            sad_id = self._consume_sad(who, cred, sad, hash_alg, hashes, fp)
+            sad_id, ledger = self._consume_sad(who, cred, sad, hash_alg, hashes, fp)
         except RsignError as exc:
             self._refused(Action.SAD_CONSUME, credential_id, fp, exc)
 
+        settled = False
+        try:
+            signed = self._sign_consumed(cred, spec, sad_id, ledger, scheme, hash_alg, hashes, fp)
+            settled = True
+            return signed
+        finally:
+            if not settled:
+                # Whatever went wrong (the audit store above all), the occurrences are consumed and
+                # no signature left: the reconciler records and releases them once it can.
+                self.recovery.orphaned([ledger], None)
+
+    def _sign_consumed(
+        self,
+        cred: CredentialView,
+        spec: SignSpec,
+        sad_id: int,
+        ledger: int,
+        scheme: Scheme,
+        hash_alg: HashAlg,
+        hashes: Sequence[bytes],
+        fp: str,
+    ) -> Signed:
         try:
             results = self._hsm.sign(cred.cka_id, spec, hashes)
         except RsignError as exc:
-            self._audit_sign_failure(cred, fp, sad_id, exc.message, len(hashes))
+            self._audit_sign_failure(cred, fp, sad_id, ledger, exc.message, len(hashes))
             raise
         failures = [r for r in results if isinstance(r, ItemFailure)]
         if failures:
-            self._audit_sign_failure(cred, fp, sad_id, failures[0].reason, len(hashes))
+            self._audit_sign_failure(cred, fp, sad_id, ledger, failures[0].reason, len(hashes))
             raise Unavailable(f"the HSM failed to sign {len(failures)} of {len(hashes)} hashes; nothing was returned")
         sigs = [r for r in results if isinstance(r, bytes)]
         # Commit one record per signature before any signature leaves the service. If this
-        # commit fails the signatures are discarded and the client gets UNAVAILABLE.
+        # commit fails the signatures are discarded and the client gets UNAVAILABLE; the
+        # in-flight row stays, and the reconciler records the items as interrupted and releases them.
         with self._store.tx() as t:
+            if t.end_inflight([ledger]) != 1:
+                raise Superseded()
             t.append(
                 *[
                     event(
@@ -244,28 +280,42 @@ class SigningService:
 
     def _consume_sad(
         self, who: Principal, cred: CredentialView, sad: str, hash_alg: HashAlg, hashes: Sequence[bytes], fp: str
-    ) -> int:
+    ) -> tuple[int, int]:
+        """Consume the SAD and the request's hash occurrences; returns the SAD id and the request's
+        in-flight row."""
         row = self._check_sad(who, cred, sad, hash_alg)
         if len(hashes) != len(row.hashes):
             raise PermissionDenied(f"the SAD authorizes {len(row.hashes)} hashes, the request has {len(hashes)}")
         if not all(hmac.compare_digest(a, b) for a, b in zip(hashes, row.hashes, strict=True)):
             raise PermissionDenied("the hashes differ from those the SAD was issued for")
         try:
-            self._start(row, cred, fp, batch=False, consume=occurrences(hashes))
+            ledger = self._start(row, cred, fp, batch=False, consume=occurrences(hashes))
         except AlreadyExists:
             raise PermissionDenied("a hash of this request was already signed with this credential") from None
-        return row.id
+        return row.id, ledger
 
     def _start(
         self, row: SadView, cred: CredentialView, fp: str, batch: bool, consume: Sequence[tuple[bytes, int]] = ()
-    ) -> None:
+    ) -> int:
         """Consume the SAD exactly once (conditional UPDATE), and ``consume`` hash occurrences,
-        and audit it, in one transaction."""
-        with self._store.tx() as t:
-            if not t.consume_sad(row.id, self._clock.now()):
+        and audit it, in one transaction, with the ledger row that makes it recoverable: the
+        request's in-flight row (unary), or the stream's open-stream row (batch). Returns its id."""
+        now = self._clock.now()
+        with self.recovery.tx() as t:
+            if not t.consume_sad(row.id, now):
                 # Lost a race with a concurrent request using the same SAD, or it just expired.
                 raise PermissionDenied("the SAD has already been used or has expired; authorize again")
             t.consume_hashes(cred.credential_id, row.id, 0, consume)
+            rid = self.recovery.replica_id
+            if batch:
+                ledger = t.add_stream(
+                    rid, row.id, cred.credential_id, cred.key_version, fp, len(row.hashes), caller(), now
+                )
+            else:
+                ledger = t.add_inflight(
+                    rid, None, row.id, cred.credential_id, cred.key_version, row.hash_alg, 0, len(consume),
+                    caller(), now,
+                )  # fmt: skip
             evs = [
                 event(
                     Action.SAD_CONSUME,
@@ -288,6 +338,7 @@ class SigningService:
                     )
                 )
             t.append(*evs)
+        return ledger
 
     # -- SignHashStream ------------------------------------------------------------------------
 
@@ -299,8 +350,9 @@ class SigningService:
         hash_alg: HashAlg,
         scheme: Scheme,
         chunks: Iterable[Sequence[bytes]],
-        deadline_passed: Callable[[], bool] = lambda: False,
+        deadline_passed: Callable[[float], bool] = lambda _slack: False,
         idle_seconds: float | None = None,
+        shutting_down: Callable[[], bool] = lambda: False,
     ) -> Iterator[StreamChunk]:
         """Sign a stream of hash chunks that must follow the SAD's ordered list.
 
@@ -308,7 +360,9 @@ class SigningService:
         chunk's signature audit records are committed before its signatures are yielded. Up to
         ``stream_inflight_chunks`` chunks are at the HSM at once (back-pressure: the next request
         message is read only when there is room). Whatever ends the stream, chunks already at the
-        HSM are awaited and audited, and a batch.end record says how it ended. A client that sends
+        HSM are awaited and audited, and a batch.end record says how it ended (``StreamEnd``:
+        ``deadline_passed`` and ``shutting_down`` tell a deadline and a server stopping from a
+        client's cancel, which gRPC all show the same way). A client that sends
         nothing for ``idle_seconds`` (default ``stream_idle_seconds``) while the service waits on
         it ends the stream with ``StreamIdle``.
         """
@@ -317,13 +371,15 @@ class SigningService:
             spec = sign_spec(KeyAlgorithm(cred.key_algorithm), hash_alg, scheme)
             row = self._check_sad(who, cred, sad, hash_alg)
             fp = hashes_fingerprint(row.hashes)
-            self._start(row, cred, fp, batch=True)
+            stream_id = self._start(row, cred, fp, batch=True)
         except RsignError as exc:
             self._refused(Action.SAD_CONSUME, credential_id, "", exc)
 
         run = BatchRun(
             store=self._store,
             hsm=self._hsm,
+            recovery=self.recovery,
+            stream_id=stream_id,
             cred=cred,
             spec=spec,
             sad=row,
@@ -333,6 +389,7 @@ class SigningService:
             fingerprint=fp,
             limit=max(1, self._settings.stream_inflight_chunks),
             deadline_passed=deadline_passed,
+            shutting_down=shutting_down,
             idle_seconds=self._settings.stream_idle_seconds if idle_seconds is None else idle_seconds,
         )
         return run.run(chunks)
@@ -347,14 +404,14 @@ class SigningService:
                     Result.FAILURE,
                     actor=who.user_id,
                     agency=who.agency,
-                    reason=f"idle: {exc.message}",
-                    details={"received": 0, "idle_seconds": exc.seconds},
+                    reason=f"{StreamEnd.IDLE}: {exc.message}",
+                    details={"ended_by": str(StreamEnd.IDLE), "received": 0, "idle_seconds": exc.seconds},
                 )
             )
 
     # -- audit helpers -----------------------------------------------------------------------
 
-    def _refused(self, action: Action, credential_id: str, fp: str, exc: RsignError) -> NoReturn:
+    def _refused(self, stage: str, credential_id: str, fp: str, exc: RsignError) -> NoReturn:
         """Audit a refusal in its own transaction, then re-raise. If even that cannot be written,
         the audit store's error wins (fail closed)."""
         with self._store.tx() as t:
@@ -365,14 +422,18 @@ class SigningService:
                     credential_id=credential_id,
                     digest=fp,
                     reason=exc.message,
-                    details={"stage": str(action), "error": type(exc).__name__},
+                    details={"stage": str(stage), "error": type(exc).__name__},
                 )
             )
         raise exc
 
-    def _audit_sign_failure(self, cred: CredentialView, fp: str, sad_id: int, reason: str, count: int) -> None:
+    def _audit_sign_failure(
+        self, cred: CredentialView, fp: str, sad_id: int, ledger: int, reason: str, count: int
+    ) -> None:
         """No signature of the request is returned, so its hash occurrences are released."""
         with self._store.tx() as t:
+            if t.end_inflight([ledger]) != 1:
+                raise Superseded()
             t.release_hashes(cred.credential_id, sad_id, list(range(count)))
             t.append(
                 event(

@@ -25,6 +25,9 @@ META: Table = m.Meta.__table__  # type: ignore[assignment]
 # Bump with every schema change (and give operators a migration).
 SCHEMA_VERSION = "1"
 AUDIT_KEYS: Table = m.AuditKey.__table__  # type: ignore[assignment]
+REPLICAS: Table = m.Replica.__table__  # type: ignore[assignment]
+INFLIGHT: Table = m.SigningInflight.__table__  # type: ignore[assignment]
+STREAMS: Table = m.SigningStream.__table__  # type: ignore[assignment]
 SEAL_USERS: Table = m.SealUser.__table__  # type: ignore[assignment]
 APPROVALS: Table = m.DestroyApproval.__table__  # type: ignore[assignment]
 

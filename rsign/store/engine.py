@@ -8,12 +8,15 @@ sections (users, sessions, credentials, SADs, audit rows), one module each.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, make_url, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from rsign.domain.clock import Clock, SystemClock
@@ -22,6 +25,7 @@ from rsign.store import models as m
 from rsign.store._core import AUDIT, META
 from rsign.store.audit_log import AuditLogRepo
 from rsign.store.credentials import CredentialRepo
+from rsign.store.inflight import InflightRepo
 from rsign.store.sads import SadRepo
 from rsign.store.sessions import SessionRepo
 from rsign.store.users import UserRepo
@@ -32,7 +36,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1"
 
 
-class Tx(UserRepo, SessionRepo, CredentialRepo, SadRepo, AuditLogRepo):
+class Tx(UserRepo, SessionRepo, CredentialRepo, SadRepo, AuditLogRepo, InflightRepo):
     """Repository methods over one database transaction (SQLAlchemy Core)."""
 
     def __init__(self, conn: Connection, clock: Clock) -> None:
@@ -81,6 +85,7 @@ class Store:
         self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
             threading.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
         )
+        self._replica_lock: IO[str] | None = None
         fresh = self._check_schema()
         try:
             m.Base.metadata.create_all(self.engine)
@@ -178,6 +183,74 @@ class Store:
         self._set_health(True)
         return True
 
+    # -- replica liveness (SQLite) ------------------------------------------------------------
+    #
+    # A SQLite database is shared only by processes of one host, so whether the process that owns
+    # in-flight signing rows is alive is known exactly, at once: each signing process holds an
+    # exclusive flock on its own file beside the database while it lives, and the kernel releases
+    # it when the process dies, SIGKILL included. (On PostgreSQL, replicas on other hosts are
+    # judged by their lease in the database instead: ``rsign.signing.recovery``.)
+
+    def _replica_dir(self) -> Path | None:
+        url = make_url(self.url)
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        db = Path(url.database)
+        return db.with_name(db.name + ".replicas")
+
+    def hold_replica_lock(self, replica_id: str) -> bool:
+        """Take this process's liveness lock (held until ``close``); False where there is none."""
+        where = self._replica_dir()
+        if where is None:
+            return False
+        if self._replica_lock is None:
+            where.mkdir(mode=0o700, exist_ok=True)
+            f = open(where / f"{replica_id}.lock", "w")  # held (open) for the process's life
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new random id: nobody else holds it
+            self._replica_lock = f
+        return True
+
+    def release_replica_lock(self, remove: bool) -> None:
+        """Give up the liveness lock; ``remove`` its file too (this replica holds nothing, so nobody
+        needs to learn that it died)."""
+        f, self._replica_lock = self._replica_lock, None
+        if f is None:
+            return
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f.name)
+        f.close()
+
+    def replica_alive(self, replica_id: str) -> bool | None:
+        """True/False when the replica's liveness lock tells (SQLite), None when it cannot: no lock
+        file (on PostgreSQL, or a replica that never took one)."""
+        where = self._replica_dir()
+        path = where / f"{replica_id}.lock" if where is not None else None
+        if path is None or not path.exists():
+            return None
+        try:
+            with open(path, "a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                return False  # closing the file releases the lock at once
+        except OSError:
+            return None
+
+    def forget_replica(self, replica_id: str) -> None:
+        """Remove a dead replica's liveness file (once it holds nothing): ids are never reused."""
+        where = self._replica_dir()
+        if where is not None and self.replica_alive(replica_id) is False:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(where / f"{replica_id}.lock")
+
+    def database_time(self) -> float:
+        """The database server's clock (Unix seconds): the time-sync health check compares it with
+        the service clock."""
+        with self.read() as t:
+            return t.database_time()
+
     @contextlib.contextmanager
     def read(self) -> Iterator[Tx]:
         try:
@@ -189,3 +262,4 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        self.release_replica_lock(remove=False)  # the file stays: whoever looks sees it died

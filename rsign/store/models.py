@@ -127,6 +127,69 @@ class ConsumedHash(Base):
     position: Mapped[int] = mapped_column(Integer)
 
 
+class Replica(Base):
+    """A process that signs (a server replica, or a library user signing in-process) and may hold
+    in-flight work. Its lease, in DATABASE time (replicas on different hosts need not agree on the
+    time), says how long it is presumed alive where nothing better tells (PostgreSQL); a replica
+    presumed dead has its in-flight work reconciled by another (``rsign.signing.recovery``)."""
+
+    __tablename__ = "replicas"
+
+    replica_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(String(256), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[float] = mapped_column(Float)
+
+
+class SigningInflight(Base):
+    """The in-flight ledger: one row per unary request or stream chunk whose hash occurrences are
+    consumed and whose outcome records (sign.hash) are not committed yet. Inserted in the
+    transaction that consumes, deleted in the one that commits the outcome: a row that outlives
+    its process names consumed occurrences that never got a signature out, which reconciliation
+    records as interrupted and releases. One row per chunk, never per item (the batch hot path)."""
+
+    __tablename__ = "signing_inflight"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    replica_id: Mapped[str] = mapped_column(String(32), index=True)
+    stream_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    sad_id: Mapped[int] = mapped_column(Integer)
+    credential_id: Mapped[str] = mapped_column(String(128))
+    key_version: Mapped[int] = mapped_column(Integer)
+    hash_alg: Mapped[str] = mapped_column(String(16))
+    start: Mapped[int] = mapped_column(Integer)  # first position in the SAD's list
+    count: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    agency: Mapped[str] = mapped_column(String(256), default="")
+    request_id: Mapped[str] = mapped_column(String(64), default="")
+    client: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class SigningStream(Base):
+    """A SignHashStream between its batch.start and its batch.end (inserted and deleted with
+    them), with running counts updated in each chunk's commit, so that a stream whose process
+    died still gets a batch.end that says what was signed."""
+
+    __tablename__ = "signing_streams"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    replica_id: Mapped[str] = mapped_column(String(32), index=True)
+    sad_id: Mapped[int] = mapped_column(Integer)
+    credential_id: Mapped[str] = mapped_column(String(128))
+    key_version: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    authorized: Mapped[int] = mapped_column(Integer)
+    received: Mapped[int] = mapped_column(Integer, default=0)
+    signed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    agency: Mapped[str] = mapped_column(String(256), default="")
+    request_id: Mapped[str] = mapped_column(String(64), default="")
+    client: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
 class AuditRecord(Base):
     __tablename__ = "audit_log"
 

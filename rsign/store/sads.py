@@ -63,6 +63,14 @@ class SadRepo:
             r.consumed_at,
         )
 
+    def sad_hashes(self, sad_id: int) -> tuple[bytes, ...]:
+        """The ordered digests a SAD was issued for (empty if there is no such SAD)."""
+        r = self.c.execute(select(SADS.c.hashes, SADS.c["count"]).where(SADS.c.id == sad_id)).first()
+        if r is None or not r[1]:
+            return ()
+        blob = bytes(r[0])
+        return split_hashes(blob, len(blob) // int(r[1]))
+
     def consume_sad(self, sad_id: int, now: float) -> bool:
         """Exactly-once consumption: a conditional UPDATE, so two replicas cannot both win."""
         res = self.c.execute(
