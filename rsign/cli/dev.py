@@ -59,7 +59,9 @@ def demo(state_dir: Path, listen: str, data: Path) -> None:
 
 @click.command()
 @click.option("--quick", is_flag=True, help="Smaller runs (under a minute).")
-@click.option("--workers", type=int, default=None, help="HSM worker processes [default: one per CPU].")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="HSM worker processes [default: one per CPU]."
+)
 @click.option(
     "--algorithm",
     "algorithms",
@@ -73,16 +75,94 @@ def demo(state_dir: Path, listen: str, data: Path) -> None:
     help="Also stream 100,000 hashes and report RSS growth [default: on unless --quick].",
 )
 @click.option("--scale", is_flag=True, help="Instead: 176 credentials, then 25,065 more; latency and start-up.")
-def bench(quick: bool, workers: int | None, algorithms: tuple[str, ...], memory: bool | None, scale: bool) -> None:
-    """Measure the batch path against a direct python-pkcs11 loop; prints one JSON object per line."""
+@click.option(
+    "--unary",
+    is_flag=True,
+    help="Instead: Authorize+SignHash flows (one per signer, concurrent clients) against a naive signing server.",
+)
+@click.option(
+    "--signers", type=click.IntRange(min=1), default=None, help="--unary: signers [default: 1,000; --quick 100]."
+)
+@click.option(
+    "--clients", type=click.IntRange(1, 1000), default=None, help="--unary: concurrent clients [default: 32]."
+)
+@click.option(
+    "--rounds", type=click.IntRange(1, 20), default=None, help="--unary: alternating rounds [default: 3; --quick 2]."
+)
+@click.option(
+    "--concurrent-signers",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="--unary mode: this many signers at once, each doing --flows-per-signer flows paced by TOTP steps.",
+)
+@click.option(
+    "--flows-per-signer",
+    type=click.IntRange(1, 30),
+    default=None,
+    help="With --concurrent-signers [default: 10; --quick 3]. Each flow needs a new 30 s TOTP step.",
+)
+@click.option(
+    "--postgres",
+    is_flag=True,
+    help="--unary mode: two rsign serve replicas on one PostgreSQL database against one replica.",
+)
+@click.option(
+    "--postgres-dsn",
+    default="host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+    show_default=True,
+    help="With --postgres: where to create (and afterwards drop) the run's database.",
+)
+def bench(
+    quick: bool,
+    workers: int | None,
+    algorithms: tuple[str, ...],
+    memory: bool | None,
+    scale: bool,
+    unary: bool,
+    signers: int | None,
+    clients: int | None,
+    rounds: int | None,
+    concurrent_signers: int | None,
+    flows_per_signer: int | None,
+    postgres: bool,
+    postgres_dsn: str,
+) -> None:
+    """Measure the batch path against a direct python-pkcs11 loop (or, with --unary, the one-document
+    flow against a naive signing server); prints one JSON object per line."""
     from rsign.dev import bench as b
     from rsign.domain.algorithms import KeyAlgorithm
 
+    unary = unary or postgres or concurrent_signers is not None
+    unary_only = {
+        "--signers": signers,
+        "--clients": clients,
+        "--rounds": rounds,
+        "--flows-per-signer": flows_per_signer,
+    }
+    if not unary:
+        given = [name for name, value in unary_only.items() if value is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply to --unary")
+    else:
+        if scale or algorithms or memory is not None:
+            raise click.UsageError("--unary runs EC P-256 flows: --scale, --algorithm and --memory do not apply")
+        if postgres and concurrent_signers is not None:
+            raise click.UsageError("choose one of --postgres and --concurrent-signers")
+        if flows_per_signer is not None and concurrent_signers is None:
+            raise click.UsageError("--flows-per-signer applies with --concurrent-signers")
+        dsn = postgres_dsn if postgres else None
+        _unary(
+            quick, workers or b.default_workers(), signers, clients, rounds, concurrent_signers, flows_per_signer, dsn
+        )
+        return
+
     if scale:
+        from rsign.dev.bench_scale import scale as run_scale
+
         # The scale run provisions twice (176, then 25,065 more): a new bar for each run's stage.
         prog, update = stage_bars(lambda stage: f"provisioning {stage}", key=lambda stage, total: f"{stage}:{total}")
         with prog:
-            b.scale(EXAMPLES, 100, lambda msg: prog.console.log(msg), update)
+            run_scale(EXAMPLES, 100, lambda msg: prog.console.log(msg), update)
         return
 
     algs = [KeyAlgorithm.parse(a) for a in (algorithms or ("rsa-2048", "ec-p256"))]
@@ -94,6 +174,30 @@ def bench(quick: bool, workers: int | None, algorithms: tuple[str, ...], memory:
             (not quick) if memory is None else memory,
             lambda msg: status.update(msg),
         )
+
+
+def _unary(
+    quick: bool,
+    workers: int,
+    signers: int | None,
+    clients: int | None,
+    rounds: int | None,
+    concurrent_signers: int | None,
+    flows_per_signer: int | None,
+    postgres_dsn: str | None,
+) -> None:
+    from rsign.dev import bench_unary as u
+
+    prog, update = stage_bars(lambda stage: stage)
+    say = prog.console.log
+    n = signers or (100 if quick else 1000)
+    with prog:
+        if concurrent_signers is not None:
+            u.paced(concurrent_signers, flows_per_signer or (3 if quick else 10), workers, say, update)
+        elif postgres_dsn is not None:
+            u.postgres(n, clients or 32, rounds or (1 if quick else 3), workers, say, update, admin_dsn=postgres_dsn)
+        else:
+            u.unary(n, clients or 32, rounds or (2 if quick else 3), workers, say, update)
 
 
 @click.group()

@@ -1,0 +1,219 @@
+"""What the benchmarks share: bench signers and their TOTP codes, digests, servers run in processes
+of their own (ready when they answer, measured by their peak RSS), percentiles."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsign.auth import totp
+
+Progress = Callable[[str], None]
+StageProgress = Callable[[str, int, int], None]  # stage, done, total
+
+
+class TotpStepsUsedUp(RuntimeError):
+    """A bench signer has no fresh TOTP step until the next 30 s step begins."""
+
+
+@dataclass
+class BenchUser:
+    user_id: str
+    pin: str
+    seed: bytes
+    credential_id: str
+    last_step: int = -1
+
+    def code(self, margin: float = 5.0, wait: bool = True) -> str:
+        """The code of the oldest step the server still accepts (its window is +-1 step) and this
+        signer has not used; waits for the clock when none is left (``wait``), or raises
+        ``TotpStepsUsedUp``. Oldest first: a signer gets three codes at once, then one per step.
+
+        The previous step's code is accepted only until the current step ends: it is skipped when
+        fewer than ``margin`` seconds remain, or a slow round trip lands outside the window."""
+        while True:
+            t = time.time()
+            now = totp.step_of(t)
+            oldest = now - 1 if totp.STEP_SECONDS - t % totp.STEP_SECONDS > margin else now
+            step = max(self.last_step + 1, oldest)
+            if step <= now + 1:
+                self.last_step = step
+                return totp.code_for_step(self.seed, step)
+            if not wait:
+                raise TotpStepsUsedUp(f"{self.user_id} has used every step up to {self.last_step}")
+            time.sleep(seconds_to_next_step())
+
+
+def seconds_to_next_step() -> float:
+    return totp.STEP_SECONDS - time.time() % totp.STEP_SECONDS + 0.05
+
+
+def wait_for_fresh_steps(users: Sequence[BenchUser], deadline_s: float = 3 * totp.STEP_SECONDS) -> float:
+    """Sleep until every signer can take a code without waiting (bounded); returns the seconds
+    slept. Called between rounds, so that no flow waits for the clock while it is being timed."""
+    need = max((u.last_step for u in users), default=-1)  # each needs need+1 <= now+1
+    slept = 0.0
+    while totp.step_of(time.time()) < need and slept < deadline_s:
+        pause = seconds_to_next_step()
+        time.sleep(pause)
+        slept += pause
+    return slept
+
+
+def digests(n: int) -> list[bytes]:
+    salt = secrets.token_bytes(8)
+    return [hashlib.sha256(salt + i.to_bytes(8, "big")).digest() for i in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int, field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of a process, in MB; 0 when it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0
+    for line in lines:
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (its HSM workers), from each process's parent id."""
+    out: list[int] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            # Field 4 of /proc/PID/stat, after the parenthesised command name (which may hold spaces).
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            out.append(int(proc.name))
+    return out
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of ``values``; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n q / 100)
+    return ordered[int(rank) - 1]
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+class ServerProcess:
+    """A server in a process of its own (a separate interpreter, like production), started by
+    ``argv`` and ready once ``probe(address)`` returns True. With ``log``, its stderr goes to that
+    file and ``logged_errors`` reads the errors it logged (a benchmark reports them)."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        address: str,
+        probe: Callable[[str], bool],
+        name: str = "rsign serve",
+        log: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.address = address
+        self.probe = probe
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 90.0) -> ServerProcess:
+        if self.log is None:
+            self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL)
+        else:
+            with open(self.log, "ab") as err:  # the child keeps its own copy of the descriptor
+                self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = "\n".join(self._log_lines()[-15:])
+                raise RuntimeError(f"{self.name} (benchmark) exited with status {self.proc.returncode}:\n{tail}")
+            if self.probe(self.address):
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.name} (benchmark) on {self.address} did not start within {timeout:.0f} s")
+
+    def _log_lines(self) -> list[str]:
+        if self.log is None or not self.log.exists():
+            return []
+        return self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+
+    def logged_errors(self) -> list[str]:
+        """Lines it logged at level ERROR or above, and the exception line of each traceback."""
+        out: list[str] = []
+        in_traceback = False
+        for line in self._log_lines():
+            if line.startswith("Traceback (most recent call last)"):
+                in_traceback = True
+            elif in_traceback and line and not line[0].isspace():
+                out.append(line)
+                in_traceback = False
+            elif " ERROR " in line or " CRITICAL " in line:
+                out.append(line)
+        return out
+
+    def peak_rss_mb(self) -> float:
+        """Peak RSS of the server process itself (its HSM worker processes: ``workers_peak_rss_mb``)."""
+        return rss_mb(self.pid, "VmHWM")
+
+    def workers_peak_rss_mb(self) -> float:
+        return sum(rss_mb(c, "VmHWM") for c in children(self.pid))
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+def health_serving(address: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(address) as ch:
+            r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+
+
+def rsign_server(state_dir: Path, log: Path | None = None) -> ServerProcess:
+    """``rsign serve`` on ``state_dir`` (plaintext on loopback), not yet started."""
+    address = f"127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-m", "rsign.cli", "serve", "--state-dir", str(state_dir), "--listen", address]
+    return ServerProcess(argv, address, health_serving, log=log)
