@@ -91,8 +91,11 @@ def _padding_flip(export: bytes) -> bytes:
     decoded signature is the same, so a lenient decoder called the export intact."""
     sig = json.loads(export.splitlines()[-1])["signature"].encode()
     at = export.rindex(sig) + len(sig.rstrip(b"=")) - 1  # the last character before the padding
+    # The lowest bit of its base64 VALUE is a padding bit (A<->B, g<->h, ...); flipping the ASCII
+    # code's lowest bit instead would change data bits for half the characters ('g' -> 'f').
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
     damaged = bytearray(export)
-    damaged[at] ^= 0x01  # its lowest bit is a padding bit: A<->B, g<->h, ...
+    damaged[at] = alphabet[alphabet.index(export[at]) ^ 1]
     return bytes(damaged)
 
 
