@@ -14,6 +14,18 @@ not at all. Appending:
 The MAC comes after the insert succeeded, so a store that refuses writes never causes an HSM call.
 Without its MAC key the journal cannot be built, so there is no path that appends unkeyed.
 
+Group commit: concurrent callers share one database transaction, one append (one HSM MAC) and one
+commit (one fsync). The first caller to find no open group becomes its leader and opens the write
+transaction; callers already waiting for the connection run their changes in it one after another,
+each inside a savepoint (a caller whose changes fail is undone alone: its records too), while the
+leader waits for them (at most GROUP_MAX_MEMBERS callers or GROUP_MAX_WAIT); then the leader chains
+every record of the group, member by member, MACs the last one and commits. Every caller returns
+only once the group is durable, or raises what failed it: a record is never lost after its caller
+was answered, and no caller is answered before its records are committed. A caller alone commits at
+once: the leader waits only for callers that are already queued. Exactly-once rules (SAD
+consumption, OTP steps, hash occurrences) are conditional UPDATEs and unique keys, which hold
+within a group (its members run one after another on one connection) as across groups and replicas.
+
 Halting (fail closed on a rolled-back log): the journal remembers the highest sequence number this
 process has seen committed, and a head below it means records were deleted under it; the audit
 service halts it too when the database is behind the HSM anchor (``AuditService.watch``). A halted
@@ -28,7 +40,9 @@ import hmac
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from rsign.audit import chain
@@ -36,9 +50,14 @@ from rsign.audit.keys import AuditKeys
 from rsign.domain.clock import Clock, iso_utc
 from rsign.domain.errors import AuditHalted, AuditIntegrityError
 from rsign.domain.events import AuditEvent
-from rsign.store import Store, Tx
+from rsign.store import Store, Tx, WriteTx
 
 log = logging.getLogger(__name__)
+
+# A group stops taking members at this size or after this wait, whichever comes first; a caller
+# that finds nobody else waiting commits at once (a lone request is never delayed).
+GROUP_MAX_MEMBERS = 128
+GROUP_MAX_WAIT = 0.005  # seconds
 
 HALTED = (
     "operations are suspended: the audit log failed its rollback check and an operator must resolve it"
@@ -47,17 +66,46 @@ HALTED = (
 
 
 class AuditedTx(Tx):
-    """A store transaction that can append audit records."""
+    """A store transaction that can append audit records.
 
-    def __init__(self, inner: Tx, journal: AuditedStore) -> None:
+    Inside a group commit the records are buffered and chained with the rest of the group when it
+    commits; ``last_seq`` is the sequence number of this caller's last record once its ``with``
+    block has returned (0 if it appended none)."""
+
+    def __init__(self, inner: Tx, journal: AuditedStore, member: _Member | None = None) -> None:
         super().__init__(inner.c, inner.clock)
         self._journal = journal
+        self._member = member
         self.last_seq = 0
 
     def append(self, *events: AuditEvent) -> int:
-        """Append events to the chain in this transaction; returns the last sequence number."""
+        """Append events to the chain in this transaction. Returns the last sequence number when
+        the append is immediate, 0 when the group commit will assign it (see ``last_seq``)."""
+        if self._member is not None:
+            if self._journal.halted:
+                raise AuditHalted(HALTED)
+            self._member.events.extend(events)
+            return 0
         self.last_seq = self._journal.append(self, events)
         return self.last_seq
+
+
+@dataclass
+class _Member:
+    events: list[AuditEvent] = field(default_factory=list)
+    tx: AuditedTx | None = None
+
+
+@dataclass
+class _Group:
+    """One write transaction shared by the callers that arrived together."""
+
+    write: WriteTx
+    members: list[_Member] = field(default_factory=list)
+    running: int = 0  # members inside their body right now
+    sealed: bool = False  # the leader is committing: nobody joins any more
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
 
 
 class AuditedStore:
@@ -72,15 +120,106 @@ class AuditedStore:
         self._high_water = 0  # the highest sequence number this process saw committed
         self._halted = ""  # why appends are refused; "" while they are not
         self._listeners: list[Callable[[bool], None]] = []
+        # Group commit (module docstring): the connection, the open group, who waits for it.
+        self._mutex = threading.Lock()
+        self._gc = threading.Condition()
+        self._group: _Group | None = None
+        self._queued = 0
         with store.tx() as t:
             t.init_head(chain.GENESIS)
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[AuditedTx]:
-        with self.store.tx() as t:
-            at = AuditedTx(t, self)
-            yield at
+        """A write transaction, group-committed (module docstring): the caller's changes and
+        records are durable, chained and MAC'd when its ``with`` block returns, or it raises."""
+        with self._gc:
+            self._queued += 1
+        group, leader = self._join()
+        member = _Member()
+        at = AuditedTx(group.write.tx, self, member)
+        member.tx = at
+        own_error: BaseException | None = None
+        try:
+            with group.write.savepoint():
+                yield at
+        except BaseException as exc:
+            own_error = exc  # this caller's changes are undone (savepoint); the group's stand
+        with self._gc:
+            group.running -= 1
+            if own_error is None:
+                group.members.append(member)
+            self._gc.notify_all()
+        if leader:
+            self._lead(group)
+        else:
+            self._mutex.release()
+            group.done.wait()
+        if own_error is not None:
+            raise own_error
+        if group.error is not None:
+            raise group.error
         self.saw_head(at.last_seq)  # committed: the head can never legitimately go below it
+
+    def _join(self) -> tuple[_Group, bool]:
+        """Take the connection, and the open group or a new one (then as its leader)."""
+        while True:
+            self._mutex.acquire()
+            with self._gc:
+                group = self._group
+                if group is not None and group.sealed:
+                    # Its leader is committing and holds the transaction: wait for the next one.
+                    self._mutex.release()
+                    self._gc.wait(timeout=0.05)
+                    continue
+                self._queued -= 1
+                if group is None:
+                    try:
+                        group = self._group = _Group(self.store.begin_write())
+                    except BaseException:
+                        self._mutex.release()
+                        raise
+                    group.running += 1
+                    return group, True
+                group.running += 1
+                return group, False
+
+    def _lead(self, group: _Group) -> None:
+        """Let the callers already waiting run their changes in this transaction (bounded in
+        members and time, with no wait at all for a caller that is alone), then chain and MAC
+        every record of the group in one append and commit once."""
+        deadline = time.monotonic() + GROUP_MAX_WAIT
+        with self._gc:
+            while (self._queued or group.running) and len(group.members) < GROUP_MAX_MEMBERS:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._mutex.release()
+                self._gc.wait(remaining)
+                self._gc.release()
+                try:
+                    self._mutex.acquire()
+                finally:
+                    self._gc.acquire()
+            group.sealed = True
+        try:
+            events = [ev for m in group.members for ev in m.events]
+            last = self.append(group.write.tx, tuple(events)) if events else 0
+            group.write.commit()
+            seq = last - len(events)
+            for m in group.members:
+                seq += len(m.events)
+                if m.tx is not None and m.events:
+                    m.tx.last_seq = seq
+        except BaseException as exc:
+            group.error = exc
+            with contextlib.suppress(BaseException):
+                group.write.rollback()
+        finally:
+            with self._gc:
+                self._group = None
+                group.done.set()
+                self._gc.notify_all()
+            self._mutex.release()
 
     # -- halting -----------------------------------------------------------------------------
 

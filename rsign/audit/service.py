@@ -478,7 +478,7 @@ class AuditService:
             self._store.reset_high_water()
             self._store.resume()
             with self._store.tx() as t:
-                seq = t.append(
+                t.append(
                     event(
                         Action.AUDIT_ANCHOR_RESET,
                         reason=reason,
@@ -489,6 +489,7 @@ class AuditService:
                         },
                     )
                 )
+            seq = t.last_seq
         try:
             self.checkpoint()  # covers the reset record and anchors it
         except RsignError as exc:

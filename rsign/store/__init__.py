@@ -1,5 +1,5 @@
 """Persistence: the only package that knows SQLAlchemy. Hands out plain records (``rsign.domain.records``)."""
 
-from rsign.store.engine import SCHEMA_VERSION, Store, Tx
+from rsign.store.engine import SCHEMA_VERSION, Store, Tx, WriteTx
 
-__all__ = ["SCHEMA_VERSION", "Store", "Tx"]
+__all__ = ["SCHEMA_VERSION", "Store", "Tx", "WriteTx"]

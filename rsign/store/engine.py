@@ -136,6 +136,16 @@ class Store:
             raise AuditUnavailable("the audit store is unavailable; the operation was not performed") from exc
         self._set_health(True)
 
+    def begin_write(self) -> WriteTx:
+        """A write transaction held open across calls: the audit journal's group commit runs
+        several callers' changes in it, each in a savepoint, and commits them together."""
+        return WriteTx(self)
+
+    def _write_failed(self, exc: BaseException) -> AuditUnavailable:
+        log.error("audit store write failed: %s", type(exc).__name__)
+        self._set_health(False)
+        return AuditUnavailable("the audit store is unavailable; the operation was not performed")
+
     # -- health ------------------------------------------------------------------------------
 
     @property
@@ -263,3 +273,52 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
         self.release_replica_lock(remove=False)  # the file stays: whoever looks sees it died
+
+
+class WriteTx:
+    """An open write transaction (SQLite: the process's write lock and BEGIN IMMEDIATE). Errors
+    are mapped as in ``Store.tx()``: an integrity violation in a savepoint is ``AlreadyExists``
+    for that savepoint alone; any other database failure is ``AuditUnavailable``."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(store._write_lock)
+        try:
+            self._conn = self._stack.enter_context(store._write_engine.connect())
+            self._trans = self._conn.begin()
+        except (DBAPIError, SQLAlchemyError) as exc:
+            self._stack.close()
+            raise store._write_failed(exc) from exc
+        except BaseException:
+            self._stack.close()
+            raise
+        self.tx = Tx(self._conn, store.clock)
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[Tx]:
+        try:
+            with self._conn.begin_nested():
+                yield self.tx
+        except IntegrityError as exc:
+            raise AlreadyExists("the object already exists") from exc
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise self._store._write_failed(exc) from exc
+
+    def commit(self) -> None:
+        try:
+            self._trans.commit()
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise self._store._write_failed(exc) from exc
+        finally:
+            self._stack.close()
+        self._store._set_health(True)
+
+    def rollback(self) -> None:
+        try:
+            self._trans.rollback()
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise self._store._write_failed(exc) from exc
+        finally:
+            self._stack.close()
+
