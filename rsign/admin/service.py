@@ -1,23 +1,63 @@
 """Every administration operation: authorized by ``rsign.domain.policy`` (role and agency), audited
 by the domain service it calls. Used by the gRPC AdminService (the session's principal) and by the
-CLI on a local state directory (``LOCAL_OPERATOR``)."""
+CLI on a local state directory (``LOCAL_OPERATOR``).
+
+A refused operation is audited too (``refusal``): the action it would have been, result failure,
+the caller, the target user or credential, and why (policy, state, unknown target, bad input)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import Concatenate, ParamSpec, TypeVar
 
 from rsign.admin.ports import MoveResult
 from rsign.audit.journal import AuditedStore
 from rsign.auth import totp
 from rsign.auth.service import AuthService, seed_aad
 from rsign.domain.clock import Clock
-from rsign.domain.errors import FailedPrecondition, InvalidRequest, NotFound
-from rsign.domain.events import Action, event
+from rsign.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    RsignError,
+)
+from rsign.domain.events import Action, Result, event
 from rsign.domain.policy import Op, authorize, check_enrol, scope_agency
 from rsign.domain.principal import CredentialStatus, Principal, Role, Scope, UserStatus, parse_role, parse_scope
 from rsign.domain.records import CredentialView, Enrolment, KeyVersionView, UserView, fold
 from rsign.hsm.ports import Hsm
 from rsign.keys.service import KeyService
+
+P = ParamSpec("P")
+R = TypeVar("R")
+# What a refusal is: the caller asked for something not allowed, not possible now, unknown or
+# malformed. A failing dependency (HSM, audit store) is not one: it has its own records and status.
+REFUSALS = (PermissionDenied, FailedPrecondition, NotFound, InvalidRequest, AlreadyExists, ResourceExhausted)
+Method = Callable[Concatenate["AdminService", Principal, P], R]
+
+
+def refusal(action: Action, target: str) -> Callable[[Method[P, R]], Method[P, R]]:
+    """Audit a refused call of the decorated operation as ``action`` failure. ``target`` says what
+    the first argument after the principal names: "user", "credential" or "agency" (searches)."""
+
+    def decorate(fn: Method[P, R]) -> Method[P, R]:
+        @functools.wraps(fn)
+        def call(self: AdminService, who: Principal, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(self, who, *args, **kwargs)
+            except REFUSALS as exc:
+                # Refusals a domain service already recorded itself carry ``audited``.
+                if not getattr(exc, "audited", False):
+                    self._refused(who, action, target, str(args[0]) if args else "", exc)
+                raise
+
+        return call
+
+    return decorate
 
 
 class AdminService:
@@ -49,8 +89,30 @@ class AdminService:
         authorize(who, op)  # role first, as in ``_managed_user``
         authorize(who, op, self._keys.get(credential_id).agency)
 
+    def _refused(self, who: Principal, action: Action, target: str, value: str, exc: RsignError) -> None:
+        """The refusal's record, in its own transaction. If even that cannot be written, the audit
+        store's error wins (fail closed)."""
+        details: dict[str, str] = {"error": type(exc).__name__}
+        if target == "user":
+            details["user_id"] = value  # as in the operation's success record
+        elif target == "agency":
+            details["agency"] = value  # the agency searched
+        with self._store.tx() as t:
+            t.append(
+                event(
+                    action,
+                    Result.FAILURE,
+                    actor=who.user_id,
+                    agency=who.agency,
+                    credential_id=value if target == "credential" else "",
+                    reason=exc.message,
+                    details=details,
+                )
+            )
+
     # -- users -------------------------------------------------------------------------------
 
+    @refusal(Action.USER_ENROL, "user")
     def enrol(
         self,
         who: Principal,
@@ -64,11 +126,13 @@ class AdminService:
         check_enrol(who, agency, parse_role(role), parse_scope(scope))
         return self._auth.enrol(user_id, name, pin, agency=agency, role=role, scope=scope)
 
+    @refusal(Action.UNLOCK, "user")
     def unlock(self, who: Principal, user_id: str) -> UserView:
         self._managed_user(who, user_id)
         self._auth.unlock(user_id)
         return self._user(user_id)
 
+    @refusal(Action.USER_SUSPEND, "user")
     def suspend(self, who: Principal, user_id: str, reason: str) -> UserView:
         """No login, no signing, open sessions ended; reversible with ``reactivate``."""
         user = self._managed_user(who, user_id)
@@ -89,6 +153,7 @@ class AdminService:
             )
         return self._user(user_id)
 
+    @refusal(Action.USER_REACTIVATE, "user")
     def reactivate(self, who: Principal, user_id: str) -> UserView:
         user = self._managed_user(who, user_id)
         if user.status != UserStatus.SUSPENDED:
@@ -98,6 +163,7 @@ class AdminService:
             t.append(event(Action.USER_REACTIVATE, agency=user.agency, details={"user_id": user_id}))
         return self._user(user_id)
 
+    @refusal(Action.USER_RESET_TOTP, "user")
     def reset_totp(self, who: Principal, user_id: str) -> Enrolment:
         """Re-enrol the authenticator (lost device): new seed; the old seed, every open session
         and every unused SAD of the user stop working at once."""
@@ -120,6 +186,7 @@ class AdminService:
             )
         return Enrolment(user_id, seed, totp.provisioning_uri(seed, user_id))
 
+    @refusal(Action.USER_MOVE, "user")
     def move(self, who: Principal, user_id: str, new_agency: str) -> MoveResult:
         """Job change: the user moves agency; per Decree 68 their individual credentials are revoked
         (a new one can then be issued in the new agency), open sessions and SADs end."""
@@ -143,6 +210,7 @@ class AdminService:
             )
         return MoveResult(self._user(user_id), revoked)
 
+    @refusal(Action.USER_RETIRE, "user")
     def retire(self, who: Principal, user_id: str) -> MoveResult:
         user = self._managed_user(who, user_id)
         if user.status == UserStatus.RETIRED:
@@ -172,6 +240,7 @@ class AdminService:
             self._keys.revoke(c.credential_id, reason)
         return [c.credential_id for c in creds]
 
+    @refusal(Action.ADMIN_SEARCH, "agency")
     def search_users(
         self, who: Principal, agency: str = "", name: str = "", status: str = "", limit: int = 100
     ) -> list[UserView]:
@@ -182,6 +251,7 @@ class AdminService:
 
     # -- keys and certificates ---------------------------------------------------------------
 
+    @refusal(Action.KEY_GENERATE, "credential")
     def generate(
         self,
         who: Principal,
@@ -197,41 +267,53 @@ class AdminService:
             credential_id, algorithm, holder, multisign, seal_agency=seal_agency, seal_users=seal_users
         )
 
+    @refusal(Action.KEY_CSR, "credential")
     def csr(self, who: Principal, credential_id: str) -> bytes:
         authorize(who, Op.MANAGE_KEYS)
         return self._keys.csr(credential_id)
 
+    @refusal(Action.KEY_IMPORT_CERT, "credential")
     def import_certificate(self, who: Principal, credential_id: str, chain: bytes) -> CredentialView:
         authorize(who, Op.MANAGE_KEYS)
         return self._keys.import_certificate(credential_id, chain)
 
+    @refusal(Action.KEY_ROTATE, "credential")
     def rotate(self, who: Principal, credential_id: str) -> CredentialView:
         authorize(who, Op.MANAGE_KEYS)
         return self._keys.rotate(credential_id)
 
     def set_enabled(self, who: Principal, credential_id: str, enabled: bool, reason: str = "") -> CredentialView:
-        authorize(who, Op.MANAGE_KEYS)
-        return self._keys.set_enabled(credential_id, enabled, reason)
+        try:
+            authorize(who, Op.MANAGE_KEYS)
+            return self._keys.set_enabled(credential_id, enabled, reason)
+        except REFUSALS as exc:
+            self._refused(who, Action.KEY_ENABLE if enabled else Action.KEY_DISABLE, "credential", credential_id, exc)
+            raise
 
+    @refusal(Action.KEY_REVOKE, "credential")
     def revoke(self, who: Principal, credential_id: str, reason: str) -> CredentialView:
         self._authorize_on_credential(who, Op.REVOKE_CREDENTIALS, credential_id)
         return self._keys.revoke(credential_id, reason)
 
+    @refusal(Action.KEY_DESTROY, "credential")
     def destroy(self, who: Principal, credential_id: str) -> str:
         authorize(who, Op.MANAGE_KEYS)
         # Dual control counts officers by user id; the local operator counts as one officer
         # ("local-operator", a user id enrolment refuses).
         return self._keys.destroy(credential_id, who.user_id)
 
+    @refusal(Action.KEY_SEAL_USERS, "credential")
     def set_seal_users(self, who: Principal, credential_id: str, users: Sequence[str]) -> CredentialView:
         authorize(who, Op.MANAGE_KEYS)
         self._keys.set_seal_users(credential_id, users)
         return self._keys.get(credential_id)
 
+    @refusal(Action.ADMIN_SEARCH, "credential")
     def history(self, who: Principal, credential_id: str) -> list[KeyVersionView]:
         self._authorize_on_credential(who, Op.SEARCH_CREDENTIALS, credential_id)
         return self._keys.history(credential_id)
 
+    @refusal(Action.ADMIN_SEARCH, "agency")
     def search_credentials(
         self,
         who: Principal,
@@ -253,6 +335,7 @@ class AdminService:
                 limit=max(1, min(limit, 1000)),
             )
 
+    @refusal(Action.ADMIN_SEARCH, "agency")
     def expiring(self, who: Principal, days: int, agency: str = "") -> list[CredentialView]:
         authorize(who, Op.SEARCH_CREDENTIALS)
         return self._keys.expiring(days, scope_agency(who, agency))

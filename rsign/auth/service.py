@@ -154,8 +154,21 @@ class AuthService:
             sess = t.get_session(token_hash(token))
             user = t.get_user(sess.user_id) if sess else None
         if sess is None or user is None:
+            # Nobody to name: an unknown token is not recorded (it would let anyone fill the log).
             raise AuthenticationFailed("invalid session token; log in again")
         if sess.ended_at is not None:
+            # A call on an ended session (revoked, expired, user suspended or moved): its user is
+            # known, so the refusal is recorded.
+            self._audit_only(
+                event(
+                    Action.AUTH_REFUSE,
+                    Result.FAILURE,
+                    actor=user.user_id,
+                    agency=user.agency,
+                    reason=f"session {sess.end_reason or 'ended'}",
+                    details={"session_id": sess.id},
+                )
+            )
             raise AuthenticationFailed(f"session {sess.end_reason or 'ended'}; log in again")
         reason = ""
         if now >= sess.expires_at:
@@ -195,10 +208,13 @@ class AuthService:
             user = t.get_user(user_id)
             secret = t.get_user_secrets(user_id)
         if user is None or secret is None:
+            self._audit_only(event(action, Result.FAILURE, actor=user_id, reason="unknown user"))
             raise AuthenticationFailed("invalid session; log in again")
         if user.status != UserStatus.ACTIVE:
+            self._refuse_user(user, action, f"user {user.status}")
             raise FailedPrecondition(f"this user is {user.status}")
         if user.locked:
+            self._refuse_user(user, action, "user locked")
             raise FailedPrecondition(
                 "this user is locked after too many failed attempts; ask an agency admin to unlock it"
             )
@@ -214,6 +230,7 @@ class AuthService:
         with self._store.read() as t:
             user = t.get_user(user_id)
         if user is None:
+            self._audit_only(event(action, Result.FAILURE, actor=user_id, reason="unknown user"))
             raise AuthenticationFailed("invalid session; log in again")
         self._fail(user, action, "replayed one-time code", PermissionDenied("wrong or already used one-time code"))
 
@@ -240,6 +257,10 @@ class AuthService:
             event(action, Result.FAILURE, actor=user.user_id, agency=user.agency, reason=SEED_INTEGRITY_REASON)
         )
         raise SecretIntegrityError(_SEED_DAMAGED)
+
+    def _refuse_user(self, user: UserView, action: Action, reason: str) -> None:
+        """Record a refusal that names the user (not counted towards lockout: no code was tried)."""
+        self._audit_only(event(action, Result.FAILURE, actor=user.user_id, agency=user.agency, reason=reason))
 
     def _audit_only(self, ev: AuditEvent) -> None:
         with self._store.tx() as t:

@@ -16,6 +16,8 @@ class Action(enum.StrEnum):
     UNLOCK = "auth.unlock"
     LOGOUT = "auth.logout"
     SESSION_EXPIRED = "auth.session_expired"
+    # A call on a session that has ended (revoked, expired, its user suspended or moved), refused.
+    AUTH_REFUSE = "auth.refuse"
     USER_ENROL = "user.enrol"
     SAD_ISSUE = "sad.issue"
     SAD_CONSUME = "sad.consume"

@@ -73,6 +73,13 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
         raise InvalidRequest("not a certificate: expected PEM or DER") from None
 
 
+class DestroyRefused(PermissionDenied):
+    """The same key officer approved a destruction twice. Its key.destroy failure record is written
+    in the transaction that read the approvals, so callers that audit refusals skip it."""
+
+    audited = True
+
+
 class KeyService:
     def __init__(
         self, store: AuditedStore, hsm: Hsm, clock: Clock, settings: Settings, issuer: CertificateIssuer
@@ -434,7 +441,7 @@ class KeyService:
                     )
                     return "requested"
         if refused:
-            raise PermissionDenied("destroying keys needs a second, different key officer to approve")
+            raise DestroyRefused("destroying keys needs a second, different key officer to approve")
         with self._store.read() as t:
             versions = t.key_versions(credential_id)
         destroyed = sum(self._hsm.destroy_keypair(v.cka_id) for v in versions)
