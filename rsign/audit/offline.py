@@ -551,7 +551,7 @@ def verify_export_bytes(
             rep.problems.append(problem)
     if after is not None:
         problem = after.check_signed(ex.public_key, rep.certificate_sha256) or _rollback(
-            after.as_entry(), prev_seq, hash_at, "the checkpoint you kept", "the checkpoint you kept"
+            after.as_entry(), prev_seq, hash_at, "the checkpoint you kept", "the checkpoint you kept", or_older=True
         )
         if problem:
             rep.problems.append(problem)
@@ -575,11 +575,14 @@ def verify_export_bytes(
     return rep
 
 
-def _rollback(cp: Mapping[str, Any], end: int, hash_at: Mapping[int, str], what: str, one: str) -> str:
+def _rollback(
+    cp: Mapping[str, Any], end: int, hash_at: Mapping[int, str], what: str, one: str, or_older: bool = False
+) -> str:
     """Does the export's chain (ending at ``end``) pass through checkpoint ``cp``?"""
     seq = cp["seq"]
     if end < seq:
-        return f"{what} is at record {seq}, the export ends at {end} (the log was rolled back)"
+        why = "the log was rolled back, or this export is older than it" if or_older else "the log was rolled back"
+        return f"{what} is at record {seq}, the export ends at {end} ({why})"
     if hash_at.get(seq) != cp["head_hash"]:
         return f"record {seq}'s hash differs from {one} (the log was rolled back and rewritten after it)"
     return ""

@@ -126,6 +126,15 @@ def test_untouched_log_is_anchored_and_the_kept_checkpoint_is_extended(template:
     assert res.exit_code == 0 and f"HSM anchor at record {template.anchored} (epoch 0)" in res.output, res.output
     res = cli("audit", "verify-export", str(template.export), "--after", str(template.kept))
     assert res.exit_code == 0 and f"extends the checkpoint kept in {template.kept}" in res.output, res.output
+    # A checkpoint kept straight from the state directory: a later export extends it, an older one does not.
+    kept = state.parent / "kept-now.json"
+    res = cli("audit", "checkpoint", "--out", str(kept), "--state-dir", str(state))
+    assert res.exit_code == 0 and f"wrote {kept}" in res.output, res.output
+    later = state.parent / "later.jsonl"
+    assert cli("audit", "export", "--out", str(later), "--state-dir", str(state)).exit_code == 0
+    assert cli("audit", "verify-export", str(later), "--after", str(kept)).exit_code == 0
+    res = cli("audit", "verify-export", str(template.export), "--after", str(kept))
+    assert res.exit_code == 1 and "the checkpoint you kept is at record" in res.stderr, res.output
 
 
 def test_rollback_is_named_refused_recovered_and_audited(template: Template, state: Path) -> None:
