@@ -93,7 +93,8 @@ def demo(state_dir: Path, listen: str, data: Path) -> None:
     "--concurrent-signers",
     type=click.IntRange(1, 1000),
     default=None,
-    help="--unary mode: this many signers at once, each doing --flows-per-signer flows paced by TOTP steps.",
+    help="--unary mode: this many signers at once, each doing --flows-per-signer flows paced by TOTP steps, "
+    "first in bursts (all as a step begins), then spread over each step.",
 )
 @click.option(
     "--flows-per-signer",

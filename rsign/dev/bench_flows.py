@@ -213,15 +213,24 @@ def run_round(
 
 
 def run_paced(
-    signers: Sequence[Signer], address: str, flows_per_signer: int, tick: Callable[[int], None] = lambda done: None
+    signers: Sequence[Signer],
+    address: str,
+    flows_per_signer: int,
+    spread_s: float = 0.0,
+    tick: Callable[[int], None] = lambda done: None,
 ) -> Recorder:
     """Every signer at once (a client thread each), ``flows_per_signer`` flows one after another,
-    each with a fresh TOTP step: waiting for the step is untimed."""
+    each with a fresh TOTP step; waiting for the step is untimed. ``spread_s``: once a step is
+    free, each flow starts after a random pause of up to that long (signers working at their own
+    pace) instead of at once (all signers together as a step begins: bursts)."""
     rec = Recorder(tick)
 
     def signer_flows(s: Signer) -> None:
         for _ in range(flows_per_signer):
             try:
+                if spread_s:
+                    s.user.wait_for_step()
+                    time.sleep(random.uniform(0, spread_s))
                 flow = rsign_flow(s, address, wait=True)
             except Exception as exc:  # preparing cannot fail in practice; if it does, it is reported
                 rec.failed(f"preparing a flow: {type(exc).__name__}: {exc}")
