@@ -96,6 +96,8 @@ def _serialised(fn: Callable[..., T]) -> Callable[..., T]:
 _OPEN_ATTEMPTS = 6
 _OPEN_BACKOFF = 0.05  # seconds, doubled per attempt: 0.05 + 0.1 + ... = 1.55 s at most
 _NOT_TRANSIENT = (PinIncorrect, PinLocked, PinExpired, PinInvalid, PinLenRange)
+# A session lost while signing or computing a MAC: retries per call (see Pkcs11Token._restoring).
+_SESSION_RETRIES = 5
 
 
 def _with_retries(what: str, attempt: Callable[[], T]) -> T:
@@ -174,6 +176,7 @@ class Pkcs11Token:
         # The anchor object this process created last, with its (epoch, seq): see write_anchor.
         self._anchor_own: tuple[tuple[int, int], Any] | None = None
         self._file_lock = _TokenFileLock(config)
+        self._lost = False  # a session restore failed: the next call restores first (see _restoring)
         self._session = _with_retries(f"cannot open the HSM token {config.token_label!r}", self._connect)
 
     def _connect(self) -> pkcs11.Session:
@@ -263,14 +266,51 @@ class Pkcs11Token:
             self._keys[cka_id] = key
         return key
 
+    def _restoring(self, call: Callable[[], T]) -> T:
+        """``call``, restoring a session that went away (closed, logged out, HSM restarted) with a
+        new login, then, from the second retry on, a reloaded library (a token that vanished and
+        came back needs it). At most ``_SESSION_RETRIES`` retries, with back-off; then
+        ``HsmUnavailable`` naming the PKCS#11 error. A refused PIN fails at once."""
+        last: BaseException | None = None
+        for retry in range(_SESSION_RETRIES + 1):
+            if retry:
+                time.sleep(_OPEN_BACKOFF * 2 ** (retry - 1))
+            if retry or self._lost:
+                try:
+                    # A failed attempt may leave the library half re-initialised: reload it then.
+                    self._relogin(reload=self._lost or retry > 1)
+                except _NOT_TRANSIENT as exc:
+                    raise HsmUnavailable(f"the HSM refused the PIN ({_describe(exc)})") from exc
+                except (PKCS11Error, RuntimeError, OSError) as exc:
+                    last = exc
+                    continue
+            try:
+                return call()
+            except _RETRYABLE as exc:
+                last = exc
+        assert last is not None
+        raise HsmUnavailable(
+            f"the HSM session could not be restored ({_SESSION_RETRIES} retries): {_describe(last)}"
+        ) from last
+
+    def _relogin(self, reload: bool) -> None:
+        """One attempt at a new logged-in session; handles are session-bound, so caches go."""
+        self._lost = True  # until this attempt succeeds
+        self._keys.clear()
+        self._seal_cache = []
+        self._anchor_own = None
+        with contextlib.suppress(PKCS11Error):
+            self._session.close()
+        with self._file_lock.exclusive():
+            if reload:
+                self._lib.reinitialize()
+                self._token = self._lib.get_token(token_label=self._config.token_label)
+            self._session = self._login()
+        self._lost = False
+
     @_serialised
     def sign(self, cka_id: bytes, spec: SignSpec, digests: Sequence[bytes]) -> list[SignResult]:
-        try:
-            return self._sign(cka_id, spec, digests)
-        except _RETRYABLE:
-            # The session went away (token reset, HSM restart): log in again once.
-            self._reopen()
-            return self._sign(cka_id, spec, digests)
+        return self._restoring(lambda: self._sign(cka_id, spec, digests))
 
     def sign_async(self, cka_id: bytes, spec: SignSpec, digests: Sequence[bytes]) -> Future[list[SignResult]]:
         """Single-threaded: signs now and returns a completed future."""
@@ -388,11 +428,17 @@ class Pkcs11Token:
 
     @_serialised
     def mac(self, cka_id: bytes, messages: Sequence[bytes]) -> list[bytes]:
-        try:
-            key = self._cached_key(ObjectClass.SECRET_KEY, cka_id)
-            return [bytes(key.sign(m, mechanism=P11Mech.SHA256_HMAC)) for m in messages]
-        except PKCS11Error as exc:
-            raise HsmUnavailable(f"the HSM could not compute the MAC ({type(exc).__name__})") from exc
+        def compute() -> list[bytes]:
+            try:
+                key = self._cached_key(ObjectClass.SECRET_KEY, cka_id)
+                return [bytes(key.sign(m, mechanism=P11Mech.SHA256_HMAC)) for m in messages]
+            except _RETRYABLE:
+                raise
+            except PKCS11Error as exc:
+                raise HsmUnavailable(f"the HSM could not compute the MAC ({type(exc).__name__})") from exc
+
+        # Every audit append needs a MAC: a lost session must not stop the log for good.
+        return self._restoring(compute)
 
     # -- sealing small secrets -------------------------------------------------------------
 
