@@ -21,7 +21,7 @@ from rsign.api.interceptors import ServiceInterceptor
 from rsign.api.listener import ReloadableTls, TlsFiles, check_plaintext, check_port_free
 from rsign.api.servicers import AdminServicer, AuditServicer, AuthServicer, SigningServicer
 from rsign.api.streams import OpenStreams
-from rsign.audit.service import Checkpointer
+from rsign.audit.checkpoints import Checkpointer
 from rsign.domain.errors import ConfigurationError, Unavailable
 from rsign.runtime.app import App
 from rsign.signing.recovery import Recovery

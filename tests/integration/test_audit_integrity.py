@@ -16,7 +16,7 @@ import pytest
 
 from rsign.audit import chain
 from rsign.audit.offline import verify_export
-from rsign.audit.service import LogReport
+from rsign.audit.verification import LogReport
 from rsign.dev import EMBEDDED
 from rsign.domain import context
 from rsign.domain.algorithms import HashAlg, Scheme
