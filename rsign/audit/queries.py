@@ -14,9 +14,9 @@ from typing import Any
 from rsign.audit import chain
 from rsign.audit.anchoring import AnchorKeeper
 from rsign.audit.checkpoints import Checkpoints
+from rsign.audit.export_format import FORMAT, export_signature_message
 from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
-from rsign.audit.offline import FORMAT, export_signature_message
 from rsign.audit.verification import ROW_COLUMNS
 from rsign.domain.anchor import Anchor
 from rsign.domain.clock import Clock, iso_utc

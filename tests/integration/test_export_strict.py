@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rsign.audit.offline import closing_line, encode_line, verify_export_bytes
+from rsign.audit.export_format import closing_line, encode_line
+from rsign.audit.offline import verify_export_bytes
 from rsign.cli.main import main
 from rsign.dev import EMBEDDED
 from rsign.domain import context

@@ -22,13 +22,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from rsign.audit import chain
+from rsign.audit.export_format import FILTER_KEYS, FORMAT_1, closing_line, encode_line, export_signature_message
 from rsign.audit.offline import (
-    FILTER_KEYS,
-    FORMAT_1,
     checkpoint_file,
-    closing_line,
-    encode_line,
-    export_signature_message,
     read_certificate,
     read_checkpoint_file,
     verify_export,
