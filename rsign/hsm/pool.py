@@ -5,10 +5,14 @@ then runs without mutexes, and two threads signing in one process fail within ~1
 Each worker process has its own library initialisation, one logged-in session and its own cache of
 key handles.
 
-Each worker is driven by one dispatcher thread in the parent, which takes jobs from a bounded queue
-(back-pressure: callers block when every worker is busy and the queue is full), sends one job at a
-time over a pipe and waits for the answer. If the worker dies or stops answering, the job it held
-fails with ``HsmUnavailable`` and a fresh worker replaces it; no caller ever waits forever.
+Callers put jobs on one shared bounded queue (back-pressure: they block while it is full);
+``sign_async`` first splits its digests into jobs of at most ``MAX_CHUNK``, spread over the workers.
+Each worker is driven by two threads in the parent, over its pipe: a sender takes jobs from the
+queue and keeps up to ``PIPELINE_DEPTH`` of them in the pipe (so the next job is already there when
+one ends), and a receiver reads the answers in order and completes each job's future (an error
+rebuilt as the same domain exception). If the worker dies or does not answer within the job
+timeout, every job it held fails with ``HsmUnavailable`` and a fresh worker replaces it; at close,
+jobs still queued fail the same way. No caller ever waits forever.
 """
 
 from __future__ import annotations
@@ -157,7 +161,7 @@ class HsmPool:
         self._ctx = multiprocessing.get_context("spawn")
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=self._size * 4)
         self._closed = False
-        self._drained = False  # closed and its dispatcher threads gone: nothing will run a queued job
+        self._drained = False  # closed and its sender and receiver threads gone: nothing will run a queued job
         # Start every worker (in parallel) before any thread, so a bad PIN fails fast and loudly.
         starting = [_Worker(self._ctx, config, start_timeout, warm) for _ in range(self._size)]
         try:
@@ -372,7 +376,7 @@ class HsmPool:
         return result
 
     def _fail_queued(self) -> None:
-        """Jobs still queued once the dispatchers are gone would never run: fail them, so that no
+        """Jobs still queued once the sender threads are gone would never run: fail them, so that no
         caller waits forever (a stream closing at shutdown awaits its chunks at the HSM)."""
         while True:
             try:
