@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: no signature delivered"
 _RETRY = 1.0  # seconds between attempts to settle this replica's own orphans
+# Ledger rows settled per transaction: a chunk is at most 10,000 items, usually hundreds; a backlog
+# of many thousands (a replica killed mid-batch) goes in a few large commits, not one per chunk.
+_ROWS_PER_TX = 20
 
 
 class StreamEnd(enum.StrEnum):
@@ -226,6 +229,7 @@ class Recovery:
                 dropped = t.drop_replica(self.replica_id)
             if dropped:
                 self._store.store.release_replica_lock(remove=True)
+                self._renewed = float("-inf")  # signing in-process after this registers again first
 
     def renew(self) -> None:
         started = time.monotonic()
@@ -289,13 +293,8 @@ class Recovery:
 
     def _settle_replica(self, replica_id: str) -> int:
         settled = 0
-        while True:
-            with self._store.read() as t:
-                rows = t.inflight_rows(replica_id=replica_id, limit=20)
-            if not rows:
-                break
-            for row in rows:
-                settled += self._settle_inflight(row)
+        while rows := self._rows(replica_id=replica_id):
+            settled += self._settle(rows)
         with self._store.read() as t:
             streams = t.stream_rows(replica_id=replica_id)
         for s in streams:
@@ -305,6 +304,10 @@ class Recovery:
         self._forget(replica_id)
         log.warning("replica %s was not running any more: %d occurrence(s) settled", replica_id, settled)
         return settled
+
+    def _rows(self, **where: Any) -> list[InflightView]:
+        with self._store.read() as t:
+            return t.inflight_rows(limit=_ROWS_PER_TX, **where)
 
     def _settle_orphans(self) -> int:
         with self._guard:
@@ -316,8 +319,8 @@ class Recovery:
                 if o.inflight:
                     with self._store.read() as t:
                         rows = t.inflight_rows(ids=o.inflight, limit=len(o.inflight))
-                    for row in rows:
-                        settled += self._settle_inflight(row)
+                    for i in range(0, len(rows), _ROWS_PER_TX):
+                        settled += self._settle(rows[i : i + _ROWS_PER_TX])
                     o.inflight = []
                 if o.stream is not None:
                     settled += self._close_stream(o.stream, o.end, o.message)
@@ -328,18 +331,21 @@ class Recovery:
                     self._orphans[:0] = todo
         return settled
 
-    def _settle_inflight(self, row: InflightView) -> int:
-        """One stranded request or chunk: its records, its occurrences released, in one transaction."""
-        positions = list(range(row.start, row.start + row.count))
+    def _settle(self, rows: Sequence[InflightView]) -> int:
+        """Stranded requests or chunks: their records and their occurrences released, in one
+        transaction. Rows settled meanwhile (by their owner, or another reconciler) are skipped."""
+        settled = 0
         with self._store.tx() as t:
-            if t.end_inflight([row.id]) == 0:
-                return 0  # settled meanwhile (by its owner, or another reconciler)
-            hashes = t.sad_hashes(row.sad_id)
-            t.release_hashes(row.credential_id, row.sad_id, positions)
-            if row.stream_id is not None:
-                t.count_stream(row.stream_id, failed=row.count)
-            t.append(
-                *[
+            events: list[AuditEvent] = []
+            for row in rows:
+                if t.end_inflight([row.id]) == 0:
+                    continue
+                positions = list(range(row.start, row.start + row.count))
+                hashes = t.sad_hashes(row.sad_id)
+                t.release_hashes(row.credential_id, row.sad_id, positions)
+                if row.stream_id is not None:
+                    t.count_stream(row.stream_id, failed=row.count)
+                events.extend(
                     AuditEvent(
                         Action.SIGN,
                         Result.FAILURE,
@@ -359,20 +365,17 @@ class Recovery:
                         client=row.client,
                     )
                     for p in positions
-                ]
-            )
-        return row.count
+                )
+                settled += row.count
+            if events:
+                t.append(*events)
+        return settled
 
     def _close_stream(self, stream_id: int, end: StreamEnd, message: str) -> int:
         """A stranded stream: its chunks' rows first, then its batch.end."""
         settled = 0
-        while True:
-            with self._store.read() as t:
-                rows = t.inflight_rows(stream_id=stream_id, limit=20)
-            if not rows:
-                break
-            for row in rows:
-                settled += self._settle_inflight(row)
+        while rows := self._rows(stream_id=stream_id):
+            settled += self._settle(rows)
         with self._store.tx() as t:
             stream = t.end_stream(stream_id)
             if stream is not None:
