@@ -4,6 +4,7 @@ acceptance and the audit chain stay correct when the replicas race (SAD-06, DB-0
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import threading
@@ -21,9 +22,11 @@ from rsign.domain import context
 from rsign.domain.algorithms import HashAlg, Scheme
 from rsign.domain.clock import FakeClock
 from rsign.domain.errors import PermissionDenied
+from rsign.domain.events import EventFilter
 from rsign.domain.principal import LOCAL_OPERATOR
 from rsign.runtime.app import App, build_app
 from rsign.runtime.config import load_settings
+from rsign.signing.recovery import INTERRUPTED, Recovery
 
 PG = os.environ.get("RSIGN_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 pytestmark = pytest.mark.postgres
@@ -113,3 +116,45 @@ def test_concurrent_appends_from_two_replicas_keep_one_chain(replicas: tuple[App
         seqs = [int(r["seq"]) for r in t.audit_rows()]
     assert seqs == list(range(1, len(seqs) + 1))
     assert a.audit.checkpoint() is not None and b.audit.verify_log(LOCAL_OPERATOR).ok
+
+
+def test_work_of_a_replica_whose_lease_ran_out_is_reconciled(replicas: tuple[App, App, FakeClock]) -> None:
+    """Replica "b" consumed a chunk of a stream and went silent (killed on another host: no lock
+    file can tell). While its lease runs, nobody touches its work; once it has run out, replica a
+    records the chunk as interrupted (naming b's caller), releases it and closes the stream; b's
+    own late commit of that chunk's outcome then finds its row gone and may deliver nothing."""
+    a, _, clock = replicas
+    silent = Recovery(a.journal, clock, lease_seconds=3.0)  # a second replica id, leases only (PostgreSQL)
+    hs = [hashlib.sha256(f"lease {i} {secrets.token_hex(4)}".encode()).digest() for i in range(3)]
+    with context.request(client="test", actor="setup"):
+        enr = a.auth.enrol(f"pg.lease.{secrets.token_hex(3)}", "Lò Thị Mai", "24681357", agency="Sở Y tế")
+        a.keys.generate(cid := f"PG-L-{secrets.token_hex(3)}", "ec-p256", enr.user_id)
+        step = totp.step_of(clock.now())
+        token, _ = a.auth.login(enr.user_id, "24681357", totp.code_for_step(enr.seed, step))
+        sad = a.signing.authorize(
+            a.auth.authenticate(token), cid, HashAlg.SHA256, hs, totp.code_for_step(enr.seed, step + 1)
+        )
+    with a.store.read() as t:
+        (sad_id,) = t.c.exec_driver_sql("SELECT id FROM sads WHERE credential_id = %s", (cid,)).scalars()
+    caller = (enr.user_id, "Sở Y tế", "request-of-b", "ipv4:10.0.0.2:5000")
+    with silent.tx() as t:  # what b's SignHashStream does: open the stream, consume chunk 1 (2 items)
+        stream = t.add_stream(silent.replica_id, sad_id, cid, sad.key_version, "fp", 3, caller, clock.now())
+        t.consume_hashes(cid, sad_id, 0, [(hs[0], 0), (hs[1], 0)])
+        row = t.add_inflight(silent.replica_id, stream, sad_id, cid, sad.key_version, "SHA256", 0, 2, caller, 0.0)
+        t.count_stream(stream, received=2)
+    assert a.signing.recovery.reconcile() == 0  # b's lease still runs
+    time.sleep(3.5)
+    assert a.signing.recovery.reconcile() == 2
+    with a.store.read() as t:
+        assert not t.consumed(cid, [(hs[0], 0), (hs[1], 0)])
+        signs = t.find_events(EventFilter(action="sign.hash", credential_id=cid), 0, 10)
+        (end,) = t.find_events(EventFilter(action="batch.end", credential_id=cid), 0, 10)
+    assert [(r["result"], r["reason"], r["digest"], r["request_id"]) for r in signs] == [
+        ("failure", INTERRUPTED, h.hex(), "request-of-b") for h in hs[:2]
+    ]
+    d = json.loads(end["details"])
+    assert (end["result"], d["ended_by"]) == ("failure", "interrupted")
+    assert (d["signed"], d["failed"], d["not_reached"]) == (0, 2, 1)
+    with silent.tx() as t:  # b wakes up: its outcome commit finds nothing to settle
+        assert t.end_inflight([row]) == 0
+    assert a.audit.verify_log(LOCAL_OPERATOR).ok
