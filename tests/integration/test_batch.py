@@ -3,6 +3,7 @@ batch of the maximum 10,000 hashes audited one record per signature."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -127,13 +128,16 @@ def test_cancel_mid_stream_keeps_signed_items_consumed(env: Env, signer: Signer)
     recs = sign_records(env, cid)
     signed = [r for r in recs if r["result"] == "success"]
     assert len(signed) >= 400 and len(recs) < 3000
-    # Every consumed item has exactly one record; none can be signed again under any SAD.
-    done = {bytes.fromhex(str(r["digest"])) for r in recs}
+    assert json.loads(str(end["details"]))["ended_by"] == "client cancel"
+    # Every consumed item has exactly one record; what was signed and sent can never be signed
+    # again under any SAD.
+    done = {bytes.fromhex(str(r["digest"])) for r in signed}
     again = [h for h in hs if h in done][:5]
     with pytest.raises(grpc.RpcError) as e:
         c.authorize(cid, again, signer.code())
     assert status(e) == grpc.StatusCode.PERMISSION_DENIED and "already signed" in detail(e)
-    # The rest can be authorized and signed.
+    # The rest, including what the HSM signed after the cancel but was never sent (discarded,
+    # released), can be authorized and signed.
     rest = [h for h in hs if h not in done]
     sad2 = c.authorize(cid, rest, signer.code()).sad
     sigs = [s for r in c.sign_stream(cid, sad2, rest, "RSA_PKCS1_V15") for s in r.signatures]

@@ -170,6 +170,14 @@ def test_deadline_while_streaming_ahead(env: Env, signer: Signer) -> None:
     assert sum(r["result"] == "success" for r in signs) == d["signed"] >= got
     assert sum(r["result"] == "failure" for r in signs) == d["failed"]
     assert ledger_rows(env) == (0, 0)
+    # Everything not sent, including what the HSM signed after the deadline (discarded), was
+    # released: it signs after a new Authorize.
+    sent = {bytes.fromhex(str(r["digest"])) for r in signs if r["result"] == "success"}
+    rest = [h for h in hs if h not in sent]
+    sad2 = c.authorize(cid, rest, signer.code()).sad
+    assert sum(1 for r in c.sign_stream(cid, sad2, rest, "RSA_PKCS1_V15", chunk=200) for s in r.signatures if s) == len(
+        rest
+    )
 
 
 def test_client_cancel(env: Env, signer: Signer) -> None:
