@@ -55,6 +55,7 @@ _UNANSWERED = "discarded: the stream ended before the HSM answered (released: au
 # is audited as discarded and released (no signature of it ever leaves the service).
 _CLOSE_WAIT = 1.5
 _DEADLINE_SLACK = 1.0  # seconds: see BatchRun._call_gone
+_CALL_STATE_WAIT = 0.25  # seconds: see the end of BatchRun.run
 
 
 @dataclass(frozen=True)
@@ -208,8 +209,13 @@ class BatchRun:
                 if waiting_on_client and 0 < self.idle_seconds <= time.monotonic() - heard:
                     raise StreamIdle(self.idle_seconds)
             # The request side ended. gRPC ends it the same way when the call dies (deadline,
-            # cancel, shutdown) as when the client closes it: tell them apart.
+            # cancel, shutdown) as when the client closes it, and marks the call dead a moment
+            # later: tell them apart, waiting that moment when the list is not complete.
             gone = self._call_gone()
+            settle = time.monotonic() + _CALL_STATE_WAIT
+            while gone is None and self.received < len(self.sad.hashes) and time.monotonic() < settle:
+                time.sleep(0.01)
+                gone = self._call_gone()
             if gone is not None:
                 end, message = gone
             elif self.received < len(self.sad.hashes):

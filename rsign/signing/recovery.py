@@ -56,9 +56,11 @@ log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: no signature delivered"
 _RETRY = 1.0  # seconds between attempts to settle this replica's own orphans
-# Ledger rows settled per transaction: a chunk is at most 10,000 items, usually hundreds; a backlog
-# of many thousands (a replica killed mid-batch) goes in a few large commits, not one per chunk.
+# Settled per transaction: up to this many ledger rows, and no more items than _ITEMS_PER_TX (one row
+# alone may be a 10,000-hash request): a backlog of many thousands (a replica killed mid-batch) goes
+# in a few large commits, not one per chunk, and memory stays bounded.
 _ROWS_PER_TX = 20
+_ITEMS_PER_TX = 5000
 
 
 class StreamEnd(enum.StrEnum):
@@ -223,7 +225,7 @@ class Recovery:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(5.0)
+            self._thread.join(2.0)  # within the shutdown's margin
         if not self.orphans:
             with contextlib.suppress(Exception), self._store.tx() as t:
                 dropped = t.drop_replica(self.replica_id)
@@ -294,7 +296,7 @@ class Recovery:
     def _settle_replica(self, replica_id: str) -> int:
         settled = 0
         while rows := self._rows(replica_id=replica_id):
-            settled += self._settle(rows)
+            settled += self._settle_all(rows)
         with self._store.read() as t:
             streams = t.stream_rows(replica_id=replica_id)
         for s in streams:
@@ -319,8 +321,7 @@ class Recovery:
                 if o.inflight:
                     with self._store.read() as t:
                         rows = t.inflight_rows(ids=o.inflight, limit=len(o.inflight))
-                    for i in range(0, len(rows), _ROWS_PER_TX):
-                        settled += self._settle(rows[i : i + _ROWS_PER_TX])
+                    settled += self._settle_all(rows)
                     o.inflight = []
                 if o.stream is not None:
                     settled += self._close_stream(o.stream, o.end, o.message)
@@ -329,6 +330,21 @@ class Recovery:
             if todo:
                 with self._guard:
                     self._orphans[:0] = todo
+        return settled
+
+    def _settle_all(self, rows: Sequence[InflightView]) -> int:
+        """``rows`` in transactions of at most _ROWS_PER_TX rows and _ITEMS_PER_TX items (at least
+        one row each)."""
+        group: list[InflightView] = []
+        settled = items = 0
+        for row in rows:
+            if group and (len(group) >= _ROWS_PER_TX or items + row.count > _ITEMS_PER_TX):
+                settled += self._settle(group)
+                group, items = [], 0
+            group.append(row)
+            items += row.count
+        if group:
+            settled += self._settle(group)
         return settled
 
     def _settle(self, rows: Sequence[InflightView]) -> int:
@@ -375,7 +391,7 @@ class Recovery:
         """A stranded stream: its chunks' rows first, then its batch.end."""
         settled = 0
         while rows := self._rows(stream_id=stream_id):
-            settled += self._settle(rows)
+            settled += self._settle_all(rows)
         with self._store.tx() as t:
             stream = t.end_stream(stream_id)
             if stream is not None:

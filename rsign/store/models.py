@@ -151,8 +151,11 @@ class SigningInflight(Base):
     __tablename__ = "signing_inflight"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    replica_id: Mapped[str] = mapped_column(String(32), index=True)
-    stream_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    # No secondary indexes: the table only ever holds the work in flight right now (a few rows per
+    # open stream), so the reconciler's scans are trivial, and each index would be one more page
+    # written by every chunk's commit.
+    replica_id: Mapped[str] = mapped_column(String(32))
+    stream_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     sad_id: Mapped[int] = mapped_column(Integer)
     credential_id: Mapped[str] = mapped_column(String(128))
     key_version: Mapped[int] = mapped_column(Integer)
@@ -174,7 +177,7 @@ class SigningStream(Base):
     __tablename__ = "signing_streams"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    replica_id: Mapped[str] = mapped_column(String(32), index=True)
+    replica_id: Mapped[str] = mapped_column(String(32))  # unindexed, as above: open streams only
     sad_id: Mapped[int] = mapped_column(Integer)
     credential_id: Mapped[str] = mapped_column(String(128))
     key_version: Mapped[int] = mapped_column(Integer)
