@@ -79,6 +79,13 @@ class Store:
         self._healthy = True
         self._listeners: list[Callable[[bool], None]] = []
         self._write_engine = self.engine.execution_options(rsign_write=True)
+        # A read transaction sees one snapshot: on PostgreSQL's default READ COMMITTED every
+        # statement sees the latest commits, so a verifier reading the head and then the records
+        # found records beyond the head while another replica appended. (SQLite's WAL read
+        # transactions are snapshots already.)
+        self._read_engine = (
+            self.engine if url.startswith("sqlite") else self.engine.execution_options(isolation_level="REPEATABLE READ")
+        )
         # SQLite allows one writer; waiting writers poll with sleeps of up to 100 ms (busy
         # handler back-off), which wrecks latency under load. Queue this process's writers on a
         # lock instead; other processes (CLI commands) still meet the busy timeout.
@@ -264,7 +271,7 @@ class Store:
     @contextlib.contextmanager
     def read(self) -> Iterator[Tx]:
         try:
-            with self.engine.begin() as conn:
+            with self._read_engine.begin() as conn:
                 yield Tx(conn, self.clock)
         except (DBAPIError, SQLAlchemyError) as exc:
             log.error("database read failed: %s", type(exc).__name__)
