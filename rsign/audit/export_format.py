@@ -211,7 +211,8 @@ _HEADERS = {fmt: _object(_header_fields(fmt)) for fmt in (FORMAT_1, FORMAT)}
 def _header(v: Any) -> Any:
     """Format 1 or 2, by the header's own "format" (anything else is named against format 2)."""
     fmt = v.get("format") if type(v) is dict else None
-    return _HEADERS[fmt if fmt in _HEADERS else FORMAT](v)
+    # Only a string can name a format: a list or an object here is damage (and unhashable).
+    return _HEADERS[fmt if isinstance(fmt, str) and fmt in _HEADERS else FORMAT](v)
 
 
 _SCHEMAS: dict[str, Check] = {

@@ -156,6 +156,9 @@ def _drop(line: int, key: str) -> Callable[[list[dict[str, Any]]], None]:
         (_set(2, ("signature",), "not base64!"), "line 2 (checkpoint 3): field 'signature' is not base64"),
         (_set(2, ("signature",), ""), "line 2 (checkpoint 3): field 'signature' is not canonical base64"),
         (_set(1, ("format",), "rsign-audit-export/3"), "line 1 (header): field 'format' is 'rsign-audit-export/3'"),
+        # Found by the property test: an unhashable format raised TypeError instead of a message.
+        (_set(1, ("format",), []), "line 1 (header): field 'format'"),
+        (_set(1, ("format",), {"v": 2}), "line 1 (header): field 'format'"),
         (_set(1, ("anchor", "epoch"), -1), "line 1 (header): field 'anchor.epoch' is out of range"),
         (_set(1, ("anchor", "seq"), "3"), "line 1 (header): field 'anchor.seq' is not an integer"),
         (_set(1, ("anchor", "note"), ""), "line 1 (header): field 'anchor.note' is not expected here"),
