@@ -36,8 +36,10 @@ lint: bootstrap
 typecheck: bootstrap
 	$(BIN)/mypy rsign tests
 
+# Two workers (this machine has two cores); a test file stays on one worker (--dist loadfile):
+# files share a service fixture, and only one file uses the PostgreSQL server.
 unit: bootstrap
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 bench: bootstrap
 	$(BIN)/rsign bench

@@ -5,8 +5,9 @@
 Each round starts the server and ends it one of three ways, chosen by a seeded generator: SIGTERM
 once it serves, SIGKILL once it serves, or SIGKILL at a random moment during start-up (mid token
 login, mid key creation, mid database initialisation). A start failure is any server that exits on
-its own before serving. Prints one JSON line; exits 1 if any start failed. ``tests/integration/
-test_restart_soak.py`` runs a few rounds of it in the suite.
+its own before serving. Prints one JSON line; exits 1 if any start failed. (In the suite,
+``tests/integration/test_crash_recovery.py`` restarts a server 20 times after SIGKILLs, and
+``test_token_open_race.py`` races the token opens directly.)
 """
 
 from __future__ import annotations
