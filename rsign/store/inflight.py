@@ -6,13 +6,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Float, delete, exists, insert, literal_column, not_, select, update
+from sqlalchemy import Connection, Float, delete, exists, insert, literal_column, not_, select, text, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from rsign.domain.records import InflightView, StreamView
 from rsign.store._core import INFLIGHT, REPLICAS, STREAMS, rowcount
 
 _CHUNK = 500  # ids per IN (...) list
+
+# The three statements every stream chunk's commit runs, as fixed text: building them as Core
+# expressions cost 1.3 ms per chunk (in the single-writer commit), these 0.2 ms. Both SQLite and
+# PostgreSQL take them as they are.
+_ADD_INFLIGHT = text(
+    "INSERT INTO signing_inflight (replica_id, stream_id, sad_id, credential_id, key_version, hash_alg,"
+    " start, count, actor, agency, request_id, client, created_at) VALUES (:replica_id, :stream_id,"
+    " :sad_id, :credential_id, :key_version, :hash_alg, :start, :count, :actor, :agency, :request_id,"
+    " :client, :created_at) RETURNING id"
+)
+_END_INFLIGHT = text("DELETE FROM signing_inflight WHERE id = :id")
+_COUNT_STREAM = text(
+    "UPDATE signing_streams SET received = received + :received, signed = signed + :signed,"
+    " failed = failed + :failed WHERE id = :id"
+)
 
 
 def _db_now(c: Connection) -> ColumnElement[float]:
@@ -133,32 +148,28 @@ class InflightRepo:
     ) -> int:
         actor, agency, request_id, client = who
         res = self.c.execute(
-            insert(INFLIGHT)
-            .values(
-                replica_id=replica_id,
-                stream_id=stream_id,
-                sad_id=sad_id,
-                credential_id=credential_id,
-                key_version=key_version,
-                hash_alg=hash_alg,
-                start=start,
-                count=count,
-                actor=actor,
-                agency=agency,
-                request_id=request_id,
-                client=client,
-                created_at=now,
-            )
-            .returning(INFLIGHT.c.id)
+            _ADD_INFLIGHT,
+            {
+                "replica_id": replica_id,
+                "stream_id": stream_id,
+                "sad_id": sad_id,
+                "credential_id": credential_id,
+                "key_version": key_version,
+                "hash_alg": hash_alg,
+                "start": start,
+                "count": count,
+                "actor": actor,
+                "agency": agency,
+                "request_id": request_id,
+                "client": client,
+                "created_at": now,
+            },
         )
         return int(res.scalar_one())
 
     def end_inflight(self, ids: Sequence[int]) -> int:
         """Delete ledger rows; how many existed (fewer: another replica reconciled them already)."""
-        n = 0
-        for i in range(0, len(ids), _CHUNK):
-            n += rowcount(self.c.execute(delete(INFLIGHT).where(INFLIGHT.c.id.in_(ids[i : i + _CHUNK]))))
-        return n
+        return sum(rowcount(self.c.execute(_END_INFLIGHT, {"id": i})) for i in ids)
 
     def inflight_rows(
         self, *, replica_id: str | None = None, ids: Sequence[int] = (), stream_id: int | None = None, limit: int = 100
@@ -211,13 +222,7 @@ class InflightRepo:
     def count_stream(self, stream_id: int, received: int = 0, signed: int = 0, failed: int = 0) -> bool:
         """Add to a stream's counts; False when the stream is no longer open (reconciled)."""
         res = self.c.execute(
-            update(STREAMS)
-            .where(STREAMS.c.id == stream_id)
-            .values(
-                received=STREAMS.c.received + received,
-                signed=STREAMS.c.signed + signed,
-                failed=STREAMS.c.failed + failed,
-            )
+            _COUNT_STREAM, {"received": received, "signed": signed, "failed": failed, "id": stream_id}
         )
         return rowcount(res) == 1
 
