@@ -83,9 +83,8 @@ class Store:
         # statement sees the latest commits, so a verifier reading the head and then the records
         # found records beyond the head while another replica appended. (SQLite's WAL read
         # transactions are snapshots already.)
-        self._read_engine = (
-            self.engine if url.startswith("sqlite") else self.engine.execution_options(isolation_level="REPEATABLE READ")
-        )
+        snapshot = {} if url.startswith("sqlite") else {"isolation_level": "REPEATABLE READ"}
+        self._read_engine = self.engine.execution_options(**snapshot)
         # SQLite allows one writer; waiting writers poll with sleeps of up to 100 ms (busy
         # handler back-off), which wrecks latency under load. Queue this process's writers on a
         # lock instead; other processes (CLI commands) still meet the busy timeout.
