@@ -45,8 +45,10 @@ class TlsFiles:
 def split_listen(listen: str) -> tuple[str, int]:
     """'HOST:PORT' or '[V6]:PORT' -> (host, port)."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not port.isdigit():
         raise ConfigurationError(f"listen address must be HOST:PORT, got {listen!r}")
+    if int(port) > 65535:
+        raise ConfigurationError(f"port {port} is out of range (0..65535) in listen address {listen!r}")
     return host.strip("[]"), int(port)
 
 

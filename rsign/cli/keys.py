@@ -11,7 +11,7 @@ from rsign.cli._common import F, friendly_errors, state_dir_option
 from rsign.cli._output import print_cred
 from rsign.cli._remote import admin_target, remember_server, remote_requested, with_server_options
 from rsign.domain.errors import InvalidRequest
-from rsign.domain.principal import LOCAL_OPERATOR
+from rsign.domain.principal import LOCAL_OPERATOR, CredentialStatus
 
 
 @click.group()
@@ -64,7 +64,8 @@ def keys_destroy(credential_id: str, state_dir: Path) -> None:
         raise InvalidRequest("destroying keys needs two authenticated key officers: use --server HOST:PORT --as USER")
     with admin_target(state_dir) as admin:
         state = admin.destroy(LOCAL_OPERATOR, credential_id)
-    click.echo("destroyed" if state == "destroyed" else "requested: a second, different key officer must confirm")
+    done = state == CredentialStatus.DESTROYED
+    click.echo("destroyed" if done else "requested: a second, different key officer must confirm")
 
 
 def _cred_command(name: str, help_text: str) -> Callable[[F], F]:
@@ -145,7 +146,7 @@ def keys_history(credential_id: str, state_dir: Path) -> None:
 @keys.command("search")
 @click.option("--agency", default="")
 @click.option("--holder", default="", help="Holder name, diacritic-insensitive.")
-@click.option("--status", default="", type=click.Choice(["", "active", "disabled", "revoked", "destroyed"]))
+@click.option("--status", default="", type=click.Choice(["", *(s.value for s in CredentialStatus)]))
 @click.option("--expires-within", "days", default=0, help="Only certificates expiring within N days.")
 @click.option("--limit", default=100, show_default=True)
 @state_dir_option

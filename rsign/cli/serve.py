@@ -63,7 +63,7 @@ def serve(
     from rsign.api.server import serve_forever
 
     settings = load_settings(state_dir, embedded=EMBEDDED)
-    addr = listen or settings.listen
+    addr = listen if listen is not None else settings.listen
     tls = tls_files(tls_cert or settings.tls_cert, tls_key or settings.tls_key, tls_client_ca or settings.tls_client_ca)
     # A listener that cannot work is refused now, in one line, before the HSM workers start.
     if tls is not None:

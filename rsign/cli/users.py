@@ -10,7 +10,7 @@ import click
 from rsign.cli._common import friendly_errors, state_dir_option
 from rsign.cli._output import print_enrolment, print_move, print_user
 from rsign.cli._remote import admin_target, remember_server, with_server_options
-from rsign.domain.principal import LOCAL_OPERATOR
+from rsign.domain.principal import LOCAL_OPERATOR, Role, Scope, UserStatus
 
 
 @click.group()
@@ -29,13 +29,13 @@ def users(ctx: click.Context, server: str | None, as_user: str | None) -> None:
     "--role",
     default="signer",
     show_default=True,
-    type=click.Choice(["signer", "auditor", "agency_admin", "key_officer", "admin"]),
+    type=click.Choice([r.value for r in Role]),
 )
 @click.option(
     "--scope",
     default="agency",
     show_default=True,
-    type=click.Choice(["agency", "province"]),
+    type=click.Choice([s.value for s in Scope]),
     help="For auditors: their own agency's records, or the whole province.",
 )
 @click.option(
@@ -122,7 +122,7 @@ def users_retire(user_id: str, state_dir: Path) -> None:
 @users.command("search")
 @click.option("--agency", default="")
 @click.option("--name", default="", help="Diacritic-insensitive: 'Lo Van Tuan' finds 'Lò Văn Tuấn'.")
-@click.option("--status", default="", type=click.Choice(["", "active", "suspended", "retired"]))
+@click.option("--status", default="", type=click.Choice(["", *(s.value for s in UserStatus)]))
 @click.option("--limit", default=100, show_default=True)
 @state_dir_option
 @friendly_errors
