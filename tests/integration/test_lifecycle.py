@@ -39,12 +39,18 @@ class Admin:
         return lambda req: method(req, metadata=self.c.md())
 
 
+def service_now(env: Env) -> dt.datetime:
+    """Certificates are checked against the service's clock, a fake one that tests move (and that
+    lags the real time in a long session): issue them around it, not around the real time."""
+    return dt.datetime.fromtimestamp(env.clock.now(), dt.UTC)
+
+
 def make_ca(tmp: Path, env: Env) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, "Test VGCA-like CA"), x509.NameAttribute(NameOID.COUNTRY_NAME, "VN")]
     )
-    now = dt.datetime.now(dt.UTC)
+    now = service_now(env)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -62,10 +68,16 @@ def make_ca(tmp: Path, env: Env) -> tuple[ec.EllipticCurvePrivateKey, x509.Certi
     return key, cert
 
 
-def issue_from_csr(csr_pem: str, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, days: int = 365) -> bytes:
+def issue_from_csr(
+    csr_pem: str,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    days: int = 365,
+    now: dt.datetime | None = None,
+) -> bytes:
     csr = x509.load_pem_x509_csr(csr_pem.encode())
     assert csr.is_signature_valid
-    now = dt.datetime.now(dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(csr.subject)
@@ -118,7 +130,7 @@ def test_whole_life_of_a_credential(env: Env, tmp_path: Path) -> None:
     assert csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "Sở Tài chính"
     assert csr.subject.get_attributes_for_oid(NameOID.STATE_OR_PROVINCE_NAME)[0].value == "Sơn La"
     ca_key, ca = make_ca(tmp_path, env)
-    chain = issue_from_csr(csr_pem, ca_key, ca)
+    chain = issue_from_csr(csr_pem, ca_key, ca, now=service_now(env))
     cred = officer1.ImportCertificate(pb.ImportCertificateRequest(credential_id=cid, certificate_chain=chain))
     v1_cert = cred.certificates[0]
     assert x509.load_der_x509_certificate(v1_cert).issuer == ca.subject
@@ -197,13 +209,13 @@ def test_import_refuses_foreign_key_and_untrusted_ca(env: Env, tmp_path: Path) -
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
         .sign(other, hashes.SHA256())
     )
-    foreign = issue_from_csr(csr.public_bytes(serialization.Encoding.PEM).decode(), ca_key, ca)
+    foreign = issue_from_csr(csr.public_bytes(serialization.Encoding.PEM).decode(), ca_key, ca, now=service_now(env))
     with pytest.raises(grpc.RpcError) as e:
         officer.ImportCertificate(pb.ImportCertificateRequest(credential_id=cid, certificate_chain=foreign))
     assert status(e) == grpc.StatusCode.INVALID_ARGUMENT and "not for" in detail(e)
     # The right key, an untrusted CA.
     rogue_key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
+    now = service_now(env)
     rogue = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Rogue CA")]))
@@ -215,7 +227,7 @@ def test_import_refuses_foreign_key_and_untrusted_ca(env: Env, tmp_path: Path) -
         .sign(rogue_key, hashes.SHA256())
     )
     good_csr = officer.CreateCsr(pb.CredentialRequest(credential_id=cid)).pem
-    untrusted = issue_from_csr(good_csr, rogue_key, rogue)
+    untrusted = issue_from_csr(good_csr, rogue_key, rogue, now=service_now(env))
     with pytest.raises(grpc.RpcError) as e:
         officer.ImportCertificate(pb.ImportCertificateRequest(credential_id=cid, certificate_chain=untrusted))
     assert status(e) == grpc.StatusCode.INVALID_ARGUMENT and "trust anchor" in detail(e)
