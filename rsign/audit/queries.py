@@ -20,7 +20,14 @@ from rsign.audit.keys import AuditKeys
 from rsign.audit.verification import ROW_COLUMNS
 from rsign.domain.anchor import Anchor
 from rsign.domain.clock import Clock, iso_utc
-from rsign.domain.errors import AuditHalted, AuditIntegrityError, FailedPrecondition, InvalidRequest, RsignError
+from rsign.domain.errors import (
+    AuditHalted,
+    AuditIntegrityError,
+    FailedPrecondition,
+    InvalidRequest,
+    PermissionDenied,
+    RsignError,
+)
 from rsign.domain.events import Action, EventFilter, Result, event, matches
 from rsign.domain.policy import audit_filter, audit_scope
 from rsign.domain.principal import Principal, Scope
@@ -34,6 +41,17 @@ class Page:
     next_token: str
 
 
+def permitted(store: AuditedStore, who: Principal, flt: EventFilter, action: Action) -> EventFilter:
+    """``audit_filter``, with a refusal recorded: a caller refused the audit log (a signer, an
+    agency auditor asking for another agency) leaves a failure record naming what was asked."""
+    try:
+        return audit_filter(who, flt)
+    except PermissionDenied as exc:
+        with store.tx() as t:
+            t.append(event(action, Result.FAILURE, reason=exc.message, details={"filter": _flt_dict(flt)}))
+        raise
+
+
 class AuditQueries:
     def __init__(
         self, store: AuditedStore, keys: AuditKeys, clock: Clock, anchor: AnchorKeeper, checkpoints: Checkpoints
@@ -45,7 +63,7 @@ class AuditQueries:
         self._checkpoints = checkpoints
 
     def list_events(self, who: Principal, flt: EventFilter, page_size: int, page_token: str) -> Page:
-        flt = audit_filter(who, flt)
+        flt = permitted(self._store, who, flt, Action.AUDIT_QUERY)
         size = max(1, min(page_size or 100, 1000))
         after = _decode_token(page_token)
         with self._store.read() as t:
@@ -64,7 +82,7 @@ class AuditQueries:
         """The export file, line by line (see ``rsign.audit.offline`` for the format). A fresh
         checkpoint is signed first so that every exported record is covered; if the log fails
         verification none is signed, and the export says so. The export is audited."""
-        flt = audit_filter(who, flt)
+        flt = permitted(self._store, who, flt, Action.AUDIT_EXPORT)
         try:
             self._keys.require_certificate()
         except FailedPrecondition as exc:

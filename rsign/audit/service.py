@@ -27,12 +27,11 @@ from rsign.audit.anchoring import AnchorKeeper
 from rsign.audit.checkpoints import AnchorReset, Checkpoints
 from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
-from rsign.audit.queries import AuditQueries, Page
+from rsign.audit.queries import AuditQueries, Page, permitted
 from rsign.audit.verification import LogReport, LogVerifier
 from rsign.domain.clock import Clock
 from rsign.domain.errors import AuditHalted, AuditIntegrityError
 from rsign.domain.events import Action, EventFilter, Result, event
-from rsign.domain.policy import audit_filter
 from rsign.domain.principal import Principal
 from rsign.domain.records import CheckpointView
 from rsign.hsm.ports import Hsm
@@ -51,7 +50,7 @@ class AuditService:
 
     def verify_log(self, who: Principal) -> LogReport:
         """Verify the stored log: chain, MACs (HSM key), checkpoints, truncation, HSM anchor. Audited."""
-        audit_filter(who, EventFilter())
+        permitted(self._store, who, EventFilter(), Action.AUDIT_VERIFY)
         report = self._anchor.with_anchor(self._verifier.verify())
         if report.rolled_back:
             # Not even the verification's own record goes onto a rolled-back log: it would extend

@@ -131,3 +131,25 @@ def test_refused_administration_is_recorded(env: Env) -> None:
         "the same officer approved twice",
     ]
     assert RemoteAdmin(officer2.client()).destroy(LOCAL_OPERATOR, cid) == "destroyed"
+
+
+def test_refused_audit_reads_are_recorded(env: Env, signer: Signer) -> None:
+    """A signer asking for the audit log, and an agency auditor asking for another agency's records,
+    are refused and leave a failure record naming what was asked."""
+    c = signer.client()
+    for call, action in (
+        (lambda: c.list_events(page_size=5), "audit.query"),
+        (lambda: c.export_events(), "audit.export"),
+        (lambda: c.verify_log(), "audit.verify"),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert code(e) == grpc.StatusCode.PERMISSION_DENIED
+        assert newest(env, action, signer.user_id)["reason"]
+    auditor = make_signer(env, "auditor.refused", agency="Sở Y tế", role="auditor")
+    a = auditor.client()
+    with pytest.raises(grpc.RpcError) as e:
+        a.list_events(agency="Sở Tư pháp")
+    assert code(e) == grpc.StatusCode.PERMISSION_DENIED
+    rec = newest(env, "audit.query", auditor.user_id)
+    assert json.loads(str(rec["details"]))["filter"]["agency"] == "Sở Tư pháp"
