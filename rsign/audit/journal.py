@@ -103,7 +103,6 @@ class _Group:
     write: WriteTx
     members: list[_Member] = field(default_factory=list)
     running: int = 0  # members inside their body right now
-    sealed: bool = False  # the leader is committing: nobody joins any more
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -161,27 +160,23 @@ class AuditedStore:
         self.saw_head(at.last_seq)  # committed: the head can never legitimately go below it
 
     def _join(self) -> tuple[_Group, bool]:
-        """Take the connection, and the open group or a new one (then as its leader)."""
-        while True:
-            self._mutex.acquire()
-            with self._gc:
-                group = self._group
-                if group is not None and group.sealed:
-                    # Its leader is committing and holds the transaction: wait for the next one.
+        """Take the connection, and the open group or a new one (then as its leader). A leader
+        holds the connection from the moment it stops taking members until its group is gone, so
+        whoever gets the connection finds an open group that still takes members, or none."""
+        self._mutex.acquire()
+        with self._gc:
+            self._queued -= 1
+            group = self._group
+            if group is None:
+                try:
+                    group = self._group = _Group(self.store.begin_write())
+                except BaseException:
                     self._mutex.release()
-                    self._gc.wait(timeout=0.05)
-                    continue
-                self._queued -= 1
-                if group is None:
-                    try:
-                        group = self._group = _Group(self.store.begin_write())
-                    except BaseException:
-                        self._mutex.release()
-                        raise
-                    group.running += 1
-                    return group, True
+                    raise
                 group.running += 1
-                return group, False
+                return group, True
+            group.running += 1
+            return group, False
 
     def _lead(self, group: _Group) -> None:
         """Let the callers already waiting run their changes in this transaction (bounded in
@@ -200,7 +195,6 @@ class AuditedStore:
                     self._mutex.acquire()
                 finally:
                     self._gc.acquire()
-            group.sealed = True
         try:
             events = [ev for m in group.members for ev in m.events]
             last = self.append(group.write.tx, tuple(events)) if events else 0
