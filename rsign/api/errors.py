@@ -11,6 +11,11 @@ STATUS: list[tuple[type[errors.RsignError], grpc.StatusCode]] = [
     (errors.AuthenticationFailed, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    # ABORTED: gRPC's code for a failed sequencer check, which this is (a TOTP step not later than
+    # the last one accepted), and the only error mapped to it, so a client can branch on the code.
+    # Not UNAVAILABLE or RESOURCE_EXHAUSTED: retry policies resend those, and this code never
+    # works again; not PERMISSION_DENIED: the code was right. The wait is in trailing metadata.
+    (errors.CodeAlreadyUsed, grpc.StatusCode.ABORTED),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -26,6 +31,17 @@ STATUS: list[tuple[type[errors.RsignError], grpc.StatusCode]] = [
 ]
 
 INTERNAL_MESSAGE = "internal error; the request was not completed (see the server log)"
+
+
+# Trailing metadata key for CodeAlreadyUsed: whole seconds until the next code (as HTTP's Retry-After).
+RETRY_AFTER = "retry-after"
+
+
+def trailers_for(exc: errors.RsignError) -> list[tuple[str, str]]:
+    """Machine-readable details sent with the status, beside the message meant for a person."""
+    if isinstance(exc, errors.CodeAlreadyUsed):
+        return [(RETRY_AFTER, str(exc.retry_after))]
+    return []
 
 
 def status_for(exc: errors.RsignError) -> grpc.StatusCode:

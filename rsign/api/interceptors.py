@@ -16,7 +16,7 @@ import grpc
 
 from rsign.api.capacity import Admission
 from rsign.api.decoding import tolerant
-from rsign.api.errors import INTERNAL_MESSAGE, status_for
+from rsign.api.errors import INTERNAL_MESSAGE, status_for, trailers_for
 from rsign.api.listener import client_identity
 from rsign.api.streams import OpenStreams
 from rsign.auth.service import AuthService
@@ -87,6 +87,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
                 if code is grpc.StatusCode.INTERNAL:
                     log.error("%s failed: %s", method, exc.message)
                     ctx.abort(code, INTERNAL_MESSAGE)
+                trailers = trailers_for(exc)
+                if trailers:
+                    ctx.set_trailing_metadata(trailers)
                 ctx.abort(code, exc.message)
             log.exception("%s failed with an unexpected error", method)
             ctx.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)

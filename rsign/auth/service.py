@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 from typing import NoReturn
 
@@ -18,6 +19,7 @@ from rsign.domain.clock import Clock
 from rsign.domain.errors import (
     AlreadyExists,
     AuthenticationFailed,
+    CodeAlreadyUsed,
     FailedPrecondition,
     InvalidRequest,
     NotFound,
@@ -128,7 +130,10 @@ class AuthService:
             self._fail(user, Action.LOGIN, "wrong PIN", AuthenticationFailed(_LOGIN_FAILED))
         # Only reached with the right PIN: a damaged seed is reported (below) to whoever knows it,
         # never to a guesser.
-        step = self._match_otp(user, secret, otp, Action.LOGIN)
+        # A used code is refused here like a wrong one, and counted: unlike Authorize (whose caller
+        # already proved PIN and code), a distinct answer at Login would tell whoever replays a code
+        # they saw typed that the PIN they are guessing is right.
+        step, _ = self._match_otp(user, secret, otp, Action.LOGIN)
         if step is None:
             self._fail(user, Action.LOGIN, "wrong or replayed one-time code", AuthenticationFailed(_LOGIN_FAILED))
         token = secrets.token_urlsafe(32)
@@ -218,32 +223,62 @@ class AuthService:
             raise FailedPrecondition(
                 "this user is locked after too many failed attempts; ask an agency admin to unlock it"
             )
-        step = self._match_otp(user, secret, otp, action)
+        step, used = self._match_otp(user, secret, otp, action)
+        if step is None and used:
+            self._code_already_used(user, action, secret.last_otp_step)
         if step is None:
-            self._fail(
-                user, action, "wrong or replayed one-time code", PermissionDenied("wrong or already used one-time code")
-            )
+            self._fail(user, action, "wrong one-time code", PermissionDenied("wrong one-time code"))
         return step
 
     def otp_replayed(self, user_id: str, action: Action) -> NoReturn:
-        """A concurrent request accepted this step first: count and audit it like a wrong code."""
+        """A concurrent request accepted this (correct) step first: refused as an already used code."""
         with self._store.read() as t:
             user = t.get_user(user_id)
-        if user is None:
+            secret = t.get_user_secrets(user_id)
+        if user is None or secret is None:
             self._audit_only(event(action, Result.FAILURE, actor=user_id, reason="unknown user"))
             raise AuthenticationFailed("invalid session; log in again")
-        self._fail(user, action, "replayed one-time code", PermissionDenied("wrong or already used one-time code"))
+        if user.locked:  # accept_otp_step also refuses a user locked meanwhile
+            self._refuse_user(user, action, "user locked")
+            raise FailedPrecondition(
+                "this user is locked after too many failed attempts; ask an agency admin to unlock it"
+            )
+        self._code_already_used(user, action, secret.last_otp_step)
+
+    def _code_already_used(self, user: UserView, action: Action, last_step: int) -> NoReturn:
+        """Refuse a correct code for a step already accepted; audited, NOT counted towards lockout.
+
+        Only callers that already proved PIN and code (a session) get here, so the distinct answer
+        reveals nothing, and the official signing a second document within the minute learns to
+        wait instead of being locked out. A random guess that happens to hit a used step's code
+        (2 in a million with the +-1 window) is not counted either: it is worth nothing to anyone."""
+        now = self._clock.now()
+        # The first step the server will accept that an authenticator shows from now on.
+        next_step = max(last_step + 1, totp.step_of(now))
+        retry_after = max(0, math.ceil(next_step * totp.STEP_SECONDS - now))
+        self._audit_only(
+            event(
+                action,
+                Result.FAILURE,
+                actor=user.user_id,
+                agency=user.agency,
+                reason="one-time code already used",
+                details={"retry_after": retry_after},
+            )
+        )
+        raise CodeAlreadyUsed(retry_after)
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _match_otp(self, user: UserView, secret: UserSecrets, otp: str, action: Action) -> int | None:
+    def _match_otp(self, user: UserView, secret: UserSecrets, otp: str, action: Action) -> tuple[int | None, bool]:
+        """(the fresh step ``otp`` is the code of, or None; whether it is the code of a used step)."""
         try:
             seed = self._hsm.unseal(secret.totp_sealed, seed_aad(user.user_id))
         except SecretIntegrityError:
             self._seed_damaged(user, action)
         steps = totp.matching_steps(seed, otp.strip(), self._clock.now(), self._settings.otp_window)
         fresh = [s for s in steps if s > secret.last_otp_step]
-        return fresh[0] if fresh else None
+        return (fresh[0] if fresh else None), bool(steps) and not fresh
 
     def _seed_damaged(self, user: UserView, action: Action) -> NoReturn:
         """The sealed seed does not authenticate (altered, or copied from another user's row).

@@ -27,6 +27,20 @@ class PermissionDenied(RsignError):
     """Authenticated, but not allowed: SAD refused, foreign credential, wrong OTP."""
 
 
+class CodeAlreadyUsed(RsignError):
+    """A correct one-time code whose time step was already used (by this caller's previous step or a
+    concurrent request). Not a wrong code: the caller knows the seed, it only has to wait for the
+    authenticator's next code, ``retry_after`` seconds from now."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"this code was already used; the next one appears in {retry_after} s"
+            if retry_after > 0
+            else "this code was already used; enter the one your authenticator shows now"
+        )
+        self.retry_after = retry_after
+
+
 class NotFound(RsignError):
     """The named object does not exist."""
 

@@ -65,7 +65,7 @@ def test_otp_accepted_within_one_step_of_skew_refused_beyond(skewed: Env) -> Non
             assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, (phase, skew)  # type: ignore[attr-defined]
             with env.app.store.read() as t:
                 (rec,) = t.last_events(EventFilter(action="sad.issue", actor=signer.user_id), 1)
-            assert rec["result"] == "failure" and rec["reason"] == "wrong or replayed one-time code"
+            assert rec["result"] == "failure" and rec["reason"] == "wrong one-time code"
             assert json.loads(rec["details"])["failures"] == 1 + (i > 0 and not CASES[i - 1][2])
 
 
