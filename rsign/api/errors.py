@@ -37,11 +37,11 @@ INTERNAL_MESSAGE = "internal error; the request was not completed (see the serve
 RETRY_AFTER = "retry-after"
 
 
-def trailers_for(exc: errors.RsignError) -> list[tuple[str, str]]:
+def trailers_for(exc: errors.RsignError) -> tuple[tuple[str, str | bytes], ...]:
     """Machine-readable details sent with the status, beside the message meant for a person."""
     if isinstance(exc, errors.CodeAlreadyUsed):
-        return [(RETRY_AFTER, str(exc.retry_after))]
-    return []
+        return ((RETRY_AFTER, str(exc.retry_after)),)
+    return ()
 
 
 def status_for(exc: errors.RsignError) -> grpc.StatusCode:

@@ -33,7 +33,7 @@ def test_used_code_ten_times_is_its_own_status_never_locks_and_is_audited(env: E
         err = e.value
         assert err.code() == grpc.StatusCode.ABORTED  # type: ignore[attr-defined]
         assert err.details() == "this code was already used; the next one appears in 20 s"  # type: ignore[attr-defined]
-        assert ("retry-after", "20") in list(err.trailing_metadata())  # type: ignore[attr-defined]
+        assert dict(err.trailing_metadata())["retry-after"] == "20"  # type: ignore[attr-defined]
     with env.app.store.read() as t:
         user = t.get_user(signer.user_id)
         recs = t.last_events(EventFilter(action="sad.issue", actor=signer.user_id), 20)
@@ -56,11 +56,12 @@ def test_retry_after_counts_down_with_the_clock(env: Env, signer: Signer) -> Non
     c = RsignClient(env.server.address)
     c.login(signer.user_id, signer.pin, used)
     signer.last_step = step
-    waits = []
+    waits: list[str] = []
     for _ in range(3):
         with pytest.raises(grpc.RpcError) as e:
             c.authorize(cid, digests(1), used)
-        waits.append(dict(e.value.trailing_metadata())["retry-after"])  # type: ignore[attr-defined]
+        trailers: dict[str, str] = dict(e.value.trailing_metadata())  # type: ignore[attr-defined]
+        waits.append(trailers["retry-after"])
         env.clock.advance(9.5)
     assert waits == ["27", "18", "8"]
 
