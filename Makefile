@@ -1,5 +1,7 @@
 # rsign: `make run` serves the Son La demo, `make test` runs every check. Both bootstrap what they
-# need: the Debian softhsm2 package when missing, a virtualenv, the Python packages.
+# need: the Debian packages when missing (softhsm2; for the PDF tests poppler-utils' pdfsig and
+# pdftotext, libnss3-tools' certutil, fonts-dejavu-core for the stamp), a virtualenv, the Python
+# packages (the client, plus the server, pdf and dev extras).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,24 +11,34 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/rsign/v1/*.proto)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck unit proto proto-check bench bootstrap softhsm clean
+.PHONY: run test lint typecheck unit proto proto-check bench bootstrap softhsm pdftools clean
 
 run: bootstrap
 	$(BIN)/rsign demo
 
 test: bootstrap proto-check lint typecheck unit
 
-bootstrap: softhsm $(STAMP)
+bootstrap: softhsm pdftools $(STAMP)
 
 softhsm:
 	@command -v softhsm2-util >/dev/null || { \
 	  echo "installing Debian package softhsm2"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 >/dev/null; }
 
+pdftools:
+	@missing=""; \
+	command -v pdfsig >/dev/null || missing="$$missing poppler-utils"; \
+	command -v certutil >/dev/null || missing="$$missing libnss3-tools"; \
+	test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || missing="$$missing fonts-dejavu-core"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[server,pdf,dev]'
 	touch $(STAMP)
 
 lint: bootstrap

@@ -113,7 +113,8 @@ def admin_target(state_dir: Path) -> Iterator[AdminOps]:
     from rsign.api.admin_client import RemoteAdmin
     from rsign.api.client import RsignClient
 
-    client = RsignClient(obj["server"], **tls_options())
+    tls = tls_options()
+    client = RsignClient(obj["server"], tls["ca_file"], tls["cert_file"], tls["key_file"])
     try:
         pin = click.prompt("PIN", hide_input=True, err=True)
         otp = click.prompt("one-time code", err=True)

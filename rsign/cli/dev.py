@@ -201,12 +201,7 @@ def _unary(
             u.unary(n, clients or 32, rounds or (2 if quick else 3), workers, say, update)
 
 
-@click.group()
-def client() -> None:
-    """Call a running rsign server (demo helper)."""
-
-
-@client.command("sign")
+@click.command("sign")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--credential", required=True, help="Demo credential id, e.g. SL-CTS-0001.")
 @click.option(

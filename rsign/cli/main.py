@@ -1,4 +1,4 @@
-"""``rsign``: serve, manage users and keys, verify the audit log, run the demo.
+"""``rsign``: serve, manage users and keys, verify the audit log, run the demo, sign PDF files.
 
 State-changing commands open the state directory directly (initialising it on first use) and work
 whether or not a server is running on it: SQLite serialises writers, SoftHSMv2 shares the token.
@@ -6,6 +6,9 @@ whether or not a server is running on it: SQLite serialises writers, SoftHSMv2 s
 This module is the entry point: the top-level group and the list of command groups. Shared options
 and helpers live in ``_common`` (--state-dir, errors, the local application) and ``_remote``
 (--server/--as, where an administration command acts); each command group has its own module.
+
+Every group but ``client`` needs the server's dependencies (the ``server`` extra); they are
+imported when the command runs, so that ``rsign client ...`` works in a client-only install.
 """
 
 from __future__ import annotations
@@ -14,15 +17,22 @@ import logging
 
 import click
 
-from rsign.cli.audit import audit
-from rsign.cli.dev import bench, client, demo
-from rsign.cli.keys import keys
-from rsign.cli.provision import provision
-from rsign.cli.serve import serve
-from rsign.cli.users import users
+from rsign.cli._lazy import LazyGroup
+from rsign.cli.client import client
+
+# Command name -> "module:attribute", imported on use.
+SERVER_COMMANDS = {
+    "serve": "rsign.cli.serve:serve",
+    "users": "rsign.cli.users:users",
+    "keys": "rsign.cli.keys:keys",
+    "audit": "rsign.cli.audit:audit",
+    "demo": "rsign.cli.dev:demo",
+    "provision": "rsign.cli.provision:provision",
+    "bench": "rsign.cli.dev:bench",
+}
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy=SERVER_COMMANDS)
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(verbose: bool) -> None:
     """rsign: centralized remote signing with keys kept in a PKCS#11 HSM."""
@@ -31,8 +41,7 @@ def main(verbose: bool) -> None:
     )
 
 
-for _command in (serve, users, keys, audit, demo, provision, bench, client):
-    main.add_command(_command)
+main.add_command(client)
 
 
 if __name__ == "__main__":

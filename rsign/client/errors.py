@@ -35,10 +35,11 @@ def from_rpc(err: grpc.RpcError) -> RsignError:
     code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
     message = str(err.details() or code.name)  # type: ignore[attr-defined]
     if code == grpc.StatusCode.ABORTED:
-        trailers = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
-        value = trailers.get(RETRY_AFTER)
-        if isinstance(value, str) and value.isdigit():
-            return CodeAlreadyUsed(message, int(value))
+        # (key, value) pairs at run time, whatever grpc-stubs' _Metadatum says.
+        trailers: tuple[tuple[str, str | bytes], ...] = err.trailing_metadata() or ()  # type: ignore[attr-defined,assignment]
+        for key, value in trailers:
+            if key == RETRY_AFTER and isinstance(value, str) and value.isdigit():
+                return CodeAlreadyUsed(message, int(value))
     return RsignError(code, message)
 
 

@@ -29,9 +29,10 @@ from pyhanko_certvalidator.registry import SimpleCertificateStore
 from rsign.client.stamp import Stamp, stamp_style
 
 if TYPE_CHECKING:
+    from rsign.client.errors import CodeAlreadyUsed
     from rsign.client.sdk import Client, Credential, Otp
 
-__all__ = ["PdfOptions", "Stamp", "mechanism", "placeholder_size", "sign_pdf_files"]
+__all__ = ["PdfOptions", "Stamp", "mechanism", "placeholder_size", "sign_pdf_files", "signer_name"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,14 @@ def mechanism(key_algorithm: str, scheme: str, md: str) -> algos.SignedDigestAlg
         )
         return algos.SignedDigestAlgorithm({"algorithm": "rsassa_pss", "parameters": params})
     raise ValueError(f"unknown signature scheme {scheme!r}")
+
+
+def signer_name(cred: Credential) -> str:
+    """The common name in the credential's certificate (the holder's name, or the seal's)."""
+    if not cred.certificates:
+        return cred.holder_user_id or cred.credential_id
+    names = x509.Certificate.load(cred.certificates[0]).subject.native
+    return str(names.get("common_name") or cred.holder_user_id)
 
 
 def placeholder_size(cert: x509.Certificate) -> int:
@@ -175,6 +184,7 @@ def sign_pdf_files(
     out_dir: Path,
     opts: PdfOptions,
     progress: Callable[[str, int, int], None] | None = None,
+    on_used_code: Callable[[CodeAlreadyUsed], None] | None = None,
 ) -> list[Path]:
     """See ``Client.sign_pdfs``. ``progress(stage, done, total)``: stage is "prepare", "authorize",
     "sign" or "finish"; a group of ``multisign`` documents goes through all four before the next."""
@@ -202,7 +212,7 @@ def sign_pdf_files(
                 report("prepare", done + len(pending), len(files))
             hashes = [p.to_sign for p in pending]
             report("authorize", done, len(files))
-            auth = client.authorize_with(credential_id, hashes, otp, ctx.md.upper())
+            auth = client.authorize_with(credential_id, hashes, otp, ctx.md.upper(), on_used_code)
             report("sign", done, len(files))
             signatures = client.sign_hash(credential_id, auth, hashes, ctx.scheme, ctx.md.upper())
             for p, sig in zip(pending, signatures, strict=True):

@@ -47,6 +47,7 @@ class RsignClient:
         ca_file: str | Path | None = None,
         cert_file: str | Path | None = None,
         key_file: str | Path | None = None,
+        *,
         timeout: float | None = None,
     ) -> None:
         """``timeout``: the deadline (seconds) of every call that names none; None waits forever."""

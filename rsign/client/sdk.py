@@ -155,15 +155,23 @@ class Client:
         return Authorization(resp.sad, resp.expires_at, resp.key_version)
 
     def authorize_with(
-        self, credential_id: str, hashes: Sequence[bytes], otp: Otp, hash_algorithm: str = "SHA256"
+        self,
+        credential_id: str,
+        hashes: Sequence[bytes],
+        otp: Otp,
+        hash_algorithm: str = "SHA256",
+        on_used_code: Callable[[CodeAlreadyUsed], None] | None = None,
     ) -> Authorization:
-        """``authorize``, asking ``otp`` (when a function) again after an already used code."""
+        """``authorize``; when ``otp`` is a function, an already used code calls ``on_used_code``
+        (to show a countdown: ``count_down(e.retry_after, tick)``) and then asks ``otp`` again."""
         while True:
             try:
                 return self.authorize(credential_id, hashes, otp() if callable(otp) else otp, hash_algorithm)
-            except CodeAlreadyUsed:
+            except CodeAlreadyUsed as e:
                 if not callable(otp):
                     raise
+                if on_used_code is not None:
+                    on_used_code(e)
 
     def sign_hash(
         self,
@@ -207,14 +215,18 @@ class Client:
         reason: str | None = None,
         location: str | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        on_used_code: Callable[[CodeAlreadyUsed], None] | None = None,
     ) -> list[Path]:
         """Sign PDF files (PAdES B-B; B-T with ``tsa_url``) into ``out_dir``; returns the signed
         files' paths, in order. All documents' digests are computed first, then one Authorize (one
-        one-time code) and one SignHash per ``multisign`` documents. Needs the ``pdf`` extra."""
+        one-time code) and one SignHash per ``multisign`` documents. ``otp``: a code, or a function
+        asked for one per group of ``multisign`` documents (and again after an already used code,
+        once ``on_used_code`` has had it). ``progress(stage, done, total)``. Needs the ``pdf`` extra."""
         from rsign.client.pdf import PdfOptions, sign_pdf_files
 
         opts = PdfOptions(tsa_url=tsa_url, stamp=stamp, scheme=scheme, reason=reason, location=location)
-        return sign_pdf_files(self, credential_id, [Path(f) for f in files], otp, Path(out_dir), opts, progress)
+        paths = [Path(f) for f in files]
+        return sign_pdf_files(self, credential_id, paths, otp, Path(out_dir), opts, progress, on_used_code)
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from asn1crypto import x509
+from asn1crypto import pem, x509
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.validation import async_validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext
@@ -30,6 +31,18 @@ class SignatureReport:
     @property
     def ok(self) -> bool:
         return self.intact and self.trusted and self.timestamp_trusted is not False
+
+
+def load_roots(files: Sequence[str | Path]) -> list[bytes]:
+    """DER certificates from PEM (one or more) or DER files."""
+    roots: list[bytes] = []
+    for f in files:
+        data = Path(f).read_bytes()
+        if pem.detect(data):
+            roots.extend(der for _, _, der in pem.unarmor(data, multiple=True))
+        else:
+            roots.append(data)
+    return roots
 
 
 def verify_pdf(path: str | Path, trust_roots: list[bytes]) -> list[SignatureReport]:

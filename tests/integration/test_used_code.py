@@ -13,6 +13,14 @@ from rsign.domain.events import EventFilter
 from tests.conftest import Env, Signer, digests
 
 
+def retry_after(err: grpc.RpcError) -> str:
+    """The machine-readable wait the server sent with the status (trailing metadata)."""
+    trailers: tuple[tuple[str, str | bytes], ...] = err.trailing_metadata()  # type: ignore[attr-defined,assignment]
+    values = [v for k, v in trailers if k == "retry-after"]
+    assert len(values) == 1
+    return str(values[0])
+
+
 def _at_step_plus(env: Env, seconds: float) -> int:
     """Move the fake clock to ``seconds`` past the next step boundary; return that step."""
     step = totp.step_of(env.clock.now()) + 2
@@ -33,7 +41,7 @@ def test_used_code_ten_times_is_its_own_status_never_locks_and_is_audited(env: E
         err = e.value
         assert err.code() == grpc.StatusCode.ABORTED  # type: ignore[attr-defined]
         assert err.details() == "this code was already used; the next one appears in 20 s"  # type: ignore[attr-defined]
-        assert dict(err.trailing_metadata())["retry-after"] == "20"  # type: ignore[attr-defined]
+        assert retry_after(err) == "20"
     with env.app.store.read() as t:
         user = t.get_user(signer.user_id)
         recs = t.last_events(EventFilter(action="sad.issue", actor=signer.user_id), 20)
@@ -60,8 +68,7 @@ def test_retry_after_counts_down_with_the_clock(env: Env, signer: Signer) -> Non
     for _ in range(3):
         with pytest.raises(grpc.RpcError) as e:
             c.authorize(cid, digests(1), used)
-        trailers: dict[str, str] = dict(e.value.trailing_metadata())  # type: ignore[attr-defined]
-        waits.append(trailers["retry-after"])
+        waits.append(retry_after(e.value))
         env.clock.advance(9.5)
     assert waits == ["27", "18", "8"]
 
