@@ -212,18 +212,32 @@ def _unary(
     help="Demo state directory holding the demo holders' PINs and TOTP seeds.",
 )
 @click.option("--server", default="127.0.0.1:50051", show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the signed file goes [default: STATE_DIR/signed].",
+)
 @with_tls_client_options
 @friendly_errors
-def client_sign(file: Path, credential: str, state_dir: Path, server: str) -> None:
-    """Log in as the credential's demo holder, authorize with a fresh TOTP, sign FILE's SHA-256."""
+def client_sign(file: Path, credential: str, state_dir: Path, server: str, out_dir: Path | None) -> None:
+    """Log in as the credential's demo holder and sign FILE with a fresh TOTP: a PDF as a PDF
+    (PAdES), any other file as a detached CMS signature (FILE.p7s)."""
     from rsign.dev.democlient import sign_file
 
     tls = tls_options()
-    try:
-        result = sign_file(server, state_dir, credential, file, **tls)
-    except Exception as exc:  # a person is reading: one line, not a traceback
-        details = getattr(exc, "details", None)
-        msg = details() if callable(details) else str(exc)
-        console.print(f"[red]error:[/red] {msg}")
-        sys.exit(2)
-    click.echo(json.dumps(asdict(result), indent=2))
+    with console.status("") as status:
+
+        def wait(seconds: int) -> None:  # the demo's codes are used up: show the wait, do not hide it
+            status.update(f"waiting for the next one-time code: {seconds} s")
+
+        try:
+            result = sign_file(server, state_dir, credential, file, **tls, out_dir=out_dir, wait=wait)
+        except Exception as exc:  # a person is reading: one line, not a traceback
+            message = getattr(exc, "message", None)
+            details = getattr(exc, "details", None)
+            msg = message if isinstance(message, str) else details() if callable(details) else str(exc)
+            console.print(f"[red]error:[/red] {msg}")
+            sys.exit(2)
+    click.echo(json.dumps(asdict(result), indent=2, ensure_ascii=False))

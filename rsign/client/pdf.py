@@ -98,7 +98,9 @@ class _Pending:
     to_sign: bytes  # the hash of the DER signed attributes: what rsign signs
 
 
-class _Context:
+class SigningContext:
+    """What signing with one credential needs: certificate chain, scheme, digest, placeholder size."""
+
     def __init__(self, cred: Credential, opts: PdfOptions) -> None:
         self.cred = cred
         self.opts = opts
@@ -149,10 +151,10 @@ class _Context:
             p.output, p.prepared, cms_obj, post_sign_instr=p.tbs.post_sign_instructions
         )
         p.output.seek(0)
-        _write_atomically(p.target, p.output.read())
+        write_atomically(p.target, p.output.read())
 
 
-def _write_atomically(target: Path, data: bytes) -> None:
+def write_atomically(target: Path, data: bytes) -> None:
     # Never a half-written signed file under the final name.
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
@@ -191,7 +193,7 @@ def sign_pdf_files(
     if not files:
         return []
     cred = client.credential(credential_id)
-    ctx = _Context(cred, opts)
+    ctx = SigningContext(cred, opts)
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = targets_for(files, out_dir)
     report = progress or (lambda stage, done, total: None)

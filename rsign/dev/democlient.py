@@ -1,13 +1,18 @@
-"""``rsign client sign``: sign a file's digest as a demo holder, end to end over gRPC."""
+"""``rsign client sign``: sign a file as a demo holder, end to end over gRPC through the client SDK.
+
+A PDF is signed as a PDF (PAdES, through pyHanko); any other file gets a detached CMS signature
+(``FILE.p7s``) over real CMS signed attributes (content type, signing time, the file's digest).
+The demo knows its holders' PINs and seeds (demo-secrets.json), so it computes the codes itself.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from rsign.api.client import RsignClient
 from rsign.auth import totp
+from rsign.client import Client, count_down
 from rsign.dev.demo import DemoSecrets
 
 
@@ -24,12 +29,12 @@ from rsign.dev.demo import DemoSecrets
 class SignedFile:
     path: str
     sha256: str
-    signed_attributes: str  # what was signed (its SHA-256): the file's digest and the signing time
+    signed: str  # the signed PDF, or the detached CMS signature (FILE.p7s)
+    form: str  # "PAdES" or "CMS detached"
     credential_id: str
     key_version: int
     scheme: str
-    signature_b64: str
-    verified: bool
+    verified: bool  # checked here against the root certificate GetCredential returned
 
 
 def verify_signature(cert_der: bytes, digest: bytes, signature: bytes, scheme: str, hash_name: str = "SHA256") -> None:
@@ -49,9 +54,12 @@ def verify_signature(cert_der: bytes, digest: bytes, signature: bytes, scheme: s
         raise TypeError("unsupported key type")
 
 
-def _next_steps(secrets_store: DemoSecrets, user_id: str, n: int) -> list[int]:
+def _next_steps(
+    secrets_store: DemoSecrets, user_id: str, n: int, wait: Callable[[int], None] | None = None
+) -> list[int]:
     """Pick ``n`` TOTP steps the server will accept as fresh: later than any this demo used, and
-    within the +-1 step window. Waits for the clock when the window is used up."""
+    within the +-1 step window. When the window is used up, waits for the clock, calling
+    ``wait(seconds left)`` every second (a countdown, not silence)."""
     while True:
         last = int(secrets_store.load()["users"][user_id].get("last_step", -1))
         now = totp.step_of(time.time())
@@ -64,7 +72,8 @@ def _next_steps(secrets_store: DemoSecrets, user_id: str, n: int) -> list[int]:
 
             secrets_store.update(put)
             return steps
-        time.sleep(totp.STEP_SECONDS - time.time() % totp.STEP_SECONDS + 0.2)
+        left = totp.STEP_SECONDS - time.time() % totp.STEP_SECONDS + 0.2
+        count_down(math.ceil(left), wait or (lambda _s: None))
 
 
 def sign_file(
@@ -75,8 +84,14 @@ def sign_file(
     ca_file: Path | None = None,
     cert_file: Path | None = None,
     key_file: Path | None = None,
+    out_dir: Path | None = None,
+    wait: Callable[[int], None] | None = None,
 ) -> SignedFile:
-    """``ca_file``: connect over TLS (``cert_file``/``key_file``: with a client certificate)."""
+    """``ca_file``: connect over TLS (``cert_file``/``key_file``: with a client certificate).
+    ``out_dir``: where the signed file goes (default: ``<state_dir>/signed``)."""
+    from rsign.client.cms import sign_detached
+    from rsign.client.verify import verify_pdf
+
     store = DemoSecrets(state_dir)
     data = store.load()
     user_id = data["credentials"].get(credential_id)
@@ -84,36 +99,47 @@ def sign_file(
         raise KeyError(f"{credential_id} is not a demo credential in {state_dir}")
     user = data["users"][user_id]
     seed = base64.b32decode(user["seed_b32"])
-    file_digest = hashlib.sha256(file.read_bytes()).hexdigest()
-    # Like CMS/PAdES signed attributes: the file's digest plus the signing time. rsign signs a
-    # given hash occurrence at most once per credential, so signing the same file again signs
-    # new attributes, not the same digest.
-    signed_attrs = json.dumps(
-        {"file": file.name, "sha256": file_digest, "signing_time": datetime.now(UTC).isoformat()},
-        ensure_ascii=False,
-        sort_keys=True,
-    )
-    digest = hashlib.sha256(signed_attrs.encode("utf-8")).digest()
-    login_step, authz_step = _next_steps(store, user_id, 2)
-    client = RsignClient(server, ca_file, cert_file, key_file)
-    try:
+    content = file.read_bytes()
+    is_pdf = content.startswith(b"%PDF-")
+    out = out_dir or state_dir / "signed"
+    login_step, authz_step = _next_steps(store, user_id, 2, wait)
+    with Client(server, ca_file, cert_file, key_file) as client:
         client.login(user_id, user["pin"], totp.code_for_step(seed, login_step))
-        cred = client.get_credential(credential_id)
-        scheme = "ECDSA" if cred.key_algorithm.startswith("EC") else "RSA_PKCS1_V15"
-        sad = client.authorize(credential_id, [digest], totp.code_for_step(seed, authz_step)).sad
-        resp = client.sign_hash(credential_id, sad, [digest], scheme)
-        sig = resp.signatures[0]
-        verify_signature(cred.certificates[0], digest, sig, scheme)
+        cred = client.credential(credential_id)
+        code = totp.code_for_step(seed, authz_step)
+        if is_pdf:
+            (signed,) = client.sign_pdfs(credential_id, [file], otp=code, out_dir=out)
+            (report,) = verify_pdf(signed, [cred.certificates[-1]])
+            verified = report.intact and report.trusted
+        else:
+            (signed,) = sign_detached(client, credential_id, [file], code, out)
+            verified = _verify_detached(signed, content, cred.certificates[0], cred.default_scheme)
         client.logout()
-    finally:
-        client.close()
     return SignedFile(
         str(file),
-        file_digest,
-        signed_attrs,
+        hashlib.sha256(content).hexdigest(),
+        str(signed),
+        "PAdES" if is_pdf else "CMS detached",
         credential_id,
-        resp.key_version,
-        scheme,
-        base64.b64encode(sig).decode("ascii"),
-        True,
+        cred.key_version,
+        cred.default_scheme,
+        verified,
     )
+
+
+def _verify_detached(p7s: Path, content: bytes, cert_der: bytes, scheme: str) -> bool:
+    """The signature verifies over the signed attributes, which carry this content's digest."""
+    from asn1crypto import cms
+
+    info = cms.ContentInfo.load(p7s.read_bytes())["content"]["signer_infos"][0]
+    md = info["digest_algorithm"]["algorithm"].native
+    attrs = {a["type"].native: a["values"][0].native for a in info["signed_attrs"]}
+    if attrs.get("message_digest") != hashlib.new(md, content).digest():
+        return False
+    # Signed over as a SET OF (RFC 5652 5.4), not with the [0] tag it carries inside SignerInfo.
+    signed_attrs_digest = hashlib.new(md, info["signed_attrs"].untag().dump()).digest()
+    try:
+        verify_signature(cert_der, signed_attrs_digest, info["signature"].native, scheme, md.upper())
+    except Exception:
+        return False
+    return True
