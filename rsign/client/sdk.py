@@ -88,7 +88,9 @@ class Client:
     ``key_file``: present a client certificate, for mutual TLS); plaintext without it. ``timeout``:
     each call's deadline in seconds. ``retries``: how often a call refused with UNAVAILABLE (server
     restarting, HSM or store briefly down) is tried again, with exponential backoff from
-    ``backoff`` seconds; no other status is retried, since none of them heals by itself.
+    ``backoff`` seconds; no other status is retried, since none of them heals by itself. A retried
+    ``Authorize`` whose first answer was lost on the way is refused as ``CodeAlreadyUsed`` (the
+    server took the code): ask for the next code, as for any used one.
     """
 
     def __init__(
