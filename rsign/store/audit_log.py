@@ -7,11 +7,19 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from rsign.domain.events import EventFilter
 from rsign.domain.records import AuditKeyView, CheckpointView
 from rsign.store._core import AUDIT, AUDIT_KEYS, CHECKPOINTS, HEAD, insert_many, pack_certs, unpack_certs
+
+# The append path's statements, built once (see rsign.store.sessions): every audited transaction
+# runs them.
+_LOCK_HEAD = select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()
+_HASH_AND_MAC = select(AUDIT.c.hash, AUDIT.c.mac).where(AUDIT.c.seq == bindparam("seq"))
+# (A bind parameter may not share a name with a column its UPDATE sets.)
+_SET_MAC = update(AUDIT).where(AUDIT.c.seq == bindparam("at")).values(mac=bindparam("new_mac"))
+_MOVE_HEAD = update(HEAD).where(HEAD.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 
 
 class AuditLogRepo:
@@ -23,20 +31,20 @@ class AuditLogRepo:
 
     def lock_head(self) -> tuple[int, str]:
         """The chain head, locked until this transaction ends (appends are serialised on it)."""
-        head = self.c.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()).one()
+        head = self.c.execute(_LOCK_HEAD).one()
         return int(head.seq), str(head.hash)
 
     def insert_audit_rows(self, rows: list[dict[str, Any]]) -> None:
         insert_many(self.c, AUDIT, rows)
 
     def audit_hash_and_mac(self, seq: int) -> tuple[str, str] | None:
-        r = self.c.execute(select(AUDIT.c.hash, AUDIT.c.mac).where(AUDIT.c.seq == seq)).first()
+        r = self.c.execute(_HASH_AND_MAC, {"seq": seq}).first()
         return None if r is None else (str(r.hash), str(r.mac))
 
     def seal_head(self, seq: int, head_hash: str, mac: str) -> None:
         """Store the MAC of record ``seq`` and move the head to it."""
-        self.c.execute(update(AUDIT).where(AUDIT.c.seq == seq).values(mac=mac))
-        self.c.execute(update(HEAD).where(HEAD.c.id == 1).values(seq=seq, hash=head_hash))
+        self.c.execute(_SET_MAC, {"at": seq, "new_mac": mac})
+        self.c.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": head_hash})
 
     def audit_head(self) -> tuple[int, str] | None:
         h = self.c.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).first()

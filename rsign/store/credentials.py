@@ -5,23 +5,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, Select, bindparam, delete, func, insert, select, update
 
 from rsign.domain.principal import CredentialKind, CredentialStatus, KeyVersionStatus
 from rsign.domain.records import CredentialView, KeyVersionView
 from rsign.store._core import APPROVALS, CREDS, KEYS, SEAL_USERS, USERS, pack_certs, rowcount, unpack_certs
 
 
+def _select_credentials(*where: Any) -> Select[Any]:
+    return (
+        select(CREDS, KEYS.c.cka_id, KEYS.c.certificate, KEYS.c.chain)
+        .join(KEYS, (KEYS.c.credential_id == CREDS.c.credential_id) & (KEYS.c.version == CREDS.c.key_version))
+        .where(*where)
+        .order_by(CREDS.c.credential_id)
+    )
+
+
+# Hot-path statements, built once (see rsign.store.sessions): every Authorize and SignHash reads its
+# credential.
+_GET_CREDENTIAL = _select_credentials(CREDS.c.credential_id == bindparam("cid"))
+_SEAL_USERS = select(SEAL_USERS.c.user_id).where(SEAL_USERS.c.credential_id == bindparam("cid"))
+
+
 class CredentialRepo:
     c: Connection
 
     def _credentials(self, *where: Any) -> list[CredentialView]:
-        rows = self.c.execute(
-            select(CREDS, KEYS.c.cka_id, KEYS.c.certificate, KEYS.c.chain)
-            .join(KEYS, (KEYS.c.credential_id == CREDS.c.credential_id) & (KEYS.c.version == CREDS.c.key_version))
-            .where(*where)
-            .order_by(CREDS.c.credential_id)
-        ).all()
+        return self._views(_select_credentials(*where))
+
+    def _views(self, stmt: Select[Any], params: dict[str, Any] | None = None) -> list[CredentialView]:
+        rows = self.c.execute(stmt, params).all()
         return [
             CredentialView(
                 r.credential_id,
@@ -42,7 +55,7 @@ class CredentialRepo:
         ]
 
     def get_credential(self, credential_id: str) -> CredentialView | None:
-        found = self._credentials(CREDS.c.credential_id == credential_id)
+        found = self._views(_GET_CREDENTIAL, {"cid": credential_id})
         return found[0] if found else None
 
     def list_credentials(self, holder_user_id: str) -> list[CredentialView]:
@@ -58,7 +71,7 @@ class CredentialRepo:
     def seal_users(self, credential_id: str) -> list[str]:
         """The users authorized to activate the seal ``credential_id`` (``rsign.domain.policy``
         decides with this list)."""
-        rows = self.c.execute(select(SEAL_USERS.c.user_id).where(SEAL_USERS.c.credential_id == credential_id)).all()
+        rows = self.c.execute(_SEAL_USERS, {"cid": credential_id}).all()
         return sorted(r[0] for r in rows)
 
     def search_credentials(

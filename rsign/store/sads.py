@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from rsign.domain.records import SadView
 from rsign.store._core import CONSUMED, SADS, insert_many, rowcount, split_hashes
+
+# Hot-path statements, built once (see rsign.store.sessions).
+_ADD_SAD = insert(SADS).returning(SADS.c.id)
+_GET_SAD = select(SADS).where(SADS.c.sad_hash == bindparam("sad_hash"))
+_CONSUME_SAD = (
+    update(SADS)
+    .where(SADS.c.id == bindparam("sid"), SADS.c.consumed_at.is_(None), SADS.c.expires_at > bindparam("now"))
+    .values(consumed_at=bindparam("now"))
+)
+_CONSUMED = select(CONSUMED.c.digest, CONSUMED.c.occurrence).where(
+    CONSUMED.c.credential_id == bindparam("cid"), CONSUMED.c.digest.in_(bindparam("digests", expanding=True))
+)
 
 
 class SadRepo:
@@ -26,25 +38,24 @@ class SadRepo:
         expires_at: float,
     ) -> int:
         res = self.c.execute(
-            insert(SADS)
-            .values(
-                sad_hash=sad_hash,
-                user_id=user_id,
-                session_id=session_id,
-                credential_id=credential_id,
-                key_version=key_version,
-                hash_alg=hash_alg,
-                hashes=b"".join(hashes),
-                count=len(hashes),
-                issued_at=issued_at,
-                expires_at=expires_at,
-            )
-            .returning(SADS.c.id)
+            _ADD_SAD,
+            {
+                "sad_hash": sad_hash,
+                "user_id": user_id,
+                "session_id": session_id,
+                "credential_id": credential_id,
+                "key_version": key_version,
+                "hash_alg": hash_alg,
+                "hashes": b"".join(hashes),
+                "count": len(hashes),
+                "issued_at": issued_at,
+                "expires_at": expires_at,
+            },
         )
         return int(res.scalar_one())
 
     def get_sad(self, sad_hash: bytes, digest_size: int) -> SadView | None:
-        r = self.c.execute(select(SADS).where(SADS.c.sad_hash == sad_hash)).first()
+        r = self.c.execute(_GET_SAD, {"sad_hash": sad_hash}).first()
         if r is None:
             return None
         blob = bytes(r.hashes)
@@ -73,11 +84,7 @@ class SadRepo:
 
     def consume_sad(self, sad_id: int, now: float) -> bool:
         """Exactly-once consumption: a conditional UPDATE, so two replicas cannot both win."""
-        res = self.c.execute(
-            update(SADS)
-            .where(SADS.c.id == sad_id, SADS.c.consumed_at.is_(None), SADS.c.expires_at > now)
-            .values(consumed_at=now)
-        )
+        res = self.c.execute(_CONSUME_SAD, {"sid": sad_id, "now": now})
         return rowcount(res) == 1
 
     def consumed(self, credential_id: str, keys: Sequence[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
@@ -85,11 +92,7 @@ class SadRepo:
         found: set[tuple[bytes, int]] = set()
         digests = sorted({d for d, _ in keys})
         for i in range(0, len(digests), 500):
-            rows = self.c.execute(
-                select(CONSUMED.c.digest, CONSUMED.c.occurrence).where(
-                    CONSUMED.c.credential_id == credential_id, CONSUMED.c.digest.in_(digests[i : i + 500])
-                )
-            ).all()
+            rows = self.c.execute(_CONSUMED, {"cid": credential_id, "digests": digests[i : i + 500]}).all()
             found.update((bytes(r[0]), int(r[1])) for r in rows)
         return found & set(keys)
 

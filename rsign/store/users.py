@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from rsign.domain.principal import Role, Scope, UserStatus
 from rsign.domain.records import UserSecrets, UserView, fold
@@ -12,6 +12,17 @@ from rsign.store._core import CREDS, SADS, SESSIONS, USERS, rowcount
 
 # The columns of a UserView: a user search or lookup never reads the secrets.
 _PUBLIC = (USERS.c.user_id, USERS.c.name, USERS.c.agency, USERS.c.role, USERS.c.status, USERS.c.locked, USERS.c.scope)
+
+# Hot-path statements, built once (see rsign.store.sessions).
+_GET_USER = select(*_PUBLIC).where(USERS.c.user_id == bindparam("uid"))
+_GET_SECRETS = select(USERS.c.user_id, USERS.c.pin_hash, USERS.c.totp_sealed, USERS.c.last_otp_step).where(
+    USERS.c.user_id == bindparam("uid")
+)
+_ACCEPT_STEP = (
+    update(USERS)
+    .where(USERS.c.user_id == bindparam("uid"), USERS.c.last_otp_step < bindparam("step"), USERS.c.locked.is_(False))
+    .values(last_otp_step=bindparam("step"), failed_attempts=0)
+)
 
 
 def _user_view(u: Any) -> UserView:
@@ -30,16 +41,12 @@ class UserRepo:
     c: Connection
 
     def get_user(self, user_id: str) -> UserView | None:
-        u = self.c.execute(select(*_PUBLIC).where(USERS.c.user_id == user_id)).first()
+        u = self.c.execute(_GET_USER, {"uid": user_id}).first()
         return None if u is None else _user_view(u)
 
     def get_user_secrets(self, user_id: str) -> UserSecrets | None:
         """For ``rsign.auth`` only (see ``rsign.domain.records``)."""
-        u = self.c.execute(
-            select(USERS.c.user_id, USERS.c.pin_hash, USERS.c.totp_sealed, USERS.c.last_otp_step).where(
-                USERS.c.user_id == user_id
-            )
-        ).first()
+        u = self.c.execute(_GET_SECRETS, {"uid": user_id}).first()
         return None if u is None else UserSecrets(u.user_id, u.pin_hash, bytes(u.totp_sealed), u.last_otp_step)
 
     def add_user(
@@ -123,11 +130,7 @@ class UserRepo:
         """Atomically accept ``step`` if it is later than every step accepted before and the user
         is not locked; resets the failure counter. Correct across replicas: the check and the
         write are one conditional UPDATE."""
-        res = self.c.execute(
-            update(USERS)
-            .where(USERS.c.user_id == user_id, USERS.c.last_otp_step < step, USERS.c.locked.is_(False))
-            .values(last_otp_step=step, failed_attempts=0)
-        )
+        res = self.c.execute(_ACCEPT_STEP, {"uid": user_id, "step": step})
         return rowcount(res) == 1
 
     def record_auth_failure(self, user_id: str, threshold: int) -> tuple[int, bool]:
