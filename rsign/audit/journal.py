@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 GROUP_MAX_MEMBERS = 128
 GROUP_MAX_WAIT = 0.005  # seconds
 
+# The line ``rsign serve`` prints on stderr at shutdown, followed by ``AppendStats.summary()`` as JSON.
+APPEND_STATS_PREFIX = "audit head: "
+
 HALTED = (
     "operations are suspended: the audit log failed its rollback check and an operator must resolve it"
     " (`rsign audit verify`); nothing was performed"
@@ -88,6 +91,52 @@ class AuditedTx(Tx):
             return 0
         self.last_seq = self._journal.append(self, events)
         return self.last_seq
+
+
+@dataclass
+class AppendStats:
+    """How the audit head is used: groups committed, records and callers in them, and how long each
+    group held the head (from locking it to the end of its commit). The head is the one point every
+    replica's appends pass through, so its hold time bounds the cluster's append rate:
+    ``1 / hold`` groups per second whatever the number of replicas (README, Benchmarks)."""
+
+    groups: int = 0
+    members: int = 0
+    records: int = 0
+    hold_total: float = 0.0
+    hold_max: float = 0.0
+    # The last holds (seconds), for percentiles; bounded so that a long run costs no memory.
+    recent: list[float] = field(default_factory=list)
+
+    RECENT = 10_000
+
+    def add(self, members: int, records: int, hold: float) -> None:
+        self.groups += 1
+        self.members += members
+        self.records += records
+        self.hold_total += hold
+        self.hold_max = max(self.hold_max, hold)
+        if len(self.recent) >= self.RECENT:
+            del self.recent[: self.RECENT // 2]
+        self.recent.append(hold)
+
+    def summary(self) -> dict[str, float]:
+        """Milliseconds, rounded; a snapshot for logs and benchmarks."""
+        ordered = sorted(self.recent)
+
+        def pct(q: float) -> float:
+            return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else 0.0
+
+        n = max(1, self.groups)
+        return {
+            "groups": self.groups,
+            "records": self.records,
+            "callers_per_group": round(self.members / n, 2),
+            "head_hold_ms_mean": round(1000 * self.hold_total / n, 3),
+            "head_hold_ms_p50": pct(0.5),
+            "head_hold_ms_p99": pct(0.99),
+            "head_hold_ms_max": round(1000 * self.hold_max, 3),
+        }
 
 
 @dataclass
@@ -124,6 +173,9 @@ class AuditedStore:
         self._gc = threading.Condition()
         self._group: _Group | None = None
         self._queued = 0
+        self._stats = AppendStats()
+        # When this thread's current append locked the head (appends outside a group run too).
+        self._lock_time = threading.local()
         with store.tx() as t:
             t.init_head(chain.GENESIS)
 
@@ -197,8 +249,13 @@ class AuditedStore:
                     self._gc.acquire()
         try:
             events = [ev for m in group.members for ev in m.events]
+            self._lock_time.at = 0.0
             last = self.append(group.write.tx, tuple(events)) if events else 0
             group.write.commit()
+            if self._lock_time.at:
+                held = time.perf_counter() - self._lock_time.at
+                with self._guard:
+                    self._stats.add(len(group.members), len(events), held)
             seq = last - len(events)
             for m in group.members:
                 seq += len(m.events)
@@ -259,6 +316,10 @@ class AuditedStore:
             for fn in list(self._listeners):
                 fn(True)
 
+    def append_stats(self) -> dict[str, float]:
+        with self._guard:
+            return self._stats.summary()
+
     def read(self) -> contextlib.AbstractContextManager[Tx]:
         return self.store.read()
 
@@ -270,6 +331,7 @@ class AuditedStore:
         if self._halted:
             raise AuditHalted(HALTED)
         old_seq, old_hash = t.lock_head()
+        self._lock_time.at = time.perf_counter()
         high = self._high_water
         if old_seq < high:
             self.halt(

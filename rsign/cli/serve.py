@@ -5,10 +5,12 @@ Listener options (address, TLS) belong to this command's option list.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
+from rsign.audit.journal import APPEND_STATS_PREFIX
 from rsign.cli._common import friendly_errors, state_dir_option
 from rsign.dev.embedded import EMBEDDED
 from rsign.runtime.app import build_app
@@ -81,5 +83,8 @@ def serve(
             tls=tls,
             behind_tls_proxy=insecure_behind_tls_proxy,
         )
+        # How busy the audit head was (the one point every replica's appends pass through): an
+        # operator sizing a cluster, and the benchmark, read it here.
+        click.echo(f"{APPEND_STATS_PREFIX}{json.dumps(app.journal.append_stats())}", err=True)
     finally:
         app.close()

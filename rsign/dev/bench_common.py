@@ -4,6 +4,7 @@ of their own (ready when they answer, measured by their peak RSS), percentiles."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import socket
@@ -13,7 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from rsign.audit.journal import APPEND_STATS_PREFIX
 from rsign.auth import totp
 
 Progress = Callable[[str], None]
@@ -187,6 +190,14 @@ class ServerProcess:
             elif " ERROR " in line or " CRITICAL " in line:
                 out.append(line)
         return out
+
+    def append_stats(self) -> dict[str, Any]:
+        """What it said at shutdown about its audit head (``AppendStats``); {} before it stopped."""
+        found: dict[str, Any] = {}
+        for line in self._log_lines():
+            if line.startswith(APPEND_STATS_PREFIX):
+                found = json.loads(line[len(APPEND_STATS_PREFIX) :])
+        return found
 
     def peak_rss_mb(self) -> float:
         """Peak RSS of the server process itself (its HSM worker processes: ``workers_peak_rss_mb``)."""

@@ -210,6 +210,8 @@ def unary(signers: int, clients: int, rounds: int, workers: int, say: Progress, 
             )
             naive_recs.append(bench.round(f"naive round {r}/{rounds}", naive_flow, clients, bench.signers, totp=False))
         servers = _servers({"rsign": rs, "naive": nv})
+        rs.stop()
+        servers["rsign_audit_head"] = rs.append_stats()
     finally:
         bench.close()
     rsign_rate = _med([r.rate() for r in rsign_recs])
@@ -366,6 +368,9 @@ def postgres(
                     )
                 )
             servers = _servers({"replica_a": a, "replica_b": b})
+            for name, srv in (("replica_a", a), ("replica_b", b)):
+                srv.stop()
+                servers[f"{name}_audit_head"] = srv.append_stats()
         finally:
             bench.close()
     one_rate = _med([r.rate() for r in one])
