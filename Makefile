@@ -9,19 +9,26 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/rsign/v1/*.proto)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck unit proto proto-check bench bootstrap softhsm clean
+.PHONY: run test lint typecheck unit proto proto-check bench bootstrap softhsm testtools clean
 
 run: bootstrap
 	$(BIN)/rsign demo
 
 test: bootstrap proto-check lint typecheck unit
 
-bootstrap: softhsm $(STAMP)
+bootstrap: softhsm testtools $(STAMP)
 
 softhsm:
 	@command -v softhsm2-util >/dev/null || { \
 	  echo "installing Debian package softhsm2"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 >/dev/null; }
+
+# The HTTP face's tests: poppler's pdfsig checks the PDFs pyHanko signs through the CSC API, and
+# headless Debian chromium (driven by Playwright, never its own browser download) the passkey pages.
+testtools:
+	@command -v pdfsig >/dev/null && command -v chromium >/dev/null || { \
+	  echo "installing Debian packages poppler-utils chromium"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq poppler-utils chromium >/dev/null; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -21,7 +21,7 @@ from rsign.domain.errors import (
     FailedPrecondition,
     InvalidRequest,
     NotFound,
-    PermissionDenied,
+    OtpRejected,
     RsignError,
     SecretIntegrityError,
 )
@@ -221,7 +221,7 @@ class AuthService:
         step = self._match_otp(user, secret, otp, action)
         if step is None:
             self._fail(
-                user, action, "wrong or replayed one-time code", PermissionDenied("wrong or already used one-time code")
+                user, action, "wrong or replayed one-time code", OtpRejected("wrong or already used one-time code")
             )
         return step
 
@@ -232,7 +232,7 @@ class AuthService:
         if user is None:
             self._audit_only(event(action, Result.FAILURE, actor=user_id, reason="unknown user"))
             raise AuthenticationFailed("invalid session; log in again")
-        self._fail(user, action, "replayed one-time code", PermissionDenied("wrong or already used one-time code"))
+        self._fail(user, action, "replayed one-time code", OtpRejected("wrong or already used one-time code"))
 
     # -- internals ---------------------------------------------------------------------------
 

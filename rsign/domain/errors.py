@@ -27,6 +27,11 @@ class PermissionDenied(RsignError):
     """Authenticated, but not allowed: SAD refused, foreign credential, wrong OTP."""
 
 
+class OtpRejected(PermissionDenied):
+    """A wrong, expired or replayed one-time code (its own class so that the CSC face can answer
+    ``invalid_otp``; gRPC sees a PermissionDenied like before)."""
+
+
 class NotFound(RsignError):
     """The named object does not exist."""
 
