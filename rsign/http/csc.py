@@ -9,7 +9,6 @@ calls the same service method as the gRPC servicer, and shapes the answer; nothi
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
@@ -18,11 +17,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from rsign.domain.algorithms import KeyAlgorithm
+from rsign.domain.approvals import PendingApproval
 from rsign.domain.principal import CredentialStatus, Principal
 from rsign.domain.records import CredentialView
 from rsign.http import fields
 from rsign.http.plumbing import Answer, BadRequest, Handler, serve
 from rsign.runtime.app import App
+from rsign.signing.activation import Authorization
 
 SPECS = "2.0.0.2"
 METHODS = [
@@ -54,8 +55,9 @@ def _otp(body: dict[str, Any]) -> str:
 
 
 class Csc:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, origin: str) -> None:
         self._app = app
+        self._origin = origin  # where officials open the approval pages
 
     # -- service and session -----------------------------------------------------------------
 
@@ -156,10 +158,28 @@ class Csc:
         # A PIN field is not a second check here: the PIN opened this session (auth/login);
         # the activation factor is the fresh one-time code, or the passkey approval.
         otp = _otp(body)
-        if not otp:
-            raise BadRequest("OTP is required (top-level OTP, or authData with id OTP)", "OTP")
-        auth = self._app.signing.authorize(who, cid, alg, digests, otp)
+        if otp:
+            return self._sad(self._app.signing.authorize(who, cid, alg, digests, otp))
+        # No code: the asynchronous mode. The official approves on their passkey (the page at
+        # approvalURL); the signing software polls credentials/authorizeCheck with the handle.
+        labels = body.get("labels", [])
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise BadRequest("labels must be a list of strings, one per hash", "labels")
+        description = fields.text(body, "description", required=False, limit=500)
+        pending = self._app.approvals.request(who, cid, alg, digests, labels, description)
+        return self._pending(pending)
+
+    def authorize_check(self, who: Principal | None, body: dict[str, Any]) -> Answer:
+        assert who is not None
+        out = self._app.approvals.check(who, fields.text(body, "handle", limit=128))
+        return self._pending(out) if isinstance(out, PendingApproval) else self._sad(out)
+
+    def _sad(self, auth: Authorization) -> Answer:
         return Answer({"SAD": auth.sad, "expiresIn": max(1, int(auth.expires_at - self._app.clock.now()))})
+
+    def _pending(self, p: PendingApproval) -> Answer:
+        left = max(0, int(p.expires_at - self._app.clock.now()))
+        return Answer({"handle": p.handle, "approvalURL": self._origin + p.path, "expiresIn": left}, 202)
 
     def sign_hash(self, who: Principal | None, body: dict[str, Any]) -> dict[str, Any]:
         assert who is not None
@@ -196,10 +216,9 @@ def _basic(request: Request) -> tuple[str, str] | None:
     return (user, pin) if sep else None
 
 
-def routes(app: App, extra: Sequence[tuple[str, Handler, bool]] = ()) -> list[Route]:
-    """The CSC endpoints under both prefixes; ``extra``: (path, handler, public) added by other
-    modules of this package (the passkey asynchronous mode adds ``credentials/authorizeCheck``)."""
-    csc = Csc(app)
+def routes(app: App, origin: str) -> list[Route]:
+    """The CSC endpoints under both prefixes."""
+    csc = Csc(app, origin)
 
     def endpoint(handler: Handler, public: bool = False) -> Any:
         async def run(request: Request) -> JSONResponse:
@@ -218,7 +237,7 @@ def routes(app: App, extra: Sequence[tuple[str, Handler, bool]] = ()) -> list[Ro
         ("credentials/list", endpoint(csc.list)),
         ("credentials/info", endpoint(csc.credential_info)),
         ("credentials/authorize", endpoint(csc.authorize)),
+        ("credentials/authorizeCheck", endpoint(csc.authorize_check)),
         ("signatures/signHash", endpoint(csc.sign_hash)),
-        *[(path, endpoint(h, public)) for path, h, public in extra],
     ]
     return [Route(f"/csc/{ver}/{path}", fn, methods=["POST"]) for ver in ("v1", "v2") for path, fn in table]

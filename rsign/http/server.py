@@ -13,24 +13,40 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from rsign.api.listener import TlsFiles, check_plaintext, check_port_free, check_tls, split_listen
+from rsign.api.listener import TlsFiles, check_plaintext, check_port_free, check_tls, is_loopback, split_listen
 from rsign.domain.errors import ConfigurationError
-from rsign.http import csc
+from rsign.http import csc, pages
+from rsign.http.ceremony import RelyingParty
 from rsign.runtime.app import App
 
 log = logging.getLogger(__name__)
 
 
-def build_http_app(app: App, public_origin: str = "") -> Starlette:
-    """The ASGI application: the CSC API (and the passkey pages, see ``rsign.http.passkeys``)."""
+def build_http_app(app: App, rp: RelyingParty) -> Starlette:
+    """The ASGI application: the CSC API and the passkey pages."""
     routes: list[BaseRoute] = []
-    routes += csc.routes(app)
+    routes += csc.routes(app, rp.origin)
+    routes += pages.routes(app, rp)
     return Starlette(routes=routes)
+
+
+def relying_party(public_url: str | None, host: str, port: int, tls: bool) -> RelyingParty:
+    """The origin the pages are served from, as browsers will see it, and its RP id. Default:
+    this listener; a loopback address is named ``localhost`` (WebAuthn needs a domain for its RP
+    id, and http://localhost is a secure context)."""
+    if not public_url:
+        name = "localhost" if is_loopback(f"{host}:{port}") else host
+        public_url = f"{'https' if tls else 'http'}://{name}:{port}"
+    parts = urlsplit(public_url.rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+        raise ConfigurationError(f"the public URL must be scheme://host[:port], got {public_url!r}")
+    return RelyingParty(rp_id=parts.hostname, origin=f"{parts.scheme}://{parts.netloc}")
 
 
 def _tls_context(files: TlsFiles) -> ssl.SSLContext:
@@ -51,6 +67,7 @@ class HttpServer:
     host: str
     tls: TlsFiles | None
     context: ssl.SSLContext | None
+    rp: RelyingParty
 
     @property
     def base_url(self) -> str:
@@ -81,9 +98,16 @@ class HttpServer:
 
 
 def start_http(
-    app: App, listen: str, tls: TlsFiles | None = None, *, behind_tls_proxy: bool = False, grace: float = 5.0
+    app: App,
+    listen: str,
+    tls: TlsFiles | None = None,
+    *,
+    behind_tls_proxy: bool = False,
+    grace: float = 5.0,
+    public_url: str | None = None,
 ) -> HttpServer:
-    """Serve the HTTP face on ``listen`` ("HOST:PORT"; port 0 picks a free one). Non-blocking."""
+    """Serve the HTTP face on ``listen`` ("HOST:PORT"; port 0 picks a free one). Non-blocking.
+    ``public_url``: the origin browsers reach the pages at (behind a proxy); default: ``listen``."""
     if tls is None:
         check_plaintext(listen, behind_tls_proxy)
     else:
@@ -98,8 +122,14 @@ def start_http(
     except OSError as exc:
         sock.close()
         raise ConfigurationError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    bound = sock.getsockname()[1]
+    try:
+        rp = relying_party(public_url, host, bound, tls is not None or behind_tls_proxy)
+    except ConfigurationError:
+        sock.close()
+        raise
     config = uvicorn.Config(
-        build_http_app(app),
+        build_http_app(app, rp),
         log_level="warning",
         lifespan="off",
         timeout_graceful_shutdown=int(max(1, grace)),
@@ -113,7 +143,6 @@ def start_http(
     # Our own context (uvicorn builds one per Config from file names): SIGHUP reloads it in place.
     config.ssl = context
     server = uvicorn.Server(config)
-    bound = sock.getsockname()[1]
 
     def run() -> None:
         asyncio.run(server.serve(sockets=[sock]))
@@ -126,4 +155,4 @@ def start_http(
         raise ConfigurationError(f"the HTTP listener on {listen} did not start (see the log)")
     mode = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
     log.info("rsign HTTP (CSC API) listening on %s:%d (%s)", host, bound, mode)
-    return HttpServer(server, thread, bound, host, tls, context)
+    return HttpServer(server, thread, bound, host, tls, context, rp)
