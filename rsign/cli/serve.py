@@ -46,6 +46,12 @@ _PEM = click.Path(exists=True, dir_okay=False, path_type=Path)
     "rules as gRPC [default: off].",
 )
 @click.option(
+    "--http-public-url",
+    default=None,
+    help="The origin browsers reach the HTTP face at, e.g. https://sign.example.vn (behind a proxy): the "
+    "passkeys' origin and RP id [default: the --http-listen address; loopback is 'localhost'].",
+)
+@click.option(
     "--insecure-behind-tls-proxy",
     is_flag=True,
     help="Allow plaintext on a non-loopback address because a TLS-terminating proxy fronts rsign (logged "
@@ -59,6 +65,7 @@ def serve(
     tls_key: Path | None,
     tls_client_ca: Path | None,
     http_listen: str | None,
+    http_public_url: str | None,
     insecure_behind_tls_proxy: bool,
 ) -> None:
     """Run the gRPC service (also serves grpc.health.v1.Health).
@@ -90,7 +97,12 @@ def serve(
             from rsign.http.server import start_http
 
             http = start_http(
-                app, http_listen, tls, behind_tls_proxy=insecure_behind_tls_proxy, grace=settings.shutdown_grace_seconds
+                app,
+                http_listen,
+                tls,
+                behind_tls_proxy=insecure_behind_tls_proxy,
+                grace=settings.shutdown_grace_seconds,
+                public_url=http_public_url,
             )
         ready = f"rsign serving on {addr} ({mode}; state: {settings.state_dir})"
         if http is not None:
