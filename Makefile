@@ -23,12 +23,13 @@ softhsm:
 	  echo "installing Debian package softhsm2"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 >/dev/null; }
 
-# The HTTP face's tests: poppler's pdfsig checks the PDFs pyHanko signs through the CSC API, and
-# headless Debian chromium (driven by Playwright, never its own browser download) the passkey pages.
+# The HTTP face's tests: poppler's pdfsig (certutil builds its NSS trust store) checks the PDFs pyHanko
+# signs through the CSC API, and headless Debian chromium (driven by Playwright, never its own
+# browser download) the passkey pages.
 testtools:
-	@command -v pdfsig >/dev/null && command -v chromium >/dev/null || { \
-	  echo "installing Debian packages poppler-utils chromium"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq poppler-utils chromium >/dev/null; }
+	@command -v pdfsig >/dev/null && command -v certutil >/dev/null && command -v chromium >/dev/null || { \
+	  echo "installing Debian packages poppler-utils libnss3-tools chromium"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq poppler-utils libnss3-tools chromium >/dev/null; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

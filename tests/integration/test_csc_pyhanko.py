@@ -1,7 +1,8 @@
 """Acceptance: pyHanko's own ``CSCSigner`` (unmodified; only the authorization manager is ours, as
 pyHanko intends) signs PDFs through rsign's CSC façade, three documents per authorization, with
 RSA-2048 (PKCS#1 v1.5), RSA-PSS and EC P-256 credentials; pyHanko's validator (trusting only the
-embedded development CA from credentials/info) and poppler's ``pdfsig`` accept every PDF."""
+embedded development CA from credentials/info) and poppler's ``pdfsig`` (its NSS database trusting
+only that CA) accept every PDF: signature valid, certificate trusted."""
 
 from __future__ import annotations
 
@@ -131,11 +132,28 @@ async def validate(pdf: bytes, root: asn1_x509.Certificate) -> None:
     assert status.bottom_line
 
 
-def pdfsig_accepts(pdf: bytes, path: Path) -> str:
+def nss_trusting(root: asn1_x509.Certificate, where: Path) -> Path:
+    """An NSS database (what pdfsig validates certificates with) trusting only ``root``."""
+    where.mkdir()
+    run = {"capture_output": True, "text": True, "timeout": 60, "check": True}
+    subprocess.run(["certutil", "-N", "-d", f"sql:{where}", "--empty-password"], **run)  # type: ignore[call-overload]
+    (where / "root.der").write_bytes(root.dump())
+    subprocess.run(
+        ["certutil", "-A", "-d", f"sql:{where}", "-n", "rsign-dev-root", "-t", "C,C,C", "-i", str(where / "root.der")],
+        **run,  # type: ignore[call-overload]
+    )
+    return where
+
+
+def pdfsig_accepts(pdf: bytes, path: Path, nssdir: Path) -> str:
     path.write_bytes(pdf)
-    out = subprocess.run(["pdfsig", str(path)], capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        # No OCSP query happens: the development certificates name no responder (no AIA).
+        ["pdfsig", "-nssdir", f"sql:{nssdir}", str(path)], capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "Signature Validation: Signature is Valid." in out.stdout, out.stdout
+    assert "Certificate Validation: Certificate is Trusted." in out.stdout, out.stdout
     return out.stdout
 
 
@@ -165,11 +183,12 @@ def test_pyhanko_csc_signer_signs_three_documents_per_authorization(
     assert manager.requests[0]["numSignatures"] == 3 and len(manager.requests[0]["hash"]) == 3
     assert env.hsm.sign_calls == before + 1  # and one signHash (one HSM batch)
     root = cred.chain[-1]
+    nss = nss_trusting(root, tmp_path / "nss")
     for i, pdf in enumerate(pdfs):
         sig = PdfFileReader(BytesIO(pdf)).embedded_signatures[0]
         assert sig.signer_info["signature_algorithm"]["algorithm"].dotted == sig_oid
         asyncio.run(validate(pdf, root))
-        pdfsig_accepts(pdf, tmp_path / f"doc{i}.pdf")
+        pdfsig_accepts(pdf, tmp_path / f"doc{i}.pdf", nss)
 
 
 def test_six_documents_take_two_authorizations(csc_env: tuple[Env, HttpServer]) -> None:
