@@ -22,13 +22,14 @@ from rsign.domain.errors import InvalidRequest, PermissionDenied, RsignError
 from rsign.domain.principal import Principal
 from rsign.http import ceremony, fields
 from rsign.http.ceremony import RelyingParty
+from rsign.http.errors import csc_error
 from rsign.http.i18n import TEXT, language
 from rsign.http.plumbing import BadRequest, serve
 from rsign.http.templates import APPROVE_BODY, ENROL_BODY, PAGE, SCRIPT, STYLE
 from rsign.runtime.app import App
 
 
-def _page(request: Request, title: str, body: str, lang: str) -> Response:
+def _page(request: Request, title: str, body: str, lang: str, status: int = 200) -> Response:
     nonce = secrets.token_urlsafe(16)
     t = TEXT[lang]
     switch = f'<a class="lang" href="?lang={t["other_code"]}">{t["other_lang"]}</a>'
@@ -40,7 +41,7 @@ def _page(request: Request, title: str, body: str, lang: str) -> Response:
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
     headers = {"Content-Security-Policy": csp, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-    return HTMLResponse(doc, headers=headers)
+    return HTMLResponse(doc, status_code=status, headers=headers)
 
 
 class Pages:
@@ -58,7 +59,7 @@ class Pages:
             row, _ = await run_in_threadpool(self._app.approvals.get, approval_id)
         except RsignError as exc:
             failed = f'<p class="err">{t["failed"]}: {html.escape(exc.message)}</p>'
-            return _page(request, t["approve_title"], failed, lang)
+            return _page(request, t["approve_title"], failed, lang, csc_error(exc)[0])
         left = int(row.expires_at - self._app.clock.now())
         labels = row.labels or ("",) * len(row.hashes)
         items = "".join(

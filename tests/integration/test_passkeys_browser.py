@@ -314,6 +314,10 @@ def test_five_approvals_in_a_row_within_30_seconds(web: Web, device: Device, off
 
 def test_the_page_speaks_english_on_request(web: Web, device: Device, official: tuple[Signer, str]) -> None:
     s, cid = official
+    r = httpx.get(f"{web.http.base_url}/approve/no-such-approval", headers={"accept-language": "vi"})
+    assert r.status_code == 404 and "Không phê duyệt được" in r.text
+    assert r.headers["content-type"] == "text/html; charset=utf-8"
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
     p = s.client().authorize_passkey(cid, digests(1))
     device.page.goto(f"{web.origin}{p.approval_path}?lang=en")
     assert "Approve signing" in device.page.inner_text("h1")
