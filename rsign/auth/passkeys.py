@@ -45,6 +45,10 @@ class PasskeyService:
         cid, challenge = secrets.token_urlsafe(16), secrets.token_bytes(32)
         with self._store.tx() as t:
             t.add_passkey_challenge(cid, who.user_id, who.session_id, challenge, self._clock.now() + CHALLENGE_TTL)
+            # Using it (take_challenge) ends in passkey.enrol, success or failure.
+            t.append(
+                event(Action.PASSKEY_CHALLENGE, actor=who.user_id, agency=who.agency, details={"challenge_id": cid})
+            )
         return EnrolmentStart(cid, challenge, user, existing)
 
     def take_challenge(self, who: Principal, challenge_id: str) -> bytes:

@@ -51,6 +51,7 @@ class Action(enum.StrEnum):
     REQUEST_REFUSE = "request.refuse"
     # Passkeys: enrolment (after PIN + TOTP), a signing approval requested by the driving
     # software, and the official's assertion on it (verified, or refused and why).
+    PASSKEY_CHALLENGE = "passkey.challenge"
     PASSKEY_ENROL = "passkey.enrol"
     APPROVAL_REQUEST = "approval.request"
     APPROVAL_PASSKEY = "approval.passkey"

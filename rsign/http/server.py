@@ -91,10 +91,11 @@ class HttpServer:
     def stop(self, grace: float = 5.0) -> None:
         """Stop taking connections and let requests in progress finish (at most ``grace`` s)."""
         self.server.should_exit = True
-        self.thread.join(grace + 2.0)
+        self.thread.join(grace + 0.5)
         if self.thread.is_alive():
+            # Bounded: the gRPC shutdown after this one has its own grace and a hard exit timer.
             self.server.force_exit = True
-            self.thread.join(2.0)
+            self.thread.join(1.0)
 
 
 def start_http(
