@@ -11,24 +11,28 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/rsign/v1/*.proto)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint typecheck unit proto proto-check bench bootstrap softhsm pdftools clean
+.PHONY: run test lint typecheck unit proto proto-check bench bootstrap softhsm testtools clean
 
 run: bootstrap
 	$(BIN)/rsign demo
 
 test: bootstrap proto-check lint typecheck unit
 
-bootstrap: softhsm pdftools $(STAMP)
+bootstrap: softhsm testtools $(STAMP)
 
 softhsm:
 	@command -v softhsm2-util >/dev/null || { \
 	  echo "installing Debian package softhsm2"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 >/dev/null; }
 
-pdftools:
+# What the tests use beyond Python: poppler's pdfsig and pdftotext (certutil builds pdfsig's NSS
+# trust store) check the signed PDFs, DejaVu Sans is the stamp's font (Vietnamese diacritics), and
+# headless Debian chromium (driven by Playwright, never its own browser download) the passkey pages.
+testtools:
 	@missing=""; \
 	command -v pdfsig >/dev/null || missing="$$missing poppler-utils"; \
 	command -v certutil >/dev/null || missing="$$missing libnss3-tools"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || missing="$$missing fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages$$missing"; \

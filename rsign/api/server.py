@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -215,10 +215,19 @@ def running(app: App, listen: str = "127.0.0.1:0") -> Iterator[RunningServer]:
 
 
 def serve_forever(
-    app: App, listen: str, on_ready: str | None = None, tls: TlsFiles | None = None, *, behind_tls_proxy: bool = False
+    app: App,
+    listen: str,
+    on_ready: str | None = None,
+    tls: TlsFiles | None = None,
+    *,
+    behind_tls_proxy: bool = False,
+    on_reload: Callable[[], object] | None = None,
+    before_stop: Callable[[float], object] | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight RPCs (``shutdown_grace_seconds``) and
-    stop; SIGHUP re-reads the TLS certificate files without dropping the service."""
+    stop; SIGHUP re-reads the TLS certificate files without dropping the service. ``on_reload``
+    and ``before_stop`` (given the grace) let a companion listener (the HTTP face) follow: it
+    stops before the final checkpoint so that its last records are under it."""
     srv = start_server(app, listen, tls, behind_tls_proxy=behind_tls_proxy)
     received: deque[int] = deque()
     wake = threading.Event()
@@ -246,11 +255,15 @@ def serve_forever(
                 stopping = True
             elif srv.tls is not None:
                 srv.tls.reload()
+                if on_reload is not None:
+                    on_reload()
             else:
                 log.warning("SIGHUP: no TLS certificate configured, nothing to reload")
     grace = app.settings.shutdown_grace_seconds
     log.info("shutting down (grace %.1f s)", grace)
     _exit_after(grace + SHUTDOWN_MARGIN + 1.5)  # covers the final checkpoint and closing the HSM workers
+    if before_stop is not None:
+        before_stop(grace)
     srv.stop(grace)
 
 

@@ -13,12 +13,14 @@ from rsign.api.capacity import first_message
 from rsign.api.interceptors import current_principal
 from rsign.api.validation import guarded
 from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme
+from rsign.domain.approvals import PendingApproval
 from rsign.domain.clock import iso_utc
 from rsign.domain.errors import InvalidRequest, StreamIdle
 from rsign.domain.events import EventFilter
 from rsign.domain.principal import Role, Scope
 from rsign.domain.records import CredentialView, UserView
 from rsign.runtime.app import App
+from rsign.signing.activation import Authorization
 from rsign.v1 import rsign_pb2 as pb
 from rsign.v1 import rsign_pb2_grpc as pb_grpc
 
@@ -62,6 +64,12 @@ def credential_pb(c: CredentialView) -> pb.Credential:
     )
 
 
+def authorize_pb(out: Authorization | PendingApproval) -> pb.AuthorizeResponse:
+    if isinstance(out, PendingApproval):
+        return pb.AuthorizeResponse(handle=out.handle, approval_path=out.path, expires_at=int(out.expires_at))
+    return pb.AuthorizeResponse(sad=out.sad, expires_at=int(out.expires_at), key_version=out.key_version)
+
+
 @guarded("AuthService")
 class AuthServicer(pb_grpc.AuthServiceServicer):
     def __init__(self, app: App) -> None:
@@ -92,6 +100,19 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
         return credential_pb(self._app.signing.get_credential(current_principal(), request.credential_id))
 
     def Authorize(self, request: pb.AuthorizeRequest, context: grpc.ServicerContext) -> pb.AuthorizeResponse:
+        if request.passkey:
+            if request.otp:
+                raise InvalidRequest("give an otp or ask for passkey approval, not both")
+            return authorize_pb(
+                self._app.approvals.request(
+                    current_principal(),
+                    request.credential_id,
+                    hash_alg(request.hash_algorithm),
+                    list(request.hashes),
+                    list(request.labels),
+                    request.description,
+                )
+            )
         auth = self._app.signing.authorize(
             current_principal(),
             request.credential_id,
@@ -99,7 +120,10 @@ class SigningServicer(pb_grpc.SigningServiceServicer):
             list(request.hashes),
             request.otp,
         )
-        return pb.AuthorizeResponse(sad=auth.sad, expires_at=int(auth.expires_at), key_version=auth.key_version)
+        return authorize_pb(auth)
+
+    def AuthorizeCheck(self, request: pb.AuthorizeCheckRequest, context: grpc.ServicerContext) -> pb.AuthorizeResponse:
+        return authorize_pb(self._app.approvals.wait(current_principal(), request.handle, request.wait_seconds))
 
     def SignHash(self, request: pb.SignHashRequest, context: grpc.ServicerContext) -> pb.SignHashResponse:
         signed = self._app.signing.sign_hash(

@@ -48,6 +48,7 @@ from rsign.domain.limits import (
 )
 from rsign.domain.settings import Settings
 from rsign.runtime.app import App
+from rsign.signing.approvals import DESCRIPTION_MAX, LABEL_MAX
 from rsign.v1 import rsign_pb2 as pb
 
 
@@ -88,8 +89,12 @@ REQUESTS: Mapping[type[Message], Rules] = {
             "hash_algorithm": Choice(HASHES),
             "hashes": _DIGESTS,
             "otp": Text(OTP_MAX),
+            "passkey": Coerced(),
+            "labels": Texts(_multisign, LABEL_MAX),
+            "description": Text(DESCRIPTION_MAX),
         }
     ),
+    pb.AuthorizeCheckRequest: Rules({"handle": Text(TOKEN_MAX, required=True), "wait_seconds": IntRange(0, 60)}),
     pb.SignHashRequest: Rules(
         {
             "credential_id": Text(ID_MAX, required=True),

@@ -23,7 +23,7 @@ from rsign.domain.errors import (
     FailedPrecondition,
     InvalidRequest,
     NotFound,
-    PermissionDenied,
+    OtpRejected,
     RsignError,
     SecretIntegrityError,
 )
@@ -227,7 +227,7 @@ class AuthService:
         if step is None and used:
             self._code_already_used(user, action, secret.last_otp_step)
         if step is None:
-            self._fail(user, action, "wrong one-time code", PermissionDenied("wrong one-time code"))
+            self._fail(user, action, "wrong one-time code", OtpRejected("wrong one-time code"))
         return step
 
     def otp_replayed(self, user_id: str, action: Action) -> NoReturn:

@@ -42,6 +42,18 @@ _PEM = click.Path(exists=True, dir_okay=False, path_type=Path)
     "client certificate's subject [default: service.tls_client_ca].",
 )
 @click.option(
+    "--http-listen",
+    default=None,
+    help="Also serve the HTTP face (CSC API, passkey pages) on HOST:PORT, with the same TLS files and "
+    "rules as gRPC [default: off].",
+)
+@click.option(
+    "--http-public-url",
+    default=None,
+    help="The origin browsers reach the HTTP face at, e.g. https://sign.example.vn (behind a proxy): the "
+    "passkeys' origin and RP id [default: the --http-listen address; loopback is 'localhost'].",
+)
+@click.option(
     "--insecure-behind-tls-proxy",
     is_flag=True,
     help="Allow plaintext on a non-loopback address because a TLS-terminating proxy fronts rsign (logged "
@@ -54,6 +66,8 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
+    http_listen: str | None,
+    http_public_url: str | None,
     insecure_behind_tls_proxy: bool,
 ) -> None:
     """Run the gRPC service (also serves grpc.health.v1.Health).
@@ -73,18 +87,42 @@ def serve(
     elif not insecure_behind_tls_proxy:
         check_plaintext(addr, behind_tls_proxy=False)
     check_port_free(addr)
+    if http_listen is not None:
+        if tls is None and not insecure_behind_tls_proxy:
+            check_plaintext(http_listen, behind_tls_proxy=False)
+        check_port_free(http_listen)
     mode = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
     app = build_app(settings, pool=True)
+    http = None
     try:
+        if http_listen is not None:
+            from rsign.http.server import start_http
+
+            http = start_http(
+                app,
+                http_listen,
+                tls,
+                behind_tls_proxy=insecure_behind_tls_proxy,
+                grace=settings.shutdown_grace_seconds,
+                public_url=http_public_url,
+            )
+        ready = f"rsign serving on {addr} ({mode}; state: {settings.state_dir})"
+        if http is not None:
+            ready += f"; HTTP (CSC API, passkeys) on {http.base_url}"
         serve_forever(
             app,
             addr,
-            on_ready=f"rsign serving on {addr} ({mode}; state: {settings.state_dir})",
+            on_ready=ready,
             tls=tls,
             behind_tls_proxy=insecure_behind_tls_proxy,
+            on_reload=http.reload if http is not None else None,
+            # HTTP calls are short (no streams): a small share of the grace, the rest is gRPC's.
+            before_stop=(lambda g: http.stop(min(g, 2.0))) if http is not None else None,
         )
         # How busy the audit head was (the one point every replica's appends pass through): an
         # operator sizing a cluster, and the benchmark, read it here.
         click.echo(f"{APPEND_STATS_PREFIX}{json.dumps(app.journal.append_stats())}", err=True)
     finally:
+        if http is not None:
+            http.stop(0.0)
         app.close()

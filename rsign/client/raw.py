@@ -92,6 +92,20 @@ class RsignClient:
         req = pb.AuthorizeRequest(credential_id=credential_id, hash_algorithm=HASH[hash_alg], hashes=hashes, otp=otp)
         return self.signing.Authorize(req, metadata=self._md(), timeout=self.timeout)
 
+    def authorize_passkey(
+        self, credential_id: str, hashes: list[bytes], labels: list[str] | None = None, hash_alg: str = "SHA256"
+    ) -> pb.AuthorizeResponse:
+        """Ask for the official's passkey approval: the answer carries a handle, not yet a SAD."""
+        req = pb.AuthorizeRequest(
+            credential_id=credential_id, hash_algorithm=HASH[hash_alg], hashes=hashes, passkey=True, labels=labels or []
+        )
+        return self.signing.Authorize(req, metadata=self._md(), timeout=self.timeout)
+
+    def authorize_check(self, handle: str, wait_seconds: int = 0) -> pb.AuthorizeResponse:
+        """The pending approval's state; ``wait_seconds``: let the server wait for it that long."""
+        req = pb.AuthorizeCheckRequest(handle=handle, wait_seconds=wait_seconds)
+        return self.signing.AuthorizeCheck(req, metadata=self._md(), timeout=wait_seconds + 30)
+
     def sign_hash(
         self,
         credential_id: str,

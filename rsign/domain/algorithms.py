@@ -110,16 +110,34 @@ class SignSpec:
         return self.prefix + digest
 
 
-def sign_spec(key_alg: KeyAlgorithm, hash_alg: HashAlg, scheme: Scheme) -> SignSpec:
-    """Choose the mechanism for (key, hash, scheme), or refuse a combination that cannot work."""
+def max_pss_salt(key_alg: KeyAlgorithm, hash_alg: HashAlg) -> int:
+    """The longest PSS salt a key of this size takes with this digest (RFC 8017 9.1.1: emLen - hLen - 2)."""
+    return (key_alg.rsa_bits - 1 + 7) // 8 - hash_alg.digest_size - 2
+
+
+def sign_spec(
+    key_alg: KeyAlgorithm, hash_alg: HashAlg, scheme: Scheme, pss_salt_len: int | None = None
+) -> SignSpec:
+    """Choose the mechanism for (key, hash, scheme), or refuse a combination that cannot work.
+
+    ``pss_salt_len``: the salt length the caller's signature parameters announce (CSC
+    ``signAlgoParams``; pyHanko asks for the maximum); default: the digest size."""
     if scheme not in key_alg.schemes:
         allowed = " or ".join(s.value for s in key_alg.schemes)
         raise InvalidRequest(f"signature scheme {scheme.value} does not fit a {key_alg.value} key; use {allowed}")
+    if pss_salt_len is not None and scheme is not Scheme.RSA_PSS:
+        raise InvalidRequest("a PSS salt length applies to RSA_PSS signatures only")
     if scheme is Scheme.RSA_PKCS1_V15:
         # CKM_RSA_PKCS over DigestInfo, not CKM_SHAxxx_RSA_PKCS: the HSM must not hash again.
         return SignSpec(Mechanism.RSA_PKCS, hash_alg, prefix=hash_alg.digest_info_prefix)
     if scheme is Scheme.RSA_PSS:
-        return SignSpec(Mechanism.RSA_PKCS_PSS, hash_alg, pss_salt_len=hash_alg.digest_size)
+        salt = hash_alg.digest_size if pss_salt_len is None else pss_salt_len
+        if not 0 <= salt <= max_pss_salt(key_alg, hash_alg):
+            raise InvalidRequest(
+                f"PSS salt length {salt} is out of range for a {key_alg.value} key with {hash_alg.value}"
+                f" (0..{max_pss_salt(key_alg, hash_alg)})"
+            )
+        return SignSpec(Mechanism.RSA_PKCS_PSS, hash_alg, pss_salt_len=salt)
     return SignSpec(Mechanism.ECDSA, hash_alg, der_ecdsa=True)
 
 

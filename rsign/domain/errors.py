@@ -27,6 +27,11 @@ class PermissionDenied(RsignError):
     """Authenticated, but not allowed: SAD refused, foreign credential, wrong OTP."""
 
 
+class OtpRejected(PermissionDenied):
+    """A wrong or expired one-time code (its own class so that the CSC face can answer
+    ``invalid_otp``; gRPC sees a PermissionDenied like before)."""
+
+
 class CodeAlreadyUsed(RsignError):
     """A correct one-time code whose time step was already used (by this caller's previous step or a
     concurrent request). Not a wrong code: the caller knows the seed, it only has to wait for the

@@ -49,6 +49,12 @@ class Action(enum.StrEnum):
     # A malformed request from an authenticated caller (over a limit, unknown enum value, out of
     # range, unparsable), refused before anything else ran.
     REQUEST_REFUSE = "request.refuse"
+    # Passkeys: enrolment (after PIN + TOTP), a signing approval requested by the driving
+    # software, and the official's assertion on it (verified, or refused and why).
+    PASSKEY_CHALLENGE = "passkey.challenge"
+    PASSKEY_ENROL = "passkey.enrol"
+    APPROVAL_REQUEST = "approval.request"
+    APPROVAL_PASSKEY = "approval.passkey"
 
 
 class Result(enum.StrEnum):

@@ -9,6 +9,7 @@ from rsign.admin.service import AdminService
 from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
 from rsign.audit.service import AuditService
+from rsign.auth.passkeys import PasskeyService
 from rsign.auth.service import AuthService
 from rsign.domain.certificates import CertificateIssuer, ExternalCAOnly
 from rsign.domain.clock import Clock, SystemClock
@@ -16,6 +17,7 @@ from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm
 from rsign.keys.service import KeyService
 from rsign.runtime.config import init_lock
+from rsign.signing.approvals import ApprovalService
 from rsign.signing.service import SigningService
 from rsign.store import Store
 
@@ -33,6 +35,8 @@ class App:
     audit: AuditService
     audit_hsm: Hsm
     admin: AdminService
+    passkeys: PasskeyService
+    approvals: ApprovalService  # passkey approval of signing activation
 
     def hsm_healthy(self) -> bool:
         healthy = getattr(self.hsm, "healthy", None)
@@ -82,6 +86,7 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
     journal = AuditedStore(store, audit_keys, clk)
     auth = AuthService(journal, hsm, clk, settings)
     keys = KeyService(journal, hsm, clk, settings, issuer)
+    signing = SigningService(journal, hsm, clk, settings, auth)
     return App(
         settings=settings,
         clock=clk,
@@ -89,10 +94,12 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
         journal=journal,
         hsm=hsm,
         auth=auth,
-        signing=SigningService(journal, hsm, clk, settings, auth),
+        signing=signing,
         keys=keys,
         # Anchor reads and writes go to the signing workers, not the audit worker (see AuditService).
         audit=AuditService(journal, audit_keys, clk, anchors=hsm),
         audit_hsm=audit_hsm,
         admin=AdminService(journal, hsm, clk, auth, keys),
+        passkeys=PasskeyService(journal, clk),
+        approvals=ApprovalService(journal, clk, settings, signing.activation),
     )

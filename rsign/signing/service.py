@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -37,33 +36,15 @@ from rsign.domain.principal import CredentialKind, CredentialStatus, Principal
 from rsign.domain.records import CredentialView, SadView
 from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm, ItemFailure
+from rsign.signing.activation import Activator, ApprovalMethod, Authorization, occurrences
 from rsign.signing.batch import BatchRun, StreamChunk
 from rsign.signing.recovery import Recovery, StreamEnd, Superseded, caller
-
-
-@dataclass(frozen=True)
-class Authorization:
-    sad: str
-    expires_at: float
-    key_version: int
 
 
 @dataclass(frozen=True)
 class Signed:
     signatures: list[bytes]
     key_version: int
-
-
-def occurrences(hashes: Sequence[bytes]) -> list[tuple[bytes, int]]:
-    """(digest, k) for each item, k counting earlier items with the same digest: the key under
-    which each hash occurrence is consumed."""
-    seen: dict[bytes, int] = {}
-    out = []
-    for d in hashes:
-        k = seen.get(d, 0)
-        seen[d] = k + 1
-        out.append((d, k))
-    return out
 
 
 def hashes_fingerprint(hashes: Sequence[bytes]) -> str:
@@ -83,6 +64,8 @@ class SigningService:
         self._auth = auth
         # This process as a signing replica: the in-flight ledger and its reconciliation.
         self.recovery = Recovery(store, clock, settings.replica_lease_seconds)
+        # Checks and SAD issuing shared by every approval method (TOTP here, passkeys elsewhere).
+        self.activation = Activator(store, clock, settings, self._usable, self._refused)
 
     # -- credentials -------------------------------------------------------------------------
 
@@ -125,68 +108,26 @@ class SigningService:
         self, who: Principal, credential_id: str, hash_alg: HashAlg, hashes: Sequence[bytes], otp: str
     ) -> Authorization:
         fp = hashes_fingerprint(hashes)
-        try:
-            if not hashes:
-                raise InvalidRequest("at least one hash is required")
-            check_digests(hash_alg, list(hashes))
-            cred = self._usable(who, credential_id)
-            limit = min(cred.multisign, self._settings.multisign_max)
-            if len(hashes) > limit:
-                raise InvalidRequest(
-                    f"{len(hashes)} hashes requested; this credential allows at most {limit} per authorization"
-                )
-            keys = occurrences(hashes)
-            with self._store.read() as t:
-                used = t.consumed(credential_id, keys)
-            if used:
-                first = next(i for i, k in enumerate(keys) if k in used)
-                raise PermissionDenied(
-                    f"hash #{first + 1} (and {len(used) - 1} more) was already signed with this credential;"
-                    " a hash occurrence is signed at most once"
-                )
-        except RsignError as exc:
-            self._refused(Action.SAD_ISSUE, credential_id, fp, exc)
+        cred = self.activation.check(who, credential_id, hash_alg, hashes, fp)
         step = self._auth.check_fresh_otp(who.user_id, otp, Action.SAD_ISSUE)
-        sad = secrets.token_urlsafe(32)
-        now = self._clock.now()
-        expires = now + self._settings.sad_ttl_seconds
-        with self._store.tx() as t:
-            accepted = t.accept_otp_step(who.user_id, step)
-            if accepted:
-                sad_id = t.add_sad(
-                    token_hash(sad),
-                    who.user_id,
-                    who.session_id,
-                    credential_id,
-                    cred.key_version,
-                    hash_alg.value,
-                    hashes,
-                    now,
-                    expires,
-                )
-                t.append(
-                    event(
-                        Action.SAD_ISSUE,
-                        credential_id=credential_id,
-                        agency=cred.agency,
-                        key_version=cred.key_version,
-                        digest=fp,
-                        details={
-                            "sad_id": sad_id,
-                            "count": len(hashes),
-                            "hash_algorithm": hash_alg.value,
-                            "expires_in": self._settings.sad_ttl_seconds,
-                        },
-                    )
-                )
-        if not accepted:
+        auth = self.activation.issue(
+            who, cred, hash_alg, hashes, fp, ApprovalMethod.TOTP, lambda t: t.accept_otp_step(who.user_id, step)
+        )
+        if auth is None:
             self._auth.otp_replayed(who.user_id, Action.SAD_ISSUE)
-        return Authorization(sad, expires, cred.key_version)
+        return auth
 
     # -- SignHash ----------------------------------------------------------------------------
 
     def sign_hash(
-        self, who: Principal, credential_id: str, sad: str, hash_alg: HashAlg, scheme: Scheme, hashes: Sequence[bytes]
+        self,
+        who: Principal,
+        credential_id: str,
+        sad: str,
+        hash_alg: HashAlg,
+        scheme: Scheme,
+        hashes: Sequence[bytes],
+        pss_salt_len: int | None = None,
     ) -> Signed:
         fp = hashes_fingerprint(hashes)
         try:
@@ -196,7 +137,7 @@ class SigningService:
             if len(hashes) > self._settings.multisign_max:
                 raise InvalidRequest(f"at most {self._settings.multisign_max} hashes per request")
             cred = self._usable(who, credential_id)
-            spec = sign_spec(KeyAlgorithm(cred.key_algorithm), hash_alg, scheme)
+            spec = sign_spec(KeyAlgorithm(cred.key_algorithm), hash_alg, scheme, pss_salt_len)
             sad_id, ledger = self._consume_sad(who, cred, sad, hash_alg, hashes, fp)
         except RsignError as exc:
             self._refused(Action.SAD_CONSUME, credential_id, fp, exc)

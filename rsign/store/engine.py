@@ -26,6 +26,7 @@ from rsign.store._core import AUDIT, META
 from rsign.store.audit_log import AuditLogRepo
 from rsign.store.credentials import CredentialRepo
 from rsign.store.inflight import InflightRepo
+from rsign.store.passkeys import PasskeyRepo
 from rsign.store.sads import SadRepo
 from rsign.store.sessions import SessionRepo
 from rsign.store.users import UserRepo
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1"
 
 
-class Tx(UserRepo, SessionRepo, CredentialRepo, SadRepo, AuditLogRepo, InflightRepo):
+class Tx(UserRepo, SessionRepo, CredentialRepo, SadRepo, AuditLogRepo, InflightRepo, PasskeyRepo):
     """Repository methods over one database transaction (SQLAlchemy Core)."""
 
     def __init__(self, conn: Connection, clock: Clock) -> None:

@@ -264,3 +264,59 @@ class Meta(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
+
+
+class Passkey(Base):
+    """A signer's WebAuthn credential (user verification required), enrolled after PIN + TOTP."""
+
+    __tablename__ = "passkeys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"), index=True)
+    credential_id: Mapped[bytes] = mapped_column(LargeBinary(1023), unique=True)  # WebAuthn credential id
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)  # COSE_Key
+    # The authenticator's signature counter: an assertion must show a higher one (a cloned
+    # authenticator shows a lower or equal one), unless the authenticator keeps none (both 0).
+    sign_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    label: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class PasskeyChallenge(Base):
+    """A passkey enrolment in progress: the registration challenge, for one session, used once."""
+
+    __tablename__ = "passkey_challenges"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"))
+    session_id: Mapped[int] = mapped_column(Integer)
+    challenge: Mapped[bytes] = mapped_column(LargeBinary(64))
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class SigningApproval(Base):
+    """An Authorize waiting for (or given) the official's passkey approval. The SAD is minted only
+    when the driving software collects it (state approved -> delivered), so no SAD is stored."""
+
+    __tablename__ = "signing_approvals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    approval_id: Mapped[str] = mapped_column(String(64), unique=True)  # public, in the page URL
+    handle_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)  # SHA-256 of the poll handle
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"), index=True)
+    session_id: Mapped[int] = mapped_column(Integer)
+    credential_id: Mapped[str] = mapped_column(String(128))
+    key_version: Mapped[int] = mapped_column(Integer)
+    hash_alg: Mapped[str] = mapped_column(String(16))
+    hashes: Mapped[bytes] = mapped_column(LargeBinary)  # the ordered digests, concatenated
+    count: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of document labels
+    description: Mapped[str] = mapped_column(String(512), default="")
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(32))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    approved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    passkey_id: Mapped[int | None] = mapped_column(Integer, nullable=True)

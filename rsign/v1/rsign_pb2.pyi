@@ -100,26 +100,44 @@ class GetCredentialRequest(_message.Message):
     def __init__(self, credential_id: _Optional[str] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("credential_id", "hash_algorithm", "hashes", "otp")
+    __slots__ = ("credential_id", "hash_algorithm", "hashes", "otp", "passkey", "labels", "description")
     CREDENTIAL_ID_FIELD_NUMBER: _ClassVar[int]
     HASH_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     HASHES_FIELD_NUMBER: _ClassVar[int]
     OTP_FIELD_NUMBER: _ClassVar[int]
+    PASSKEY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     credential_id: str
     hash_algorithm: HashAlgorithm
     hashes: _containers.RepeatedScalarFieldContainer[bytes]
     otp: str
-    def __init__(self, credential_id: _Optional[str] = ..., hash_algorithm: _Optional[_Union[HashAlgorithm, str]] = ..., hashes: _Optional[_Iterable[bytes]] = ..., otp: _Optional[str] = ...) -> None: ...
+    passkey: bool
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    description: str
+    def __init__(self, credential_id: _Optional[str] = ..., hash_algorithm: _Optional[_Union[HashAlgorithm, str]] = ..., hashes: _Optional[_Iterable[bytes]] = ..., otp: _Optional[str] = ..., passkey: _Optional[bool] = ..., labels: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
-    __slots__ = ("sad", "expires_at", "key_version")
+    __slots__ = ("sad", "expires_at", "key_version", "handle", "approval_path")
     SAD_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_PATH_FIELD_NUMBER: _ClassVar[int]
     sad: str
     expires_at: int
     key_version: int
-    def __init__(self, sad: _Optional[str] = ..., expires_at: _Optional[int] = ..., key_version: _Optional[int] = ...) -> None: ...
+    handle: str
+    approval_path: str
+    def __init__(self, sad: _Optional[str] = ..., expires_at: _Optional[int] = ..., key_version: _Optional[int] = ..., handle: _Optional[str] = ..., approval_path: _Optional[str] = ...) -> None: ...
+
+class AuthorizeCheckRequest(_message.Message):
+    __slots__ = ("handle", "wait_seconds")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    wait_seconds: int
+    def __init__(self, handle: _Optional[str] = ..., wait_seconds: _Optional[int] = ...) -> None: ...
 
 class SignHashRequest(_message.Message):
     __slots__ = ("credential_id", "sad", "hash_algorithm", "signature_scheme", "hashes")

@@ -179,6 +179,11 @@ class SigningServiceStub:
                 request_serializer=rsign_dot_v1_dot_rsign__pb2.AuthorizeRequest.SerializeToString,
                 response_deserializer=rsign_dot_v1_dot_rsign__pb2.AuthorizeResponse.FromString,
                 _registered_method=True)
+        self.AuthorizeCheck = channel.unary_unary(
+                '/rsign.v1.SigningService/AuthorizeCheck',
+                request_serializer=rsign_dot_v1_dot_rsign__pb2.AuthorizeCheckRequest.SerializeToString,
+                response_deserializer=rsign_dot_v1_dot_rsign__pb2.AuthorizeResponse.FromString,
+                _registered_method=True)
         self.SignHash = channel.unary_unary(
                 '/rsign.v1.SigningService/SignHash',
                 request_serializer=rsign_dot_v1_dot_rsign__pb2.SignHashRequest.SerializeToString,
@@ -217,6 +222,14 @@ class SigningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuthorizeCheck(self, request, context):
+        """The outcome of an Authorize answered with a pending passkey approval: the SAD once the
+        official approved (handed out once), or the same handle while still pending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SignHash(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -248,6 +261,11 @@ def add_SigningServiceServicer_to_server(servicer, server):
             'Authorize': grpc.unary_unary_rpc_method_handler(
                     servicer.Authorize,
                     request_deserializer=rsign_dot_v1_dot_rsign__pb2.AuthorizeRequest.FromString,
+                    response_serializer=rsign_dot_v1_dot_rsign__pb2.AuthorizeResponse.SerializeToString,
+            ),
+            'AuthorizeCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthorizeCheck,
+                    request_deserializer=rsign_dot_v1_dot_rsign__pb2.AuthorizeCheckRequest.FromString,
                     response_serializer=rsign_dot_v1_dot_rsign__pb2.AuthorizeResponse.SerializeToString,
             ),
             'SignHash': grpc.unary_unary_rpc_method_handler(
@@ -344,6 +362,33 @@ class SigningService:
             target,
             '/rsign.v1.SigningService/Authorize',
             rsign_dot_v1_dot_rsign__pb2.AuthorizeRequest.SerializeToString,
+            rsign_dot_v1_dot_rsign__pb2.AuthorizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthorizeCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rsign.v1.SigningService/AuthorizeCheck',
+            rsign_dot_v1_dot_rsign__pb2.AuthorizeCheckRequest.SerializeToString,
             rsign_dot_v1_dot_rsign__pb2.AuthorizeResponse.FromString,
             options,
             channel_credentials,
