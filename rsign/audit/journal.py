@@ -6,13 +6,20 @@ not at all. Appending:
 
 1. locks the chain head (one writer at a time, across threads, processes and replicas);
 2. builds each record's hash over its content and the previous hash (``chain.record_hash``);
-3. inserts the rows, then, in one HSM call, checks the MAC of the record it builds on (the previous
-   transaction's last record must carry rsign's MAC: nothing was slipped in or cut off since) and
-   MACs the new last record, which covers every record before it through the chain;
-4. moves the head.
+3. in one HSM call, checks the MAC of the record it builds on (the previous transaction's last
+   record must carry rsign's MAC: nothing was slipped in or cut off since) and MACs the new last
+   record, which covers every record before it through the chain;
+4. inserts the rows (the last one with its MAC) and moves the head.
 
-The MAC comes after the insert succeeded, so a store that refuses writes never causes an HSM call.
-Without its MAC key the journal cannot be built, so there is no path that appends unkeyed.
+When the head is exactly the record this process committed last (same sequence number and hash,
+nobody appended since), step 3 skips reading back that record's MAC: this process computed it and
+saw it committed. Any other head, another replica's or one changed under rsign, is checked. The
+check compares the head row with the record's stored hash and MAC; it never re-hashed the record's
+content, which ``audit verify`` and the checkpoints do, so skipping it for our own head loses no
+detection. The MAC is computed before the insert, so a store that then refuses the write has cost
+one HSM call for a MAC that authenticates nothing stored (harmless), and the insert carries it
+(one statement fewer per append). Without its MAC key the journal cannot be built, so there is no
+path that appends unkeyed.
 
 Group commit: concurrent callers share one database transaction, one append (one HSM MAC) and one
 commit (one fsync). The first caller to find no open group becomes its leader and opens the write
@@ -174,8 +181,10 @@ class AuditedStore:
         self._group: _Group | None = None
         self._queued = 0
         self._stats = AppendStats()
-        # When this thread's current append locked the head (appends outside a group run too).
-        self._lock_time = threading.local()
+        # Appends run one at a time in this process (under the connection, ``_mutex``):
+        self._locked_at = 0.0  # when the current append locked the head
+        self._appended: tuple[int, str] | None = None  # the head the current append leaves
+        self._own_head: tuple[int, str] | None = None  # the head this process's last commit left
         with store.tx() as t:
             t.init_head(chain.GENESIS)
 
@@ -249,11 +258,12 @@ class AuditedStore:
                     self._gc.acquire()
         try:
             events = [ev for m in group.members for ev in m.events]
-            self._lock_time.at = 0.0
+            self._locked_at, self._appended = 0.0, None
             last = self.append(group.write.tx, tuple(events)) if events else 0
             group.write.commit()
-            if self._lock_time.at:
-                held = time.perf_counter() - self._lock_time.at
+            self._own_head = self._appended
+            if self._locked_at:
+                held = time.perf_counter() - self._locked_at
                 with self._guard:
                     self._stats.add(len(group.members), len(events), held)
             seq = last - len(events)
@@ -330,8 +340,9 @@ class AuditedStore:
     def append(self, t: Tx, events: tuple[AuditEvent, ...]) -> int:
         if self._halted:
             raise AuditHalted(HALTED)
+        own_head, self._own_head = self._own_head, None
         old_seq, old_hash = t.lock_head()
-        self._lock_time.at = time.perf_counter()
+        self._locked_at = time.perf_counter()
         high = self._high_water
         if old_seq < high:
             self.halt(
@@ -364,8 +375,7 @@ class AuditedStore:
             fields["hash"] = prev = chain.record_hash(fields)
             fields["mac"] = ""
             rows.append(fields)
-        t.insert_audit_rows(rows)
-        if old_seq > 0:
+        if old_seq > 0 and (old_seq, old_hash) != own_head:
             stored = t.audit_hash_and_mac(old_seq)
             want, mac = self.keys.macs([chain.mac_message(old_seq, old_hash), chain.mac_message(seq, prev)])
             if stored is None or stored[0] != old_hash or not hmac.compare_digest(stored[1], want):
@@ -375,5 +385,8 @@ class AuditedStore:
                 )
         else:
             (mac,) = self.keys.macs([chain.mac_message(seq, prev)])
-        t.seal_head(seq, prev, mac)
+        rows[-1]["mac"] = mac
+        t.insert_audit_rows(rows)
+        t.move_head(seq, prev)
+        self._appended = (seq, prev)
         return seq

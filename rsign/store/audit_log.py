@@ -18,7 +18,6 @@ from rsign.store._core import AUDIT, AUDIT_KEYS, CHECKPOINTS, HEAD, insert_many,
 _LOCK_HEAD = select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()
 _HASH_AND_MAC = select(AUDIT.c.hash, AUDIT.c.mac).where(AUDIT.c.seq == bindparam("seq"))
 # (A bind parameter may not share a name with a column its UPDATE sets.)
-_SET_MAC = update(AUDIT).where(AUDIT.c.seq == bindparam("at")).values(mac=bindparam("new_mac"))
 _MOVE_HEAD = update(HEAD).where(HEAD.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 
 
@@ -41,9 +40,8 @@ class AuditLogRepo:
         r = self.c.execute(_HASH_AND_MAC, {"seq": seq}).first()
         return None if r is None else (str(r.hash), str(r.mac))
 
-    def seal_head(self, seq: int, head_hash: str, mac: str) -> None:
-        """Store the MAC of record ``seq`` and move the head to it."""
-        self.c.execute(_SET_MAC, {"at": seq, "new_mac": mac})
+    def move_head(self, seq: int, head_hash: str) -> None:
+        """Move the head to record ``seq`` (inserted in this transaction, with its MAC)."""
         self.c.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": head_hash})
 
     def audit_head(self) -> tuple[int, str] | None:
