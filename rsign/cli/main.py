@@ -15,6 +15,7 @@ import logging
 import click
 
 from rsign.cli.audit import audit
+from rsign.cli.db import db
 from rsign.cli.dev import bench, client, demo
 from rsign.cli.keys import keys
 from rsign.cli.provision import provision
@@ -31,7 +32,7 @@ def main(verbose: bool) -> None:
     )
 
 
-for _command in (serve, users, keys, audit, demo, provision, bench, client):
+for _command in (serve, users, keys, audit, db, demo, provision, bench, client):
     main.add_command(_command)
 
 

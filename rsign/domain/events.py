@@ -46,6 +46,8 @@ class Action(enum.StrEnum):
     AUDIT_QUERY = "audit.query"
     # An operator accepted a rolled-back log: the HSM anchor was moved to the database's head.
     AUDIT_ANCHOR_RESET = "audit.anchor_reset"
+    # The database schema was migrated (`rsign db upgrade`): from which revision to which.
+    DB_UPGRADE = "db.upgrade"
     # A malformed request from an authenticated caller (over a limit, unknown enum value, out of
     # range, unparsable), refused before anything else ran.
     REQUEST_REFUSE = "request.refuse"

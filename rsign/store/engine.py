@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, make_url, select
+from sqlalchemy import Connection, Engine, create_engine, event, insert, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from rsign.domain.clock import Clock, SystemClock
-from rsign.domain.errors import AlreadyExists, AuditUnavailable, ConfigurationError, Unavailable
-from rsign.store import models as m
-from rsign.store._core import AUDIT, META
+from rsign.domain.errors import AlreadyExists, AuditUnavailable, Unavailable
+from rsign.store import migrate
+from rsign.store._core import AUDIT
 from rsign.store.audit_log import AuditLogRepo
 from rsign.store.credentials import CredentialRepo
 from rsign.store.inflight import InflightRepo
@@ -31,10 +31,6 @@ from rsign.store.sessions import SessionRepo
 from rsign.store.users import UserRepo
 
 log = logging.getLogger(__name__)
-
-# Bump with every schema change (and give operators a migration).
-SCHEMA_VERSION = "1"
-
 
 class Tx(UserRepo, SessionRepo, CredentialRepo, SadRepo, AuditLogRepo, InflightRepo):
     """Repository methods over one database transaction (SQLAlchemy Core)."""
@@ -92,33 +88,16 @@ class Store:
             threading.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
         )
         self._replica_lock: IO[str] | None = None
-        fresh = self._check_schema()
-        try:
-            m.Base.metadata.create_all(self.engine)
-            if fresh:
-                with self.tx() as t:
-                    t.c.execute(insert(META).values(key="schema_version", value=SCHEMA_VERSION))
-        except AlreadyExists:
-            pass  # another process initialised the database at the same moment
+        # A new (empty) database gets the schema at head; one with data at another revision is
+        # refused until the operator runs `rsign db upgrade` (see rsign.store.migrate).
+        where = url.split("@")[-1]  # never the credentials in the URL
+        state = migrate.inspect_database(self.engine)
+        if state.empty:
+            migrate.upgrade(self.engine, where)
+        elif not state.at_head:
+            raise migrate.refusal(where, state)
         if url.startswith("sqlite"):
             self._check_sqlite_durability()
-
-    def _check_schema(self) -> bool:
-        """True for an empty database. A database of another schema version is refused with a
-        clear message rather than failing later on a missing column."""
-        tables = set(inspect(self.engine).get_table_names())
-        if not tables:
-            return True
-        found = None
-        if "rsign_meta" in tables:
-            with self.engine.connect() as c:
-                found = c.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
-        if found != SCHEMA_VERSION:
-            raise ConfigurationError(
-                f"the database at {self.url.split('@')[-1]} has schema version {found or 'unknown (early)'};"
-                f" this rsign needs {SCHEMA_VERSION}. Start a new state directory (development), or migrate."
-            )
-        return False
 
     def _check_sqlite_durability(self) -> None:
         with self.engine.connect() as c:

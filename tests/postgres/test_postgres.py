@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import pytest
 
 from rsign.auth import totp
@@ -35,12 +35,11 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     name = f"rsign_test_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(PG)
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
+    admin = psycopg.connect(PG, autocommit=True)
+    admin.execute(f"CREATE DATABASE {name}")
     params = dict(p.split("=", 1) for p in PG.split())
-    yield f"postgresql+psycopg2://{params['user']}@{params['host']}:{params['port']}/{name}"
-    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield f"postgresql+psycopg://{params['user']}@{params['host']}:{params['port']}/{name}"
+    admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     admin.close()
 
 
