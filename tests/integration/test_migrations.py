@@ -66,7 +66,7 @@ def settings_for(tmp_path: Path, url: str) -> Settings:
 
 @dataclass
 class Signer:
-    seed: str
+    seed: bytes
     certificate: bytes
 
 
