@@ -41,7 +41,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 # that finds nobody else waiting commits at once (a lone request is never delayed).
 GROUP_MAX_MEMBERS = 128
 GROUP_MAX_WAIT = 0.005  # seconds
+
+CommitListener = Callable[[Sequence[AuditEvent], int, float], None]
 
 HALTED = (
     "operations are suspended: the audit log failed its rollback check and an operator must resolve it"
@@ -119,6 +121,7 @@ class AuditedStore:
         self._high_water = 0  # the highest sequence number this process saw committed
         self._halted = ""  # why appends are refused; "" while they are not
         self._listeners: list[Callable[[bool], None]] = []
+        self._commit_listeners: list[CommitListener] = []
         # Group commit (module docstring): the connection, the open group, who waits for it.
         self._mutex = threading.Lock()
         self._gc = threading.Condition()
@@ -195,6 +198,8 @@ class AuditedStore:
                     self._mutex.acquire()
                 finally:
                     self._gc.acquire()
+        started = time.monotonic()
+        events: list[AuditEvent] = []
         try:
             events = [ev for m in group.members for ev in m.events]
             last = self.append(group.write.tx, tuple(events)) if events else 0
@@ -214,6 +219,18 @@ class AuditedStore:
                 group.done.set()
                 self._gc.notify_all()
             self._mutex.release()
+        if group.error is None and events:
+            took = time.monotonic() - started
+            for fn in self._commit_listeners:
+                fn(events, len(group.members), took)
+
+    def on_commit(self, listener: CommitListener) -> Callable[[], None]:
+        """``listener(records, callers, seconds)`` after every committed group: the records just
+        made durable, how many callers shared the commit, and how long the append (chain, MAC) and
+        the commit took. Called by the group's leader after its callers were released; for
+        metrics, so it must be quick and must not raise. Returns the call that removes it."""
+        self._commit_listeners.append(listener)
+        return lambda: self._commit_listeners.remove(listener)
 
     # -- halting -----------------------------------------------------------------------------
 

@@ -45,6 +45,29 @@ _PEM = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="Allow plaintext on a non-loopback address because a TLS-terminating proxy fronts rsign (logged "
     "as a warning at every start).",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1) [default: off].",
+)
+@click.option(
+    "--metrics-allow-remote",
+    is_flag=True,
+    help="Allow --metrics-listen on a non-loopback address (the endpoint has no authentication).",
+)
+@click.option(
+    "--reflection/--no-reflection",
+    default=None,
+    help="gRPC server reflection (grpcurl, Postman) [default: on when listening on loopback].",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines on stderr, one access line per RPC; json: one JSON object per line.",
+)
 @friendly_errors
 def serve(
     state_dir: Path,
@@ -53,15 +76,21 @@ def serve(
     tls_key: Path | None,
     tls_client_ca: Path | None,
     insecure_behind_tls_proxy: bool,
+    metrics_listen: str | None,
+    metrics_allow_remote: bool,
+    reflection: bool | None,
+    log_format: str,
 ) -> None:
     """Run the gRPC service (also serves grpc.health.v1.Health).
 
     Without a TLS certificate it listens in plaintext, on a loopback address only. SIGHUP re-reads
     the certificate files; SIGTERM stops within service.shutdown_grace_seconds plus a few seconds.
     """
-    from rsign.api.listener import check_plaintext, check_port_free, check_tls, tls_files
+    from rsign.api import logs
+    from rsign.api.listener import check_metrics_listen, check_plaintext, check_port_free, check_tls, tls_files
     from rsign.api.server import serve_forever
 
+    logs.configure(log_format)
     settings = load_settings(state_dir, embedded=EMBEDDED)
     addr = listen if listen is not None else settings.listen
     tls = tls_files(tls_cert or settings.tls_cert, tls_key or settings.tls_key, tls_client_ca or settings.tls_client_ca)
@@ -71,6 +100,9 @@ def serve(
     elif not insecure_behind_tls_proxy:
         check_plaintext(addr, behind_tls_proxy=False)
     check_port_free(addr)
+    if metrics_listen is not None:
+        metrics_listen = check_metrics_listen(metrics_listen, metrics_allow_remote)
+        check_port_free(metrics_listen)
     mode = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
     app = build_app(settings, pool=True)
     try:
@@ -80,6 +112,8 @@ def serve(
             on_ready=f"rsign serving on {addr} ({mode}; state: {settings.state_dir})",
             tls=tls,
             behind_tls_proxy=insecure_behind_tls_proxy,
+            metrics_listen=metrics_listen,
+            reflection=reflection,
         )
     finally:
         app.close()

@@ -140,6 +140,18 @@ class _Slot:
         self.stopping = False
 
 
+@dataclass(frozen=True)
+class PoolStats:
+    """What the pool is doing right now (read by the metrics endpoint)."""
+
+    workers: int  # configured
+    alive: int  # worker processes running
+    busy: int  # workers holding at least one job
+    in_flight: int  # jobs written to workers' pipes, not answered yet
+    queued: int  # jobs waiting for a worker (the shared queue)
+    restarts: int  # workers replaced since start (crashed, killed or timed out)
+
+
 class HsmPool:
     """Implements the ``Hsm`` port over worker processes."""
 
@@ -161,6 +173,7 @@ class HsmPool:
         self._ctx = multiprocessing.get_context("spawn")
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=self._size * 4)
         self._closed = False
+        self._restarts = 0
         self._drained = False  # closed and its sender and receiver threads gone: nothing will run a queued job
         # Start every worker (in parallel) before any thread, so a bad PIN fails fast and loudly.
         starting = [_Worker(self._ctx, config, start_timeout, warm) for _ in range(self._size)]
@@ -191,6 +204,15 @@ class HsmPool:
 
     def healthy(self) -> bool:
         return all(slot.worker is not None and slot.worker.proc.is_alive() for slot in self._slots)
+
+    def stats(self) -> PoolStats:
+        alive = busy = in_flight = 0
+        for slot in self._slots:
+            with slot.lock:
+                alive += slot.worker is not None and slot.worker.proc.is_alive()
+                busy += bool(slot.pending)
+                in_flight += len(slot.pending)
+        return PoolStats(self._size, alive, busy, in_flight, self._queue.qsize(), self._restarts)
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -276,6 +298,8 @@ class HsmPool:
             old.kill()
         if self._closed:
             return None
+        # Under this slot's lock only: two slots restarting at once could lose a count (a metric).
+        self._restarts += 1
         try:
             slot.worker = _Worker(self._ctx, self._config, self._start_timeout, self._warm).wait_ready()
         except HsmUnavailable:

@@ -73,6 +73,7 @@ class Store:
         self.clock = clock or SystemClock()
         self.engine = make_engine(url, busy_timeout)
         self._healthy = True
+        self.errors = 0  # failed database operations since start (the metrics endpoint reads it)
         self._listeners: list[Callable[[bool], None]] = []
         self._write_engine = self.engine.execution_options(rsign_write=True)
         # A read transaction sees one snapshot: on PostgreSQL's default READ COMMITTED every
@@ -116,9 +117,7 @@ class Store:
         except IntegrityError as exc:
             raise AlreadyExists("the object already exists") from exc
         except (DBAPIError, SQLAlchemyError) as exc:
-            log.error("audit store write failed: %s", type(exc).__name__)
-            self._set_health(False)
-            raise AuditUnavailable("the audit store is unavailable; the operation was not performed") from exc
+            raise self._write_failed(exc) from exc
         self._set_health(True)
 
     def begin_write(self) -> WriteTx:
@@ -127,6 +126,7 @@ class Store:
         return WriteTx(self)
 
     def _write_failed(self, exc: BaseException) -> AuditUnavailable:
+        self.errors += 1
         log.error("audit store write failed: %s", type(exc).__name__)
         self._set_health(False)
         return AuditUnavailable("the audit store is unavailable; the operation was not performed")
@@ -173,6 +173,7 @@ class Store:
                 )
                 trans.rollback()
         except (DBAPIError, SQLAlchemyError):
+            self.errors += 1
             self._set_health(False)
             return False
         self._set_health(True)
@@ -252,6 +253,7 @@ class Store:
             with self._read_engine.begin() as conn:
                 yield Tx(conn, self.clock)
         except (DBAPIError, SQLAlchemyError) as exc:
+            self.errors += 1
             log.error("database read failed: %s", type(exc).__name__)
             raise Unavailable("the database is unavailable") from exc
 
