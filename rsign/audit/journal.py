@@ -50,6 +50,7 @@ from rsign.audit.keys import AuditKeys
 from rsign.domain.clock import Clock, iso_utc
 from rsign.domain.errors import AuditHalted, AuditIntegrityError
 from rsign.domain.events import AuditEvent
+from rsign.domain.records import AuditKeyView
 from rsign.store import Store, Tx, WriteTx
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,9 @@ class AuditedStore:
     def healthy(self) -> bool:
         return self.store.healthy
 
-    def append(self, t: Tx, events: tuple[AuditEvent, ...]) -> int:
+    def append(self, t: Tx, events: tuple[AuditEvent, ...], next_mac: AuditKeyView | None = None) -> int:
+        """Chain ``events`` onto the locked head and MAC the new last record (with ``next_mac``
+        instead of the current key: a MAC key rotation)."""
         if self._halted:
             raise AuditHalted(HALTED)
         old_seq, old_hash = t.lock_head()
@@ -322,13 +325,35 @@ class AuditedStore:
         t.insert_audit_rows(rows)
         if old_seq > 0:
             stored = t.audit_hash_and_mac(old_seq)
-            want, mac = self.keys.macs([chain.mac_message(old_seq, old_hash), chain.mac_message(seq, prev)])
+            key = self.keys.mac_key
+            want, mac = self.keys.macs([chain.mac_message(old_seq, old_hash), chain.mac_message(seq, prev)], key)
+            if stored is not None and stored[0] == old_hash and not hmac.compare_digest(stored[1], want):
+                # Another process may have rotated the MAC key since this one read it: the head
+                # row is locked, so the key record read now is the one that MAC'd the last record.
+                current = t.audit_key("mac")
+                if current is not None and current.cka_id != key.cka_id:
+                    self.keys.mac_key = key = current
+                    want, mac = self.keys.macs([chain.mac_message(old_seq, old_hash), chain.mac_message(seq, prev)])
             if stored is None or stored[0] != old_hash or not hmac.compare_digest(stored[1], want):
                 raise AuditIntegrityError(
                     f"audit record {old_seq}, the last one written, does not carry rsign's MAC: the log was"
                     " altered outside rsign; refusing to append (run 'rsign audit verify')"
                 )
+            if next_mac is not None:
+                (mac,) = self.keys.macs([chain.mac_message(seq, prev)], next_mac)
         else:
-            (mac,) = self.keys.macs([chain.mac_message(seq, prev)])
+            (mac,) = self.keys.macs([chain.mac_message(seq, prev)], next_mac)
         t.seal_head(seq, prev, mac)
+        return seq
+
+    def rotate_mac_key(self, new_key: AuditKeyView, event: AuditEvent, now: float) -> int:
+        """Append ``event`` (the rotation's record) as the first record MAC'd with ``new_key``, and
+        make it the MAC key, in one transaction on the locked head: the previous record is checked
+        with the old key, which is kept as an era covering every record up to it. Returns the
+        record's sequence number."""
+        with self.store.tx() as t:
+            seq = self.append(t, (event,), next_mac=new_key)
+            t.rotate_audit_key("mac", seq - 1, new_key.cka_id, b"", (), now)
+        self.saw_head(seq)
+        self.keys.reload()
         return seq

@@ -19,6 +19,7 @@ from rsign.cli.db import db
 from rsign.cli.dev import bench, client, demo
 from rsign.cli.keys import keys
 from rsign.cli.provision import provision
+from rsign.cli.rotate_internal import rotate_internal
 from rsign.cli.serve import serve
 from rsign.cli.users import users
 
@@ -34,6 +35,7 @@ def main(verbose: bool) -> None:
 
 for _command in (serve, users, keys, audit, db, demo, provision, bench, client):
     main.add_command(_command)
+keys.add_command(rotate_internal)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: HsmConfig,
         "destroy_keypair": token.destroy_keypair,
         "mac": token.mac,
         "unseal": token.unseal,
+        "seal_key_id": token.seal_key_id,
+        "rotate_seal_key": token.rotate_seal_key,
+        "reseal": token.reseal,
         "read_anchor": token.read_anchor,
         "write_anchor": token.write_anchor,
         "reset_anchor": token.reset_anchor,
@@ -386,6 +389,16 @@ class HsmPool:
 
     # The audit anchor: a worker process is one writer (it destroys only its own previous anchor
     # object, see Pkcs11Token.write_anchor), so any worker may take these jobs.
+
+    def seal_key_id(self) -> bytes:
+        return bytes(self._call("seal_key_id"))
+
+    def rotate_seal_key(self) -> tuple[bytes, list[bytes]]:
+        new, old = self._call("rotate_seal_key")
+        return bytes(new), [bytes(k) for k in old]
+
+    def reseal(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
+        return list(self._call("reseal", list(items)))
 
     def read_anchor(self) -> bytes | None:
         result: bytes | None = self._call("read_anchor")

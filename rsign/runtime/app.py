@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from rsign.admin.service import AdminService
 from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
+from rsign.audit.rotation import AuditKeyRotation
 from rsign.audit.service import AuditService
+from rsign.auth.seal_rotation import SealRotation
 from rsign.auth.service import AuthService
 from rsign.domain.certificates import CertificateIssuer, ExternalCAOnly
 from rsign.domain.clock import Clock, SystemClock
@@ -33,6 +35,9 @@ class App:
     audit: AuditService
     audit_hsm: Hsm
     admin: AdminService
+    # rsign's own keys (rsign keys rotate-internal): the audit MAC and checkpoint keys, the TOTP sealing key.
+    audit_rotation: AuditKeyRotation
+    seal_rotation: SealRotation
 
     def hsm_healthy(self) -> bool:
         healthy = getattr(self.hsm, "healthy", None)
@@ -82,6 +87,8 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
     journal = AuditedStore(store, audit_keys, clk)
     auth = AuthService(journal, hsm, clk, settings)
     keys = KeyService(journal, hsm, clk, settings, issuer)
+    # Anchor reads and writes go to the signing workers, not the audit worker (see AuditService).
+    audit = AuditService(journal, audit_keys, clk, anchors=hsm)
     return App(
         settings=settings,
         clock=clk,
@@ -91,8 +98,9 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
         auth=auth,
         signing=SigningService(journal, hsm, clk, settings, auth),
         keys=keys,
-        # Anchor reads and writes go to the signing workers, not the audit worker (see AuditService).
-        audit=AuditService(journal, audit_keys, clk, anchors=hsm),
+        audit=audit,
         audit_hsm=audit_hsm,
         admin=AdminService(journal, hsm, clk, auth, keys),
+        audit_rotation=AuditKeyRotation(journal, audit_keys, audit.checkpoints, issuer, clk),
+        seal_rotation=SealRotation(journal, hsm),
     )

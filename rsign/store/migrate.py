@@ -27,6 +27,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from rsign.domain.errors import ConfigurationError
 from rsign.store._core import META
@@ -142,8 +143,15 @@ def upgrade(engine: Engine, where: str, target: str = "head") -> tuple[SchemaSta
         if before.revision is not None and not before.known:
             raise refusal(where, before)
         cfg = alembic_config(conn)
-        if before.legacy:
-            command.stamp(cfg, BASELINE)
-        command.upgrade(cfg, target)
+        try:
+            if before.legacy:
+                command.stamp(cfg, BASELINE)
+            command.upgrade(cfg, target)
+        except SQLAlchemyError as exc:
+            # Rolled back with the transaction: the database is as it was.
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise ConfigurationError(
+                f"migrating the database at {where} failed, nothing was changed: {type(exc).__name__}: {first}"
+            ) from exc
         after = state_of(conn)
     return before, after

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from cryptography import x509
@@ -40,6 +41,8 @@ from rsign.store import migrate
 from rsign.store import models as m
 from rsign.store._core import META
 
+# Tables the revisions after the baseline add (0002: the audit key eras of key rotation).
+AFTER_BASELINE = {"audit_key_eras"}
 PG = os.environ.get("RSIGN_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PIN = "24681357"
 
@@ -116,12 +119,14 @@ def test_release_database_with_data_migrates_to_head_and_signs(tmp_path: Path, d
     assert before_report.ok and before_report.records > 5
     app.close()
 
-    # Make it the database rsign 0.1 left: its schema is the baseline's, without Alembic's table.
+    # Make it the database rsign 0.1 left: back to the baseline (the revisions after it only add
+    # what 0.1 did not have), without Alembic's table.
     engine = create_engine(db_url)
     with engine.begin() as c:
+        command.downgrade(migrate.alembic_config(c), migrate.BASELINE)
         c.execute(text("DROP TABLE alembic_version"))
     engine.dispose()
-    assert schema_differences(db_url) == []
+    assert [d[1].name for d in schema_differences(db_url)] == sorted(AFTER_BASELINE)  # type: ignore[index]
     assert database.schema_state(db_url).legacy
 
     # The server (and every command) refuses it, names the command, and changes nothing.
@@ -163,7 +168,10 @@ def test_baseline_is_exactly_the_release_schema(tmp_path: Path) -> None:
     compared word for word), and such a database is stamped, not rebuilt, by `rsign db upgrade`."""
     release, migrated = tmp_path / "release.db", tmp_path / "migrated.db"
     engine = create_engine(f"sqlite:///{release}")
-    m.Base.metadata.create_all(engine)  # 0.1's code path (rsign.store.engine before migrations)
+    # 0.1's code path (rsign.store.engine before migrations), on 0.1's tables.
+    m.Base.metadata.create_all(
+        engine, tables=[t for t in m.Base.metadata.sorted_tables if t.name not in AFTER_BASELINE]
+    )
     with engine.begin() as c:
         c.execute(insert(META).values(key="schema_version", value="1"))
     engine.dispose()
@@ -199,8 +207,11 @@ def test_db_commands_on_a_state_directory(tmp_path: Path) -> None:
     assert current.returncode == 0 and f"database: {migrate.head()} (head)" in current.stdout
 
     db = sd / "rsign.db"
-    with sqlite3.connect(db) as c:
-        c.execute("DROP TABLE alembic_version")
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:  # back to 0.1's database, as in the test above
+        command.downgrade(migrate.alembic_config(conn), migrate.BASELINE)
+        conn.execute(text("DROP TABLE alembic_version"))
+    engine.dispose()
     behind = rsign("db", "current", "--state-dir", str(sd))
     assert behind.returncode == 1 and "rsign 0.1 schema" in behind.stdout
     refused = rsign("audit", "verify", "--state-dir", str(sd))

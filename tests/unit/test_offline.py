@@ -22,7 +22,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from rsign.audit import chain
-from rsign.audit.export_format import FILTER_KEYS, FORMAT_1, closing_line, encode_line, export_signature_message
+from rsign.audit.export_format import (
+    FILTER_KEYS,
+    FORMAT_1,
+    KEY_ROTATE,
+    closing_line,
+    encode_line,
+    export_signature_message,
+)
 from rsign.audit.offline import (
     checkpoint_file,
     read_certificate,
@@ -30,7 +37,7 @@ from rsign.audit.offline import (
     verify_export,
     verify_export_bytes,
 )
-from rsign.domain.events import EventFilter
+from rsign.domain.events import Action, EventFilter
 
 TS = "2026-11-26T10:00:00.000000Z"
 
@@ -121,6 +128,10 @@ def test_filter_keys_are_the_event_filter_fields() -> None:
     assert FILTER_KEYS == tuple(f.name for f in dataclasses.fields(EventFilter))
 
 
+def test_key_rotation_action_is_the_domain_one() -> None:
+    assert KEY_ROTATE == Action.AUDIT_KEY_ROTATE
+
+
 def _set(line: int, path: tuple[str, ...], value: Any) -> Callable[[list[dict[str, Any]]], None]:
     def mutate(es: list[dict[str, Any]]) -> None:
         obj = es[line - 1]
@@ -155,7 +166,7 @@ def _drop(line: int, key: str) -> Callable[[list[dict[str, Any]]], None]:
         (_set(5, ("content_hash",), 7), "line 5 (link 3): field 'content_hash' is not a string"),
         (_set(2, ("signature",), "not base64!"), "line 2 (checkpoint 3): field 'signature' is not base64"),
         (_set(2, ("signature",), ""), "line 2 (checkpoint 3): field 'signature' is not canonical base64"),
-        (_set(1, ("format",), "rsign-audit-export/3"), "line 1 (header): field 'format' is 'rsign-audit-export/3'"),
+        (_set(1, ("format",), "rsign-audit-export/4"), "line 1 (header): field 'format' is 'rsign-audit-export/4'"),
         # Found by the property test: an unhashable format raised TypeError instead of a message.
         (_set(1, ("format",), []), "line 1 (header): field 'format'"),
         (_set(1, ("format",), {"v": 2}), "line 1 (header): field 'format'"),
