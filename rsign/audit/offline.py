@@ -105,6 +105,7 @@ class ExportReport:
     previous_certificates_sha256: list[str] = field(default_factory=list)  # keys rotated out (format 3)
     anchor: dict[str, Any] | None = None  # the header's HSM anchor (format 2), when it has one
     last_checkpoint: dict[str, Any] | None = None  # the export's highest checkpoint entry
+    last_checkpoint_certificate_sha256: str = ""  # the certificate of the key that signed it
 
     @property
     def ok(self) -> bool:
@@ -230,8 +231,11 @@ def verify_export_bytes(
     if pinned_certificate is not None and pinned_era is None:
         rep.problems.append("the export is signed with a different audit certificate than the one given")
 
+    def era_for(seq: int) -> _Era:
+        return next(e for e in ex.eras if e.last_seq is None or seq <= e.last_seq)
+
     def key_for(seq: int) -> ec.EllipticCurvePublicKey:
-        return next(e for e in ex.eras if e.last_seq is None or seq <= e.last_seq).public_key
+        return era_for(seq).public_key
 
     # 1. The file as a whole: signed by the audit key at export time.
     digest = hashlib.sha256(ex.body).hexdigest()
@@ -247,6 +251,8 @@ def verify_export_bytes(
     # 2. Checkpoints: each signed by the audit key, in increasing order.
     rep.checkpoints = len(ex.checkpoints)
     rep.last_checkpoint = ex.checkpoints[-1] if ex.checkpoints else None
+    if rep.last_checkpoint is not None:
+        rep.last_checkpoint_certificate_sha256 = era_for(rep.last_checkpoint["seq"]).sha256
     cp_at: dict[int, str] = {}
     prev_cp: dict[str, Any] | None = None
     for cp in ex.checkpoints:

@@ -156,3 +156,60 @@ def test_rotate_rsigns_own_keys_while_signing(env: Env, operator: App, tmp_path:
     )
     assert not verify_export_bytes(swapped).ok
     (tmp_path / "after.jsonl").write_bytes(new_export)
+
+
+def test_rotate_internal_commands(tmp_path: Path) -> None:
+    """The commands an operator types: each rotation in one line, then `audit verify` passes, an
+    export written before verifies pinned to its certificate, one written after verifies pinned to
+    the old certificate and extends the checkpoint kept before."""
+    import subprocess
+    import sys
+
+    def rsign(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rsign.cli", *args], input=stdin, capture_output=True, text=True, timeout=120
+        )
+
+    sd = str(tmp_path / "state")
+    for i in range(3):
+        added = rsign(
+            "users",
+            "add",
+            f"cli.rot.{i}",
+            "--name",
+            "Lò Văn Tuấn",
+            "--pin-stdin",
+            "--state-dir",
+            sd,
+            stdin="73915428\n",
+        )
+        assert added.returncode == 0, added.stderr
+    before = tmp_path / "before.jsonl"
+    assert rsign("audit", "export", "--out", str(before), "--state-dir", sd).returncode == 0
+    kept = tmp_path / "kept.json"
+    assert rsign("audit", "extract-checkpoint", str(before), "--out", str(kept)).returncode == 0
+    old_cert = tmp_path / "old.der"
+    old_cert.write_bytes(base64.b64decode(json.loads(before.read_text().split("\n", 1)[0])["audit_certificate"]))
+
+    seal = rsign("keys", "rotate-internal", "totp-seal", "--batch", "2", "--state-dir", sd)
+    assert seal.returncode == 0, seal.stderr
+    assert "3 seeds re-sealed, 0 already under it" in seal.stdout
+    resume = rsign("keys", "rotate-internal", "totp-seal", "--resume", "--state-dir", sd)
+    assert resume.returncode == 0 and "0 seeds re-sealed, 3 already under it" in resume.stdout
+    mac = rsign("keys", "rotate-internal", "audit-mac", "--state-dir", sd)
+    assert mac.returncode == 0 and "the old key stays to verify records up to" in mac.stdout, mac.stderr
+    cp = rsign("keys", "rotate-internal", "audit-checkpoint", "--state-dir", sd)
+    assert cp.returncode == 0 and "new audit certificate SHA-256" in cp.stdout, cp.stderr
+
+    verify = rsign("audit", "verify", "--state-dir", sd)
+    assert verify.returncode == 0 and "audit log intact" in verify.stdout, verify.stderr
+    old = rsign("audit", "verify-export", str(before), "--audit-cert", str(old_cert))
+    assert old.returncode == 0 and "export intact" in old.stdout, old.stderr
+    after = tmp_path / "after.jsonl"
+    assert rsign("audit", "export", "--out", str(after), "--state-dir", sd).returncode == 0
+    new = rsign("audit", "verify-export", str(after), "--audit-cert", str(old_cert), "--after", str(kept))
+    assert new.returncode == 0 and "export intact" in new.stdout, new.stderr
+    assert "earlier audit certificate 1 (rotated out) SHA-256" in new.stdout
+    # On record: the MAC rotation, and the checkpoint key's announcement and switch.
+    found = rsign("audit", "search", "--action", "audit.key_rotate", "--state-dir", sd)
+    assert found.returncode == 0 and "3 matching records" in found.stdout
