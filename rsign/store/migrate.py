@@ -19,6 +19,7 @@ database at once do not both build it, and a failed migration leaves the databas
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,14 +85,16 @@ def _scripts() -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config())
 
 
+@functools.cache  # the scripts ship with the package: read them once per process
 def head() -> str:
     h = _scripts().get_current_head()
     assert h is not None  # the package ships at least the baseline
     return h
 
 
-def _revisions() -> set[str]:
-    return {s.revision for s in _scripts().walk_revisions()}
+@functools.cache
+def _revisions() -> frozenset[str]:
+    return frozenset(s.revision for s in _scripts().walk_revisions())
 
 
 def state_of(conn: Connection) -> SchemaState:
