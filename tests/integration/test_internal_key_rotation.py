@@ -213,3 +213,24 @@ def test_rotate_internal_commands(tmp_path: Path) -> None:
     # On record: the MAC rotation, and the checkpoint key's announcement and switch.
     found = rsign("audit", "search", "--action", "audit.key_rotate", "--state-dir", sd)
     assert found.returncode == 0 and "3 matching records" in found.stdout
+
+
+def test_a_process_that_cached_the_old_sealing_key_seals_under_the_new_one(env: Env, operator: App) -> None:
+    """A worker process sealed (and cached the key) before another process rotated the sealing key:
+    its next seal is under the new key all the same, with no unseal in between to refresh it."""
+    from rsign.hsm.pool import HsmPool
+
+    pool = HsmPool(env.settings.hsm, workers=1, warm=False)
+    try:
+        aad = b"rsign-totp-seed-v1:nobody"
+        before = pool.seal(b"seed before", aad)
+        new_key, _retired = operator.hsm.rotate_seal_key()
+        after = pool.seal(b"seed after", aad)
+        assert operator.hsm.seal_key_id() == new_key
+        # reseal hands back the very blob when it is under the current key, a new one otherwise.
+        assert operator.hsm.reseal([(after, aad)]) == [after]
+        (resealed,) = operator.hsm.reseal([(before, aad)])
+        assert resealed is not None and resealed != before
+        assert pool.unseal(resealed, aad) == b"seed before" and pool.unseal(after, aad) == b"seed after"
+    finally:
+        pool.close()
