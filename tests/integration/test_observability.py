@@ -194,22 +194,23 @@ def test_json_log_lines_name_the_call_and_never_a_secret(observed: Observed) -> 
         assert base64.b32encode(seed).decode().rstrip("=") not in text
 
 
-def test_tls_certificate_expiry_and_reflection_off(observed: Observed, tmp_path: Path) -> None:
-    """A second replica on the same state, over TLS, with reflection turned off: its metrics give
-    the served certificate's expiry; reflection is not served."""
+def test_tls_certificate_expiry_and_no_reflection_off_loopback(observed: Observed, tmp_path: Path) -> None:
+    """A second replica on the same state, over TLS on every address: its metrics give the served
+    certificate's expiry; reflection is off by default on a non-loopback listener."""
     pki = Pki(tmp_path / "pki")
     cert = pki.server()
-    mport = free_port()
+    mport, port = free_port(), free_port()
     srv = serve(
         observed.state,
-        free_port(),
+        port,
+        "--listen",
+        f"0.0.0.0:{port}",  # the last --listen wins; clients still reach it on 127.0.0.1
         "--tls-cert",
         str(cert.cert),
         "--tls-key",
         str(cert.key),
         "--metrics-listen",
         str(mport),  # a port alone: loopback
-        "--no-reflection",
     )
     try:
         from cryptography import x509
