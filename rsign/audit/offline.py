@@ -1,6 +1,7 @@
 """Offline verification of an audit export: needs the file and nothing else (no database, no HSM,
 no network). Imports only the pure chain functions, the pure line format
-(``rsign.audit.export_format``: schemas, field checks, the one encoding) and ``cryptography``.
+(``rsign.audit.export_format``: schemas, field checks, the one encoding), the pure key eras
+(``rsign.audit.eras``: which audit key signed which checkpoints, the hand-overs) and ``cryptography``.
 
 Export format (JSON Lines, UTF-8, every line ending in a newline), in this order:
 
@@ -48,8 +49,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
-import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 
 from rsign.audit import chain
+from rsign.audit.eras import Era, handover_problems
 from rsign.audit.export_format import (
     CHECKPOINT_FORMAT,
     KEY_ROTATE,
@@ -127,26 +127,12 @@ def _certificate(b64: str, what: str) -> x509.Certificate:
     return cert
 
 
-@dataclass(frozen=True)
-class _Era:
-    """An audit checkpoint key: its certificate (DER), public key and the last checkpoint it signed
-    (None: the current key)."""
-
-    cert_der: bytes
-    public_key: ec.EllipticCurvePublicKey
-    last_seq: int | None
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.cert_der).hexdigest()
-
-
 @dataclass
 class _Export:
     header: dict[str, Any]
     cert_der: bytes
     public_key: ec.EllipticCurvePublicKey
-    eras: list[_Era]  # oldest first, the current key last
+    eras: list[Era]  # oldest first, the current key last
     checkpoints: list[dict[str, Any]]
     chain: list[dict[str, Any]]  # records and links, in file order
     closing: dict[str, Any]
@@ -170,7 +156,7 @@ def _read(raw: bytes) -> _Export:
     for n, issuer in enumerate(header["issuer_certificates"]):
         _certificate(issuer, f"issuer certificate {n}")
     public_key = _p256(cert, "audit certificate")
-    eras: list[_Era] = []
+    eras: list[Era] = []
     for n, prev in enumerate(header.get("previous_audit_certificates", ())):
         what = f"previous audit certificate {n}"
         prev_key = _p256(_certificate(prev["certificate"], what), what)
@@ -178,9 +164,9 @@ def _read(raw: bytes) -> _Export:
             _certificate(issuer, f"issuer certificate {m} of {what}")
         if eras and prev["last_seq"] <= (eras[-1].last_seq or 0):
             raise Malformed(f"line 1 (header): {what} ends at checkpoint {prev['last_seq']}, not after the one before")
-        eras.append(_Era(base64.b64decode(prev["certificate"]), prev_key, prev["last_seq"]))
+        eras.append(Era(base64.b64decode(prev["certificate"]), prev_key, prev["last_seq"]))
     cert_der = base64.b64decode(header["audit_certificate"])
-    eras.append(_Era(cert_der, public_key, None))
+    eras.append(Era(cert_der, public_key, None))
     return _Export(
         header=header,
         cert_der=cert_der,
@@ -231,7 +217,7 @@ def verify_export_bytes(
     if pinned_certificate is not None and pinned_era is None:
         rep.problems.append("the export is signed with a different audit certificate than the one given")
 
-    def era_for(seq: int) -> _Era:
+    def era_for(seq: int) -> Era:
         return next(e for e in ex.eras if e.last_seq is None or seq <= e.last_seq)
 
     def key_for(seq: int) -> ec.EllipticCurvePublicKey:
@@ -333,7 +319,7 @@ def verify_export_bytes(
                 problem = f"checkpoint {anchor['seq']} differs from the anchored one"
         if problem:
             rep.problems.append(problem)
-    rep.problems.extend(_handovers(ex.eras, handovers, pinned_era))
+    rep.problems.extend(handover_problems(ex.eras, handovers, pinned_era))
     if after is not None:
         era = next((e for e in ex.eras if e.sha256 == after.audit_certificate_sha256), ex.eras[-1])
         problem = after.check_signed(era.public_key, era.sha256) or _rollback(
@@ -359,50 +345,6 @@ def verify_export_bytes(
             " cannot be proven offline" + (f" (the service refused to sign one: {warning})" if warning else "")
         )
     return rep
-
-
-def _handovers(eras: list[_Era], records: Mapping[int, Mapping[str, Any]], pinned: int | None) -> list[str]:
-    """Each key rotated out named its successor in an ``audit.key_rotate`` record that its own last
-    checkpoint covers. Checked for every rotation whose record the export shows in full; required
-    from the pinned certificate on (the pin is trusted, the keys after it only through it)."""
-    problems = []
-    for i, (old, new) in enumerate(itertools.pairwise(eras)):
-        assert old.last_seq is not None
-        named = [
-            r
-            for seq, r in records.items()
-            if seq <= old.last_seq and _rotation_names(r, old.sha256, new.sha256)
-        ]
-        if named:
-            continue
-        shown = [seq for seq, r in records.items() if seq <= old.last_seq and _rotation_of(r, old.sha256)]
-        if shown or (pinned is not None and i >= pinned):
-            problems.append(
-                f"the audit key of checkpoints up to {old.last_seq} (SHA-256 {old.sha256[:16]}...) did not hand"
-                f" over to the next one (SHA-256 {new.sha256[:16]}...): no audit.key_rotate record it signed"
-                " names it"
-            )
-    return problems
-
-
-def _rotation_of(record: Mapping[str, Any], old_sha256: str) -> bool:
-    try:
-        details = json.loads(record["details"])
-    except ValueError:
-        return False
-    return isinstance(details, dict) and details.get("old_certificate_sha256") == old_sha256
-
-
-def _rotation_names(record: Mapping[str, Any], old_sha256: str, new_sha256: str) -> bool:
-    try:
-        details = json.loads(record["details"])
-    except ValueError:
-        return False
-    return (
-        isinstance(details, dict)
-        and details.get("old_certificate_sha256") == old_sha256
-        and details.get("new_certificate_sha256") == new_sha256
-    )
 
 
 def _rollback(
