@@ -53,7 +53,7 @@ typecheck: bootstrap
 	$(BIN)/mypy rsign tests
 
 # Two workers (this machine has two cores); a test file stays on one worker (--dist loadfile):
-# files share a service fixture, and only one file uses the PostgreSQL server.
+# files share a service fixture; each PostgreSQL test makes a database of its own.
 unit: bootstrap
 	$(BIN)/pytest -q -n 2 --dist loadfile
 

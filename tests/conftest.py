@@ -118,6 +118,15 @@ class CountingHsm:
     def unseal(self, blob: bytes, aad: bytes) -> bytes:
         return self.inner.unseal(blob, aad)
 
+    def seal_key_id(self) -> bytes:
+        return self.inner.seal_key_id()
+
+    def rotate_seal_key(self) -> tuple[bytes, list[bytes]]:
+        return self.inner.rotate_seal_key()
+
+    def reseal(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
+        return self.inner.reseal(items)
+
     def read_anchor(self) -> bytes | None:
         return self.inner.read_anchor()
 

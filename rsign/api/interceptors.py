@@ -1,15 +1,20 @@
-"""Per-RPC plumbing in one place: request context, bearer authentication, error mapping.
+"""Per-RPC plumbing in one place: request context, bearer authentication, error mapping, and the
+record of each call for the access log and the metrics.
 
 Servicer methods receive an authenticated ``Principal`` (for RPCs that need one) through
 ``current_principal()``, and raise domain errors; this interceptor turns those into statuses.
+Every call it ends is reported to its observers as a ``CallRecord``: method, status, duration,
+request id, principal and client, never anything the caller sent (no PIN, OTP, token or SAD).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -35,8 +40,27 @@ PUBLIC_METHODS = frozenset(
         "/grpc.health.v1.Health/Check",
         "/grpc.health.v1.Health/Watch",
         "/grpc.health.v1.Health/List",
+        # Server reflection, when enabled (``start_server``): the API's schema, public in the
+        # .proto files anyway; unregistered (UNIMPLEMENTED) when it is off.
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     }
 )
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    method: str
+    code: str  # the gRPC status name: OK, PERMISSION_DENIED, ...
+    seconds: float
+    request_id: str
+    principal: str  # the authenticated user id; "" for a public call or one refused before
+    role: str
+    client: str
+    streaming: bool
+
+
+CallObserver = Callable[[CallRecord], None]
 
 
 def current_principal() -> Principal:
@@ -61,10 +85,11 @@ def _request_id(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | N
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
-    def __init__(self, auth: AuthService, admission: Admission) -> None:
+    def __init__(self, auth: AuthService, admission: Admission, observers: Sequence[CallObserver] = ()) -> None:
         self._auth = auth
         self.streams = OpenStreams()  # closed when their call ends; shutdown waits for them
         self._admission = admission
+        self._observers = tuple(observers)
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
         handler = continuation(details)
@@ -98,6 +123,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
         def rpc(ctx: grpc.ServicerContext, streaming: bool) -> Iterator[None]:
             """Admission, request context and principal for the call; domain errors become statuses."""
             rc = None
+            started = time.monotonic()
+            outcome = "OK"
             try:
                 with contextlib.ExitStack() as held:
                     if not public:
@@ -108,11 +135,17 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
                     if not public:
                         held.callback(self._admission.admit_caller(current_principal(), streaming))
                     yield
+            except GeneratorExit:
+                outcome = "CANCELLED"  # a stream closed before its end: the caller went away
+                raise
             except Exception as exc:
+                outcome = "UNKNOWN"  # unless abort() below (or the servicer's) set the status
                 if _is_abort(exc):
                     raise
                 fail(ctx, exc)
             finally:
+                if self._observers:
+                    self._report(ctx, method, streaming, time.monotonic() - started, outcome)
                 _principal.set(None)
                 if rc is not None:
                     rc.__exit__(None, None, None)
@@ -148,6 +181,28 @@ class ServiceInterceptor(grpc.ServerInterceptor):  # type: ignore[misc,type-arg]
         # Health Watch (unary-stream): public, unwrapped. grpcio-health serves it without holding a
         # thread (non-blocking handler), so it needs no stream slot either.
         return handler
+
+
+    def _report(self, ctx: grpc.ServicerContext, method: str, streaming: bool, seconds: float, outcome: str) -> None:
+        # Set by abort() (domain errors included) or by the servicer; grpc-stubs lack code().
+        code = ctx.code()  # type: ignore[attr-defined]
+        rc = context.current()  # the call's (setup entered it first thing)
+        who = _principal.get()
+        record = CallRecord(
+            method=method,
+            code=code.name if code is not None else outcome,
+            seconds=seconds,
+            request_id=rc.request_id,
+            principal=who.user_id if who is not None else "",
+            role=str(who.role) if who is not None else "",
+            client=rc.client,
+            streaming=streaming,
+        )
+        for observe in self._observers:
+            try:
+                observe(record)
+            except Exception:  # an observer never fails a call
+                log.exception("call observer failed")
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -141,6 +141,29 @@ def _load(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
     return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=ca_pem)
 
 
+def _not_after(cert: Path) -> float:
+    """The leaf certificate's expiry (Unix seconds); 0 if the file changed into something unreadable
+    since ``_load`` read it."""
+    try:
+        return x509.load_pem_x509_certificates(cert.read_bytes())[0].not_valid_after_utc.timestamp()
+    except (OSError, ValueError):
+        return 0.0
+
+
+def check_metrics_listen(listen: str, allow_remote: bool) -> str:
+    """The metrics endpoint's address ("PORT" alone: loopback). Metrics name methods, users'
+    activity levels and the HSM's load, and the endpoint has no authentication or TLS: off a
+    loopback address only when the operator says so (a scraper on another host, a firewall)."""
+    if listen.isdigit():
+        listen = f"127.0.0.1:{listen}"
+    if not is_loopback(listen) and not allow_remote:
+        raise ConfigurationError(
+            f"refusing the metrics endpoint on non-loopback {listen}: it has no authentication; listen on"
+            " 127.0.0.1, or pass --metrics-allow-remote (and restrict who reaches it)"
+        )
+    return listen
+
+
 def tls_files(cert: str | Path | None, key: str | Path | None, client_ca: str | Path | None) -> TlsFiles | None:
     """The listener's TLS files from options or settings ("" or None: not given); None: plaintext."""
     if not cert and not key:
@@ -163,6 +186,7 @@ class ReloadableTls:
     def __init__(self, files: TlsFiles) -> None:
         self.files = files
         self._initial = _load(files)  # a mistake fails the start, before anything is served
+        self.not_after = _not_after(files.cert)  # the served certificate's expiry (metrics)
         self._pending: grpc.ServerCertificateConfiguration | None = None
         self._lock = threading.Lock()
 
@@ -182,6 +206,7 @@ class ReloadableTls:
             return False
         with self._lock:
             self._pending = config
+        self.not_after = _not_after(self.files.cert)
         log.warning("TLS certificate files reloaded; new connections use them")
         return True
 

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from rsign.api.capacity import Admission, Capacity, server_options
-from rsign.api.interceptors import ServiceInterceptor
-from rsign.api.listener import ReloadableTls, TlsFiles, check_plaintext, check_port_free
+from rsign.api.interceptors import CallObserver, ServiceInterceptor
+from rsign.api.listener import ReloadableTls, TlsFiles, check_plaintext, check_port_free, is_loopback
+from rsign.api.logs import access_log
+from rsign.api.metrics import Metrics
 from rsign.api.servicers import AdminServicer, AuditServicer, AuthServicer, SigningServicer
 from rsign.api.streams import OpenStreams
 from rsign.audit.checkpoints import Checkpointer
@@ -49,6 +52,7 @@ class RunningServer:
     # Set when stop() begins: streams cut by the shutdown say so in their batch.end.
     stopping: threading.Event = field(default_factory=threading.Event)
     recovery: Recovery | None = None  # the app's reconciler, started with this server
+    metrics: Metrics | None = None  # the Prometheus endpoint, when asked for
 
     @property
     def address(self) -> str:
@@ -71,6 +75,8 @@ class RunningServer:
             self.recovery.stop()  # settles what a failed audit commit left, if the store answers now
         log.info("calls ended; signing the final checkpoint")
         self.checkpointer.stop()  # signs a last checkpoint over everything written
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("stopped")
 
 
@@ -136,13 +142,23 @@ class StoreMonitor:
 
 
 def start_server(
-    app: App, listen: str, tls: TlsFiles | None = None, *, behind_tls_proxy: bool = False
+    app: App,
+    listen: str,
+    tls: TlsFiles | None = None,
+    *,
+    behind_tls_proxy: bool = False,
+    metrics_listen: str | None = None,
+    reflection: bool | None = None,
 ) -> RunningServer:
     """Start serving on ``listen`` ("HOST:PORT"; port 0 picks a free one). Non-blocking.
 
     With ``tls`` the listener speaks TLS (mutual TLS when it names a client CA). Without it only a
     loopback address is served, unless ``behind_tls_proxy`` (logged loudly). A port in use, a
-    plaintext listener refused or a bad certificate file is a ``ConfigurationError``."""
+    plaintext listener refused or a bad certificate file is a ``ConfigurationError``.
+
+    ``metrics_listen``: serve Prometheus metrics there (checked by the caller:
+    ``check_metrics_listen``). ``reflection``: gRPC server reflection; None: on when ``listen`` is a
+    loopback address (developers' tools: grpcurl, Postman), off elsewhere unless asked for."""
     reloadable = ReloadableTls(tls) if tls is not None else None
     if reloadable is None:
         check_plaintext(listen, behind_tls_proxy)
@@ -152,7 +168,11 @@ def start_server(
     app.audit.check_before_serving()
     capacity = Capacity.from_settings(app.settings)  # thread budgets and limits: see rsign.api.capacity
     admission = Admission(capacity)
-    interceptor = ServiceInterceptor(app.auth, admission)
+    metrics = Metrics(app, reloadable) if metrics_listen is not None else None
+    observers: list[CallObserver] = [access_log]
+    if metrics is not None:
+        observers.append(lambda call: metrics.observe_call(call.method, call.code, call.seconds))
+    interceptor = ServiceInterceptor(app.auth, admission, observers)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=capacity.threads, thread_name_prefix="rsign-rpc"),
         interceptors=[interceptor],
@@ -168,6 +188,12 @@ def start_server(
     pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(app), server)
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    if reflection if reflection is not None else is_loopback(listen):
+        # Reflection tells a caller the services and message types: what the .proto files in the
+        # repository say anyway. Off by default off loopback all the same: less to probe.
+        grpc_reflection.enable_server_reflection(
+            (*SERVICES, health.SERVICE_NAME, grpc_reflection.SERVICE_NAME), server
+        )
     try:
         if reloadable is None:
             port = server.add_insecure_port(listen)
@@ -179,10 +205,14 @@ def start_server(
         server.stop(None)
         raise ConfigurationError(f"cannot listen on {listen}: the port is in use or the address is not available")
     try:
+        if metrics is not None and metrics_listen is not None:
+            metrics.serve(metrics_listen)
         # Before listening: what stopped processes left in flight is recorded and released first.
         app.signing.recovery.start()
     except BaseException:
         server.stop(None)
+        if metrics is not None:
+            metrics.close()
         raise
     server.start()
     monitor = StoreMonitor(app, hs)
@@ -202,6 +232,7 @@ def start_server(
         admission=admission,
         stopping=stopping,
         recovery=app.signing.recovery,
+        metrics=metrics,
     )
 
 
@@ -223,12 +254,16 @@ def serve_forever(
     behind_tls_proxy: bool = False,
     on_reload: Callable[[], object] | None = None,
     before_stop: Callable[[float], object] | None = None,
+    metrics_listen: str | None = None,
+    reflection: bool | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight RPCs (``shutdown_grace_seconds``) and
     stop; SIGHUP re-reads the TLS certificate files without dropping the service. ``on_reload``
     and ``before_stop`` (given the grace) let a companion listener (the HTTP face) follow: it
     stops before the final checkpoint so that its last records are under it."""
-    srv = start_server(app, listen, tls, behind_tls_proxy=behind_tls_proxy)
+    srv = start_server(
+        app, listen, tls, behind_tls_proxy=behind_tls_proxy, metrics_listen=metrics_listen, reflection=reflection
+    )
     received: deque[int] = deque()
     wake = threading.Event()
 

@@ -123,7 +123,7 @@ class AnchorKeeper:
         encoded = anchor.encode()
         if encoded == self._signature_ok:
             return True
-        cert = self._verifier.checkpoint_public_key()
+        cert = self._verifier.checkpoint_public_key(anchor.seq)  # the key of its era (rotation)
         ok = cert is not None and ecdsa_ok(
             cert, anchor.signature, chain.checkpoint_message(anchor.seq, anchor.head_hash, anchor.ts)
         )

@@ -79,12 +79,17 @@ class Checkpoints:
                 raise AuditIntegrityError(f"refusing to sign a checkpoint: {rep.problem}")
             ts = iso_utc(self._clock.now())
             # Sign what was verified (one snapshot), not the head read earlier: appends go on meanwhile.
-            sig = self._keys.sign(chain.checkpoint_message(rep.head_seq, rep.head_hash, ts))
+            key = self._keys.signing_key
+            sig = self._keys.sign(chain.checkpoint_message(rep.head_seq, rep.head_hash, ts), key)
             cp = CheckpointView(rep.head_seq, rep.head_hash, ts, sig)
             with self._store.tx() as t:
-                added = t.add_checkpoint(cp)
+                # Still the current key (row-locked against a rotation): a checkpoint signed by a
+                # key rotated out meanwhile would fall in its successor's era and fail to verify.
+                current = t.audit_key("checkpoint", lock=True)
+                added = current is not None and current.cka_id == key.cka_id and t.add_checkpoint(cp)
             if not added:
-                return None  # another replica signed one at or beyond it: that one is anchored
+                self._keys.reload()
+                return None  # another replica signed one at or beyond it (that one is anchored), or a rotation
             # Anchored only once committed: the anchor never names a checkpoint the database lacks.
             self._anchor.move_to(cp)
             return cp
@@ -98,12 +103,13 @@ class Checkpoints:
             at = t.audit_hash_and_mac(cp.seq) if cp is not None else None
         if cp is None:
             raise FailedPrecondition("no checkpoint has been signed yet: the log is empty")
-        cert = self._verifier.checkpoint_public_key()
+        cert = self._verifier.checkpoint_public_key(cp.seq)
         if not ecdsa_ok(cert, cp.signature, chain.checkpoint_message(cp.seq, cp.head_hash, cp.ts)):
             raise AuditIntegrityError(f"checkpoint {cp.seq}: signature invalid (run `rsign audit verify`)")
         if at is None or at[0] != cp.head_hash:
             raise AuditIntegrityError(f"checkpoint {cp.seq} does not match the log (run `rsign audit verify`)")
-        cert_sha256 = hashlib.sha256(self._keys.certificates[0]).hexdigest()
+        # The certificate of the key that signed it (the previous one, just after a rotation).
+        cert_sha256 = hashlib.sha256(self._keys.signing_key_for(cp.seq).certificate).hexdigest()
         return checkpoint_file(cp.seq, cp.head_hash, cp.ts, cp.signature, cert_sha256)
 
     def watch(self) -> str:
@@ -140,7 +146,7 @@ class Checkpoints:
             at = t.audit_hash_and_mac(last.seq) if last is not None else None
         if last is None or at is None or at[0] != last.head_hash or (anchor is not None and last.seq <= anchor.seq):
             return
-        cert = self._verifier.checkpoint_public_key()
+        cert = self._verifier.checkpoint_public_key(last.seq)
         if cert is not None and ecdsa_ok(
             cert, last.signature, chain.checkpoint_message(last.seq, last.head_hash, last.ts)
         ):

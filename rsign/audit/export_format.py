@@ -21,6 +21,12 @@ from rsign.audit import chain
 
 FORMAT = "rsign-audit-export/2"
 FORMAT_1 = "rsign-audit-export/1"  # without the anchor: still read
+# Format 2 plus the audit checkpoint keys rotated out ("previous_audit_certificates"): written
+# once the checkpoint key was rotated, so that exports of a log never rotated stay format 2.
+FORMAT_3 = "rsign-audit-export/3"
+# The record an audit key rotation writes (rsign.domain.events.Action.AUDIT_KEY_ROTATE; copied so
+# that this module stays standalone, tests/unit/test_offline.py keeps them equal).
+KEY_ROTATE = "audit.key_rotate"
 CHECKPOINT_FORMAT = "rsign-audit-checkpoint/1"
 # rsign.domain.events.EventFilter's fields, as the header's "filter" carries them (non-empty ones, in
 # this order); copied so that this module stays standalone, tests/unit/test_offline.py keeps them equal.
@@ -202,10 +208,15 @@ def _header_fields(fmt: str) -> list[tuple[str, Check]]:
     ]
     if fmt != FORMAT_1:
         fields.insert(7, ("anchor", _nullable(_ANCHOR)))
+    if fmt == FORMAT_3:
+        fields.insert(fields.index(("warning", _text)), ("previous_audit_certificates", _list_of(_PREVIOUS)))
     return fields
 
 
-_HEADERS = {fmt: _object(_header_fields(fmt)) for fmt in (FORMAT_1, FORMAT)}
+# A checkpoint key rotated out: its certificate and the last checkpoint it signed (it signed the
+# checkpoints after the previous entry's, the current key those after the last entry's).
+_PREVIOUS = _object((("certificate", _base64), ("issuer_certificates", _list_of(_base64)), ("last_seq", _SEQ)))
+_HEADERS = {fmt: _object(_header_fields(fmt)) for fmt in (FORMAT_1, FORMAT, FORMAT_3)}
 
 
 def _header(v: Any) -> Any:

@@ -48,7 +48,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,7 @@ from rsign.audit.keys import AuditKeys
 from rsign.domain.clock import Clock, iso_utc
 from rsign.domain.errors import AuditHalted, AuditIntegrityError
 from rsign.domain.events import AuditEvent
+from rsign.domain.records import AuditKeyView
 from rsign.store import Store, Tx, WriteTx
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ GROUP_MAX_WAIT = 0.005  # seconds
 
 # The line ``rsign serve`` prints on stderr at shutdown, followed by ``AppendStats.summary()`` as JSON.
 APPEND_STATS_PREFIX = "audit head: "
+
+CommitListener = Callable[[Sequence[AuditEvent], int, float], None]
 
 HALTED = (
     "operations are suspended: the audit log failed its rollback check and an operator must resolve it"
@@ -146,6 +149,13 @@ class AppendStats:
         }
 
 
+@dataclass(frozen=True)
+class _Appended:
+    seq: int  # the new head
+    head_hash: str
+    locked_at: float  # perf_counter() when the head was locked
+
+
 @dataclass
 class _Member:
     events: list[AuditEvent] = field(default_factory=list)
@@ -175,6 +185,7 @@ class AuditedStore:
         self._high_water = 0  # the highest sequence number this process saw committed
         self._halted = ""  # why appends are refused; "" while they are not
         self._listeners: list[Callable[[bool], None]] = []
+        self._commit_listeners: list[CommitListener] = []
         # Group commit (module docstring): the connection, the open group, who waits for it.
         self._mutex = threading.Lock()
         self._gc = threading.Condition()
@@ -182,9 +193,9 @@ class AuditedStore:
         self._queued = 0
         self._stats = AppendStats()
         # Appends run one at a time in this process (under the connection, ``_mutex``):
-        self._locked_at = 0.0  # when the current append locked the head
-        self._appended: tuple[int, str] | None = None  # the head the current append leaves
-        self._own_head: tuple[int, str] | None = None  # the head this process's last commit left
+        # The head this process's last group commit left (groups commit one at a time, under
+        # ``_mutex``): the next group need not read back its MAC (module docstring).
+        self._own_head: tuple[int, str] | None = None
         with store.tx() as t:
             t.init_head(chain.GENESIS)
 
@@ -256,14 +267,18 @@ class AuditedStore:
                     self._mutex.acquire()
                 finally:
                     self._gc.acquire()
+        started = time.monotonic()
+        events: list[AuditEvent] = []
         try:
             events = [ev for m in group.members for ev in m.events]
-            self._locked_at, self._appended = 0.0, None
-            last = self.append(group.write.tx, tuple(events)) if events else 0
+            own_head, self._own_head = self._own_head, None
+            done = self._append(group.write.tx, tuple(events), None, own_head) if events else None
             group.write.commit()
-            self._own_head = self._appended
-            if self._locked_at:
-                held = time.perf_counter() - self._locked_at
+            last = 0
+            if done is not None:
+                self._own_head = (done.seq, done.head_hash)
+                last = done.seq
+                held = time.perf_counter() - done.locked_at
                 with self._guard:
                     self._stats.add(len(group.members), len(events), held)
             seq = last - len(events)
@@ -281,6 +296,18 @@ class AuditedStore:
                 group.done.set()
                 self._gc.notify_all()
             self._mutex.release()
+        if group.error is None and events:
+            took = time.monotonic() - started
+            for fn in self._commit_listeners:
+                fn(events, len(group.members), took)
+
+    def on_commit(self, listener: CommitListener) -> Callable[[], None]:
+        """``listener(records, callers, seconds)`` after every committed group: the records just
+        made durable, how many callers shared the commit, and how long the append (chain, MAC) and
+        the commit took. Called by the group's leader after its callers were released; for
+        metrics, so it must be quick and must not raise. Returns the call that removes it."""
+        self._commit_listeners.append(listener)
+        return lambda: self._commit_listeners.remove(listener)
 
     # -- halting -----------------------------------------------------------------------------
 
@@ -337,12 +364,24 @@ class AuditedStore:
     def healthy(self) -> bool:
         return self.store.healthy
 
-    def append(self, t: Tx, events: tuple[AuditEvent, ...]) -> int:
+    def append(self, t: Tx, events: tuple[AuditEvent, ...], next_mac: AuditKeyView | None = None) -> int:
+        """Chain ``events`` onto the locked head and MAC the new last record (with ``next_mac``
+        instead of the current key: a MAC key rotation). Returns the new head's sequence number."""
+        return self._append(t, events, next_mac, None).seq
+
+    def _append(
+        self,
+        t: Tx,
+        events: tuple[AuditEvent, ...],
+        next_mac: AuditKeyView | None,
+        own_head: tuple[int, str] | None,
+    ) -> _Appended:
+        """``append``; ``own_head``: the head this process's previous commit left, whose MAC need
+        not be read back if the head is still that one."""
         if self._halted:
             raise AuditHalted(HALTED)
-        own_head, self._own_head = self._own_head, None
         old_seq, old_hash = t.lock_head()
-        self._locked_at = time.perf_counter()
+        locked_at = time.perf_counter()
         high = self._high_water
         if old_seq < high:
             self.halt(
@@ -350,7 +389,7 @@ class AuditedStore:
             )
             raise AuditHalted(HALTED)
         if not events:
-            return old_seq
+            return _Appended(old_seq, old_hash, locked_at)
         ts = iso_utc(self._clock.now())
         rows: list[dict[str, Any]] = []
         seq, prev = old_seq, old_hash
@@ -377,16 +416,37 @@ class AuditedStore:
             rows.append(fields)
         if old_seq > 0 and (old_seq, old_hash) != own_head:
             stored = t.audit_hash_and_mac(old_seq)
-            want, mac = self.keys.macs([chain.mac_message(old_seq, old_hash), chain.mac_message(seq, prev)])
+            key = self.keys.mac_key
+            want, mac = self.keys.macs([chain.mac_message(old_seq, old_hash), chain.mac_message(seq, prev)], key)
+            if stored is not None and stored[0] == old_hash and not hmac.compare_digest(stored[1], want):
+                # Another process may have rotated the MAC key since this one read it: the head
+                # row is locked, so the key record read now is the one that MAC'd the last record.
+                current = t.audit_key("mac")
+                if current is not None and current.cka_id != key.cka_id:
+                    self.keys.mac_key = key = current
+                    want, mac = self.keys.macs([chain.mac_message(old_seq, old_hash), chain.mac_message(seq, prev)])
             if stored is None or stored[0] != old_hash or not hmac.compare_digest(stored[1], want):
                 raise AuditIntegrityError(
                     f"audit record {old_seq}, the last one written, does not carry rsign's MAC: the log was"
                     " altered outside rsign; refusing to append (run 'rsign audit verify')"
                 )
+            if next_mac is not None:
+                (mac,) = self.keys.macs([chain.mac_message(seq, prev)], next_mac)
         else:
-            (mac,) = self.keys.macs([chain.mac_message(seq, prev)])
+            (mac,) = self.keys.macs([chain.mac_message(seq, prev)], next_mac)
         rows[-1]["mac"] = mac
         t.insert_audit_rows(rows)
         t.move_head(seq, prev)
-        self._appended = (seq, prev)
+        return _Appended(seq, prev, locked_at)
+
+    def rotate_mac_key(self, new_key: AuditKeyView, event: AuditEvent, now: float) -> int:
+        """Append ``event`` (the rotation's record) as the first record MAC'd with ``new_key``, and
+        make it the MAC key, in one transaction on the locked head: the previous record is checked
+        with the old key, which is kept as an era covering every record up to it. Returns the
+        record's sequence number."""
+        with self.store.tx() as t:
+            seq = self.append(t, (event,), next_mac=new_key)
+            t.rotate_audit_key("mac", seq - 1, new_key.cka_id, b"", (), now)
+        self.saw_head(seq)
+        self.keys.reload()
         return seq

@@ -1,6 +1,7 @@
 """Offline verification of an audit export: needs the file and nothing else (no database, no HSM,
 no network). Imports only the pure chain functions, the pure line format
-(``rsign.audit.export_format``: schemas, field checks, the one encoding) and ``cryptography``.
+(``rsign.audit.export_format``: schemas, field checks, the one encoding), the pure key eras
+(``rsign.audit.eras``: which audit key signed which checkpoints, the hand-overs) and ``cryptography``.
 
 Export format (JSON Lines, UTF-8, every line ending in a newline), in this order:
 
@@ -12,6 +13,15 @@ Export format (JSON Lines, UTF-8, every line ending in a newline), in this order
     {"type": "record", <content fields>, "prev_hash": P, "hash": H}                               ...
     {"type": "link", "seq": S, "content_hash": C, "hash": H}      (a record outside the export's filter)
     {"type": "signature", "sha256": <hex of every byte above>, "signature": <base64 DER ECDSA>}
+
+Format 3 is format 2 once the audit checkpoint key was rotated: the header also carries, before
+"warning", ``"previous_audit_certificates": [{"certificate": <base64 DER>, "issuer_certificates":
+[...], "last_seq": N}, ...]``, oldest first: each signed the checkpoints up to its ``last_seq`` (after
+the previous one's), the current ``audit_certificate`` those after, and the export itself. The
+header is covered by the closing signature, so the current key vouches for the list; the old key
+vouched for its successor itself, in the ``audit.key_rotate`` record naming the new certificate,
+which its own last checkpoint covers (checked when present in full, and required when the pinned
+``--audit-cert`` is an earlier one).
 
 ``anchor`` (format 2) is the checkpoint the HSM held as the log's anchor when the file was written
 (``rsign.domain.anchor``; ``epoch`` counts accepted rollbacks): the export must contain that
@@ -53,8 +63,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 
 from rsign.audit import chain
+from rsign.audit.eras import Era, handover_problems
 from rsign.audit.export_format import (
     CHECKPOINT_FORMAT,
+    KEY_ROTATE,
     Malformed,
     encode_line,
     export_signature_message,
@@ -90,8 +102,10 @@ class ExportReport:
     checkpoints: int = 0
     head_seq: int = 0
     certificate_sha256: str = ""
+    previous_certificates_sha256: list[str] = field(default_factory=list)  # keys rotated out (format 3)
     anchor: dict[str, Any] | None = None  # the header's HSM anchor (format 2), when it has one
     last_checkpoint: dict[str, Any] | None = None  # the export's highest checkpoint entry
+    last_checkpoint_certificate_sha256: str = ""  # the certificate of the key that signed it
 
     @property
     def ok(self) -> bool:
@@ -118,10 +132,21 @@ class _Export:
     header: dict[str, Any]
     cert_der: bytes
     public_key: ec.EllipticCurvePublicKey
+    eras: list[Era]  # oldest first, the current key last
     checkpoints: list[dict[str, Any]]
     chain: list[dict[str, Any]]  # records and links, in file order
     closing: dict[str, Any]
     body: bytes  # every byte the closing signature covers
+
+
+def _p256(cert: x509.Certificate, what: str) -> ec.EllipticCurvePublicKey:
+    try:
+        public_key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        public_key = None
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
+        raise Malformed(f"line 1 (header): the {what} does not hold an ECDSA P-256 key")
+    return public_key
 
 
 def _read(raw: bytes) -> _Export:
@@ -130,16 +155,23 @@ def _read(raw: bytes) -> _Export:
     cert = _certificate(header["audit_certificate"], "audit certificate")
     for n, issuer in enumerate(header["issuer_certificates"]):
         _certificate(issuer, f"issuer certificate {n}")
-    try:
-        public_key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        public_key = None
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
-        raise Malformed("line 1 (header): the audit certificate does not hold an ECDSA P-256 key")
+    public_key = _p256(cert, "audit certificate")
+    eras: list[Era] = []
+    for n, prev in enumerate(header.get("previous_audit_certificates", ())):
+        what = f"previous audit certificate {n}"
+        prev_key = _p256(_certificate(prev["certificate"], what), what)
+        for m, issuer in enumerate(prev["issuer_certificates"]):
+            _certificate(issuer, f"issuer certificate {m} of {what}")
+        if eras and prev["last_seq"] <= (eras[-1].last_seq or 0):
+            raise Malformed(f"line 1 (header): {what} ends at checkpoint {prev['last_seq']}, not after the one before")
+        eras.append(Era(base64.b64decode(prev["certificate"]), prev_key, prev["last_seq"]))
+    cert_der = base64.b64decode(header["audit_certificate"])
+    eras.append(Era(cert_der, public_key, None))
     return _Export(
         header=header,
-        cert_der=base64.b64decode(header["audit_certificate"]),
+        cert_der=cert_der,
         public_key=public_key,
+        eras=eras,
         checkpoints=[e for e in entries if e["type"] == "checkpoint"],
         chain=[e for e in entries if e["type"] in ("record", "link")],
         closing=entries[-1],
@@ -180,8 +212,16 @@ def verify_export_bytes(
         rep.problems.append(exc.what)
         return rep
     rep.certificate_sha256 = hashlib.sha256(ex.cert_der).hexdigest()
-    if pinned_certificate is not None and pinned_certificate != ex.cert_der:
+    rep.previous_certificates_sha256 = [e.sha256 for e in ex.eras[:-1]]
+    pinned_era = next((i for i, e in enumerate(ex.eras) if e.cert_der == pinned_certificate), None)
+    if pinned_certificate is not None and pinned_era is None:
         rep.problems.append("the export is signed with a different audit certificate than the one given")
+
+    def era_for(seq: int) -> Era:
+        return next(e for e in ex.eras if e.last_seq is None or seq <= e.last_seq)
+
+    def key_for(seq: int) -> ec.EllipticCurvePublicKey:
+        return era_for(seq).public_key
 
     # 1. The file as a whole: signed by the audit key at export time.
     digest = hashlib.sha256(ex.body).hexdigest()
@@ -197,11 +237,13 @@ def verify_export_bytes(
     # 2. Checkpoints: each signed by the audit key, in increasing order.
     rep.checkpoints = len(ex.checkpoints)
     rep.last_checkpoint = ex.checkpoints[-1] if ex.checkpoints else None
+    if rep.last_checkpoint is not None:
+        rep.last_checkpoint_certificate_sha256 = era_for(rep.last_checkpoint["seq"]).sha256
     cp_at: dict[int, str] = {}
     prev_cp: dict[str, Any] | None = None
     for cp in ex.checkpoints:
         seq, head, ts = cp["seq"], cp["head_hash"], cp["ts"]
-        if not _verify_ecdsa(ex.public_key, base64.b64decode(cp["signature"]), chain.checkpoint_message(seq, head, ts)):
+        if not _verify_ecdsa(key_for(seq), base64.b64decode(cp["signature"]), chain.checkpoint_message(seq, head, ts)):
             rep.problems.append(f"checkpoint {seq}: signature invalid")
         if prev_cp is not None and (seq <= prev_cp["seq"] or ts < prev_cp["ts"]):
             rep.problems.append(f"checkpoint {seq}: out of order after checkpoint {prev_cp['seq']} (rollback or fork)")
@@ -209,7 +251,7 @@ def verify_export_bytes(
         prev_cp = cp
     anchor = rep.anchor = ex.header.get("anchor")
     anchor_signed = anchor is not None and _verify_ecdsa(
-        ex.public_key,
+        key_for(anchor["seq"]),
         base64.b64decode(anchor["signature"]),
         chain.checkpoint_message(anchor["seq"], anchor["head_hash"], anchor["ts"]),
     )
@@ -219,6 +261,7 @@ def verify_export_bytes(
     # 3. The chain, from the first record, through records and links.
     wanted = {a["seq"] for a in (anchor,) if a is not None} | ({after.seq} if after is not None else set())
     hash_at: dict[int, str] = {}
+    handovers: dict[int, dict[str, Any]] = {}  # audit.key_rotate records shown in full, by seq
     prev_seq, prev_hash = 0, chain.GENESIS
     chain_problem = ""
     for o in ex.chain:
@@ -232,6 +275,8 @@ def verify_export_bytes(
             break
         if o["type"] == "record":
             rep.records += 1
+            if o["action"] == KEY_ROTATE:
+                handovers[seq] = o
             if o["prev_hash"] != prev_hash:
                 chain_problem = f"record {seq} does not link to record {seq - 1}"
                 break
@@ -274,8 +319,10 @@ def verify_export_bytes(
                 problem = f"checkpoint {anchor['seq']} differs from the anchored one"
         if problem:
             rep.problems.append(problem)
+    rep.problems.extend(handover_problems(ex.eras, handovers, pinned_era))
     if after is not None:
-        problem = after.check_signed(ex.public_key, rep.certificate_sha256) or _rollback(
+        era = next((e for e in ex.eras if e.sha256 == after.audit_certificate_sha256), ex.eras[-1])
+        problem = after.check_signed(era.public_key, era.sha256) or _rollback(
             after.as_entry(), prev_seq, hash_at, "the checkpoint you kept", "the checkpoint you kept", or_older=True
         )
         if problem:

@@ -14,7 +14,7 @@ from typing import Any
 from rsign.audit import chain
 from rsign.audit.anchoring import AnchorKeeper
 from rsign.audit.checkpoints import Checkpoints
-from rsign.audit.export_format import FORMAT, export_signature_message
+from rsign.audit.export_format import FORMAT, FORMAT_3, export_signature_message
 from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
 from rsign.audit.verification import ROW_COLUMNS
@@ -130,13 +130,17 @@ class AuditQueries:
             digest.update(line)
             return line
 
+        self._keys.reload()
+        # One key for the header and the closing signature, whatever a rotation does meanwhile.
+        key, eras = self._keys.signing_key, self._keys.signing_eras
+        fmt = FORMAT_3 if eras else FORMAT
         with self._store.read() as t:
             head_seq, head_hash = t.audit_head() or (0, chain.GENESIS)
-            certs = self._keys.certificates
+            certs = [key.certificate, *key.chain]
             yield emit(
                 {
                     "type": "header",
-                    "format": FORMAT,
+                    "format": fmt,
                     "exported_at": iso_utc(self._clock.now()),
                     "exported_by": "local operator" if who.local else who.user_id,
                     "scope": Scope.PROVINCE if audit_scope(who) == Scope.PROVINCE else who.agency,
@@ -153,6 +157,20 @@ class AuditQueries:
                     },
                     "audit_certificate": base64.b64encode(certs[0]).decode("ascii"),
                     "issuer_certificates": [base64.b64encode(c).decode("ascii") for c in certs[1:]],
+                    **(
+                        {
+                            "previous_audit_certificates": [
+                                {
+                                    "certificate": base64.b64encode(e.key.certificate).decode("ascii"),
+                                    "issuer_certificates": [base64.b64encode(c).decode("ascii") for c in e.key.chain],
+                                    "last_seq": e.last_seq,
+                                }
+                                for e in eras
+                            ]
+                        }
+                        if eras
+                        else {}
+                    ),
                     "warning": warning,
                 }
             )
@@ -167,7 +185,9 @@ class AuditQueries:
                     }
                 )
             for r in t.audit_rows(ROW_COLUMNS, 0, head_seq):
-                if matches(flt, r):
+                # Key rotations always in full: each names the next audit certificate, which is
+                # how a verifier pinning an older one comes to trust the current one.
+                if matches(flt, r) or r["action"] == Action.AUDIT_KEY_ROTATE:
                     yield emit(
                         {
                             "type": "record",
@@ -181,7 +201,7 @@ class AuditQueries:
                         {"type": "link", "seq": r["seq"], "content_hash": chain.content_hash(r), "hash": r["hash"]}
                     )
         hexd = digest.hexdigest()
-        sig = self._keys.sign(export_signature_message(hexd, FORMAT))
+        sig = self._keys.sign(export_signature_message(hexd, fmt), key)
         yield (
             json.dumps({"type": "signature", "sha256": hexd, "signature": base64.b64encode(sig).decode("ascii")}) + "\n"
         ).encode("utf-8")

@@ -5,7 +5,7 @@ checkpoints and truncation. (Whether the database is behind the HSM anchor is
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ from rsign.audit import chain
 from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
 from rsign.domain.anchor import Anchor
+from rsign.domain.records import AuditKeyView
 
 _MAC_BATCH = 2000
 
@@ -61,14 +62,23 @@ class LogVerifier:
         problems: list[tuple[int, str]] = []
         if not rep.ok:
             problems.append((rep.bad_seq or 0, rep.problem))
-        # Keyed integrity: recompute the MACs in the HSM, in batches.
+        # Keyed integrity: recompute the MACs in the HSM, in batches, each under the key that
+        # covered it (a rotated-out key covers the records up to its era's end).
+        self._keys.reload()
         for i in range(0, len(macs), _MAC_BATCH):
             part = macs[i : i + _MAC_BATCH]
-            want = self._keys.macs([chain.mac_message(seq, h) for seq, h, _ in part])
-            for (seq, _, got), w in zip(part, want, strict=True):
-                if not hmac.compare_digest(got, w):
-                    problems.append((seq, f"record {seq} fails its MAC (forged, or the chain was recomputed)"))
+            failed = False
+            for key, group in _by_key(part, self._keys.mac_key_for):
+                want = self._keys.macs([chain.mac_message(seq, h) for seq, h, _ in group], key)
+                for (seq, _, got), w in zip(group, want, strict=True):
+                    if not hmac.compare_digest(got, w):
+                        problems.append((seq, f"record {seq} fails its MAC (forged, or the chain was recomputed)"))
+                        failed = True
+                        break
+                if failed:
                     break
+            if failed:
+                break
         truncated = any(cp.seq > rep.head_seq for cp in cps)  # reported below, more precisely
         if rep.ok and not truncated and rep.head_seq > after and (not macs or macs[-1][0] != rep.head_seq):
             problems.append(
@@ -82,8 +92,13 @@ class LogVerifier:
             problems.append((rep.head_seq, f"the records end at {rep.head_seq}, the log head says {head[0]}"))
         # Checkpoints: signed, consistent with the records, and none beyond the last record.
         # (Read only when there are some: with a real HSM the key may have no certificate yet.)
-        cert = self.checkpoint_public_key() if cps else None
+        self._keys.reload()  # another process may have imported a certificate, or rotated a key
+        public_keys: dict[bytes, Any] = {}
         for cp in cps:
+            key = self._keys.signing_key_for(cp.seq)
+            if key.cka_id not in public_keys:
+                public_keys[key.cka_id] = _public_key(key)
+            cert = public_keys[key.cka_id]
             if cert is None:
                 problems.append(
                     (cp.seq, f"checkpoint {cp.seq}: the audit checkpoint key has no certificate to check it")
@@ -119,15 +134,36 @@ class LogVerifier:
             rep.head_hash,
         )
 
-    def checkpoint_public_key(self) -> Any:
-        """The audit checkpoint key's public key, from its certificate re-read from the database
-        (another process may have imported it); None while it has none."""
-        from cryptography import x509
-
+    def checkpoint_public_key(self, seq: int | None = None) -> Any:
+        """The public key of the audit checkpoint key that signed checkpoint ``seq`` (None: the
+        current key), from its certificate re-read from the database (another process may have
+        imported it, or rotated the key); None while it has none."""
         self._keys.reload()
-        cert = self._keys.signing_key.certificate
-        # Checkpoints are only signed once the key is certified: none here means the record was altered.
-        return x509.load_der_x509_certificate(cert).public_key() if cert else None
+        return _public_key(self._keys.signing_key if seq is None else self._keys.signing_key_for(seq))
+
+
+def _public_key(key: AuditKeyView) -> Any:
+    from cryptography import x509
+
+    # Checkpoints are only signed once the key is certified: none here means the record was altered.
+    return x509.load_der_x509_certificate(key.certificate).public_key() if key.certificate else None
+
+
+def _by_key(
+    items: list[tuple[int, str, str]], key_for: Callable[[int], AuditKeyView]
+) -> Iterator[tuple[AuditKeyView, list[tuple[int, str, str]]]]:
+    """Consecutive runs of ``(seq, hash, mac)`` that one key covered (eras are ranges of seq)."""
+    run: list[tuple[int, str, str]] = []
+    key: AuditKeyView | None = None
+    for item in items:
+        k = key_for(item[0])
+        if key is not None and k.cka_id != key.cka_id:
+            yield key, run
+            run = []
+        key = k
+        run.append(item)
+    if key is not None:
+        yield key, run
 
 
 def ecdsa_ok(public_key: Any, signature: bytes, message: bytes) -> bool:

@@ -58,10 +58,17 @@ def local_app(state_dir: Path, *, pool: bool = False) -> Iterator[App]:
     settings = load_settings(state_dir, embedded=EMBEDDED)
     app = build_app(settings, pool=pool)
     try:
-        with context.request(client="cli", actor=f"cli:{_os_user()}"):
+        with local_context():
             yield app
     finally:
         app.close()
+
+
+@contextmanager
+def local_context() -> Iterator[None]:
+    """Who acts, for the audit records of a command run on the state directory."""
+    with context.request(client="cli", actor=f"cli:{_os_user()}"):
+        yield
 
 
 def _os_user() -> str:

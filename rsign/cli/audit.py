@@ -209,6 +209,8 @@ def audit_verify_export(file: Path, audit_cert: Path | None, after_file: Path | 
         f"{rep.records} records, {rep.links} links (other scopes), {rep.checkpoints} checkpoints, head {rep.head_seq};"
         f" audit certificate SHA-256 {rep.certificate_sha256}"
     )
+    for n, sha in enumerate(rep.previous_certificates_sha256):
+        click.echo(f"earlier audit certificate {n + 1} (rotated out) SHA-256 {sha}")
     if rep.anchor is not None:
         click.echo(f"HSM anchor at record {rep.anchor['seq']} (epoch {rep.anchor['epoch']})")
     if rep.ok:
@@ -239,7 +241,8 @@ def audit_extract_checkpoint(file: Path, out: Path, audit_cert: Path | None) -> 
             click.echo(f"FAILED: {p}", err=True)
         sys.exit(1)
     sig = base64.b64decode(cp["signature"])
-    out.write_bytes(checkpoint_file(cp["seq"], cp["head_hash"], cp["ts"], sig, rep.certificate_sha256))
+    cert_sha256 = rep.last_checkpoint_certificate_sha256  # its key's (an earlier one just after a rotation)
+    out.write_bytes(checkpoint_file(cp["seq"], cp["head_hash"], cp["ts"], sig, cert_sha256))
     click.echo(f"wrote {out}: checkpoint at record {cp['seq']} ({cp['ts']})")
 
 

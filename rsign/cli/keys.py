@@ -170,3 +170,13 @@ def keys_expiring(days: int, agency: str, state_dir: Path) -> None:
     for c in found:
         print_cred(c)
     click.echo(f"{len(found)} certificate(s) expire within {days} days")
+
+
+def _attach_rotate_internal() -> None:
+    # rsign's own keys rotate under `rsign keys` too (rsign.cli.rotate_internal), next to the officials'.
+    from rsign.cli.rotate_internal import rotate_internal
+
+    keys.add_command(rotate_internal)
+
+
+_attach_rotate_internal()

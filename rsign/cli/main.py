@@ -26,6 +26,7 @@ SERVER_COMMANDS = {
     "users": "rsign.cli.users:users",
     "keys": "rsign.cli.keys:keys",
     "audit": "rsign.cli.audit:audit",
+    "db": "rsign.cli.db:db",
     "demo": "rsign.cli.dev:demo",
     "provision": "rsign.cli.provision:provision",
     "bench": "rsign.cli.dev:bench",

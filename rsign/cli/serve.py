@@ -59,6 +59,29 @@ _PEM = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="Allow plaintext on a non-loopback address because a TLS-terminating proxy fronts rsign (logged "
     "as a warning at every start).",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1) [default: off].",
+)
+@click.option(
+    "--metrics-allow-remote",
+    is_flag=True,
+    help="Allow --metrics-listen on a non-loopback address (the endpoint has no authentication).",
+)
+@click.option(
+    "--reflection/--no-reflection",
+    default=None,
+    help="gRPC server reflection (grpcurl, Postman) [default: on when listening on loopback].",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines on stderr, one access line per RPC; json: one JSON object per line.",
+)
 @friendly_errors
 def serve(
     state_dir: Path,
@@ -69,15 +92,21 @@ def serve(
     http_listen: str | None,
     http_public_url: str | None,
     insecure_behind_tls_proxy: bool,
+    metrics_listen: str | None,
+    metrics_allow_remote: bool,
+    reflection: bool | None,
+    log_format: str,
 ) -> None:
     """Run the gRPC service (also serves grpc.health.v1.Health).
 
     Without a TLS certificate it listens in plaintext, on a loopback address only. SIGHUP re-reads
     the certificate files; SIGTERM stops within service.shutdown_grace_seconds plus a few seconds.
     """
-    from rsign.api.listener import check_plaintext, check_port_free, check_tls, tls_files
+    from rsign.api import logs
+    from rsign.api.listener import check_metrics_listen, check_plaintext, check_port_free, check_tls, tls_files
     from rsign.api.server import serve_forever
 
+    logs.configure(log_format)
     settings = load_settings(state_dir, embedded=EMBEDDED)
     addr = listen if listen is not None else settings.listen
     tls = tls_files(tls_cert or settings.tls_cert, tls_key or settings.tls_key, tls_client_ca or settings.tls_client_ca)
@@ -91,6 +120,9 @@ def serve(
         if tls is None and not insecure_behind_tls_proxy:
             check_plaintext(http_listen, behind_tls_proxy=False)
         check_port_free(http_listen)
+    if metrics_listen is not None:
+        metrics_listen = check_metrics_listen(metrics_listen, metrics_allow_remote)
+        check_port_free(metrics_listen)
     mode = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
     app = build_app(settings, pool=True)
     http = None
@@ -118,6 +150,8 @@ def serve(
             on_reload=http.reload if http is not None else None,
             # HTTP calls are short (no streams): a small share of the grace, the rest is gRPC's.
             before_stop=(lambda g: http.stop(min(g, 2.0))) if http is not None else None,
+            metrics_listen=metrics_listen,
+            reflection=reflection,
         )
         # How busy the audit head was (the one point every replica's appends pass through): an
         # operator sizing a cluster, and the benchmark, read it here.

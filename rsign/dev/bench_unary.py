@@ -312,18 +312,17 @@ def paced(
 def fresh_database(admin_dsn: str) -> Iterator[str]:
     """A new PostgreSQL database for one run (dropped after); yields its SQLAlchemy URL."""
     try:
-        import psycopg2
+        import psycopg
     except ImportError as exc:
-        raise RuntimeError("the PostgreSQL benchmark needs psycopg2: pip install 'rsign[postgres]'") from exc
+        raise RuntimeError("the PostgreSQL benchmark needs psycopg 3: pip install 'rsign[postgres]'") from exc
     name = f"rsign_bench_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(admin_dsn)
-    admin.autocommit = True
+    admin = psycopg.connect(admin_dsn, autocommit=True)
     try:
-        admin.cursor().execute(f"CREATE DATABASE {name}")
+        admin.execute(f"CREATE DATABASE {name}")
         params = dict(p.split("=", 1) for p in admin_dsn.split())
-        yield f"postgresql+psycopg2://{params['user']}@{params['host']}:{params['port']}/{name}"
+        yield f"postgresql+psycopg://{params['user']}@{params['host']}:{params['port']}/{name}"
     finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
 
 

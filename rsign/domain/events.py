@@ -46,6 +46,14 @@ class Action(enum.StrEnum):
     AUDIT_QUERY = "audit.query"
     # An operator accepted a rolled-back log: the HSM anchor was moved to the database's head.
     AUDIT_ANCHOR_RESET = "audit.anchor_reset"
+    # rsign's own keys rotated (rsign keys rotate-internal): the audit MAC or checkpoint key (details:
+    # purpose, old and new CKA_ID, certificates' SHA-256), the TOTP sealing key, and each batch of
+    # seeds re-sealed under the new sealing key.
+    AUDIT_KEY_ROTATE = "audit.key_rotate"
+    SEAL_KEY_ROTATE = "auth.seal_key_rotate"
+    TOTP_RESEAL = "auth.totp_reseal"
+    # The database schema was migrated (`rsign db upgrade`): from which revision to which.
+    DB_UPGRADE = "db.upgrade"
     # A malformed request from an authenticated caller (over a limit, unknown enum value, out of
     # range, unparsable), refused before anything else ran.
     REQUEST_REFUSE = "request.refuse"

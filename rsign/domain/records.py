@@ -149,6 +149,15 @@ class AuditKeyView:
 
 
 @dataclass(frozen=True)
+class AuditKeyEra:
+    """An audit key rotated out and the last record (MAC key) or checkpoint (checkpoint key) it
+    covered; it covered everything after the previous era's ``last_seq``."""
+
+    key: AuditKeyView
+    last_seq: int
+
+
+@dataclass(frozen=True)
 class Enrolment:
     """A user's new authenticator, handed once to whoever enrols them (to show as a QR code); the
     store keeps the seed only sealed."""

@@ -77,6 +77,9 @@ def _worker_main(conn: multiprocessing.connection.Connection, config: HsmConfig,
         "destroy_keypair": token.destroy_keypair,
         "mac": token.mac,
         "unseal": token.unseal,
+        "seal_key_id": token.seal_key_id,
+        "rotate_seal_key": token.rotate_seal_key,
+        "reseal": token.reseal,
         "read_anchor": token.read_anchor,
         "write_anchor": token.write_anchor,
         "reset_anchor": token.reset_anchor,
@@ -140,6 +143,18 @@ class _Slot:
         self.stopping = False
 
 
+@dataclass(frozen=True)
+class PoolStats:
+    """What the pool is doing right now (read by the metrics endpoint)."""
+
+    workers: int  # configured
+    alive: int  # worker processes running
+    busy: int  # workers holding at least one job
+    in_flight: int  # jobs written to workers' pipes, not answered yet
+    queued: int  # jobs waiting for a worker (the shared queue)
+    restarts: int  # workers replaced since start (crashed, killed or timed out)
+
+
 class HsmPool:
     """Implements the ``Hsm`` port over worker processes."""
 
@@ -161,6 +176,7 @@ class HsmPool:
         self._ctx = multiprocessing.get_context("spawn")
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=self._size * 4)
         self._closed = False
+        self._restarts = 0
         self._drained = False  # closed and its sender and receiver threads gone: nothing will run a queued job
         # Start every worker (in parallel) before any thread, so a bad PIN fails fast and loudly.
         starting = [_Worker(self._ctx, config, start_timeout, warm) for _ in range(self._size)]
@@ -191,6 +207,15 @@ class HsmPool:
 
     def healthy(self) -> bool:
         return all(slot.worker is not None and slot.worker.proc.is_alive() for slot in self._slots)
+
+    def stats(self) -> PoolStats:
+        alive = busy = in_flight = 0
+        for slot in self._slots:
+            with slot.lock:
+                alive += slot.worker is not None and slot.worker.proc.is_alive()
+                busy += bool(slot.pending)
+                in_flight += len(slot.pending)
+        return PoolStats(self._size, alive, busy, in_flight, self._queue.qsize(), self._restarts)
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -276,6 +301,8 @@ class HsmPool:
             old.kill()
         if self._closed:
             return None
+        # Under this slot's lock only: two slots restarting at once could lose a count (a metric).
+        self._restarts += 1
         try:
             slot.worker = _Worker(self._ctx, self._config, self._start_timeout, self._warm).wait_ready()
         except HsmUnavailable:
@@ -362,6 +389,16 @@ class HsmPool:
 
     # The audit anchor: a worker process is one writer (it destroys only its own previous anchor
     # object, see Pkcs11Token.write_anchor), so any worker may take these jobs.
+
+    def seal_key_id(self) -> bytes:
+        return bytes(self._call("seal_key_id"))
+
+    def rotate_seal_key(self) -> tuple[bytes, list[bytes]]:
+        new, old = self._call("rotate_seal_key")
+        return bytes(new), [bytes(k) for k in old]
+
+    def reseal(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
+        return list(self._call("reseal", list(items)))
 
     def read_anchor(self) -> bytes | None:
         result: bytes | None = self._call("read_anchor")

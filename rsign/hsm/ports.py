@@ -67,6 +67,21 @@ class Hsm(Protocol):
         """Decrypt what ``seal`` produced; fails if ``blob`` or ``aad`` were altered."""
         ...
 
+    def seal_key_id(self) -> bytes:
+        """The CKA_ID of the wrapping key ``seal`` uses now."""
+        ...
+
+    def rotate_seal_key(self) -> tuple[bytes, list[bytes]]:
+        """A new wrapping key for ``seal``; the old ones are kept for ``unseal`` (retired). Returns
+        the new key's CKA_ID and the retired ones'."""
+        ...
+
+    def reseal(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
+        """Each ``(blob, aad)`` under the current wrapping key, unsealed and sealed again inside
+        the HSM adapter (the secret never comes out): the same blob when it already is, None when
+        it fails its integrity check."""
+        ...
+
     # -- the audit anchor (rsign.domain.anchor): the latest signed checkpoint, kept where a
     # database administrator cannot write. Private token data objects labelled
     # "rsign-audit-anchor"; several may exist (one per writing process), the highest

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from rsign.admin.service import AdminService
 from rsign.audit.journal import AuditedStore
 from rsign.audit.keys import AuditKeys
+from rsign.audit.rotation import AuditKeyRotation
 from rsign.audit.service import AuditService
 from rsign.auth.passkeys import PasskeyService
+from rsign.auth.seal_rotation import SealRotation
 from rsign.auth.service import AuthService
 from rsign.domain.certificates import CertificateIssuer, ExternalCAOnly
 from rsign.domain.clock import Clock, SystemClock
@@ -37,6 +39,9 @@ class App:
     admin: AdminService
     passkeys: PasskeyService
     approvals: ApprovalService  # passkey approval of signing activation
+    # rsign's own keys (rsign keys rotate-internal): the audit MAC and checkpoint keys, the TOTP sealing key.
+    audit_rotation: AuditKeyRotation
+    seal_rotation: SealRotation
 
     def hsm_healthy(self) -> bool:
         healthy = getattr(self.hsm, "healthy", None)
@@ -87,6 +92,8 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
     auth = AuthService(journal, hsm, clk, settings)
     keys = KeyService(journal, hsm, clk, settings, issuer)
     signing = SigningService(journal, hsm, clk, settings, auth)
+    # Anchor reads and writes go to the signing workers, not the audit worker (see AuditService).
+    audit = AuditService(journal, audit_keys, clk, anchors=hsm)
     return App(
         settings=settings,
         clock=clk,
@@ -96,10 +103,11 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
         auth=auth,
         signing=signing,
         keys=keys,
-        # Anchor reads and writes go to the signing workers, not the audit worker (see AuditService).
-        audit=AuditService(journal, audit_keys, clk, anchors=hsm),
+        audit=audit,
         audit_hsm=audit_hsm,
         admin=AdminService(journal, hsm, clk, auth, keys),
         passkeys=PasskeyService(journal, clk),
         approvals=ApprovalService(journal, clk, settings, signing.activation),
+        audit_rotation=AuditKeyRotation(journal, audit_keys, audit.checkpoints, issuer, clk),
+        seal_rotation=SealRotation(journal, hsm),
     )

@@ -115,3 +115,14 @@ def load_settings(state_dir: Path | str | None = None, *, embedded: EmbeddedDefa
             raise ConfigurationError(f"unknown setting service.{key} in {cfg_path}")
     # A configured module always wins: a real HSM never gets the development CA.
     return Settings(state_dir=sd, database_url=db_url, hsm=hsm, embedded=None if module else embedded, **kw)
+
+
+def database_url(state_dir: Path | str | None = None) -> str:
+    """The database ``load_settings`` would open, without opening the HSM (``rsign db``)."""
+    sd = Path(state_dir or os.environ.get("RSIGN_STATE_DIR") or DEFAULT_STATE_DIR).resolve()
+    cfg_path = sd / "rsign.toml"
+    file_cfg: dict[str, Any] = {}
+    if cfg_path.exists():
+        with open(cfg_path, "rb") as f:
+            file_cfg = tomllib.load(f)
+    return os.environ.get("RSIGN_DATABASE_URL") or file_cfg.get("database_url") or f"sqlite:///{sd / 'rsign.db'}"

@@ -22,9 +22,8 @@ AUDIT: Table = m.AuditRecord.__table__  # type: ignore[assignment]
 HEAD: Table = m.AuditHead.__table__  # type: ignore[assignment]
 CHECKPOINTS: Table = m.AuditCheckpoint.__table__  # type: ignore[assignment]
 META: Table = m.Meta.__table__  # type: ignore[assignment]
-# Bump with every schema change (and give operators a migration).
-SCHEMA_VERSION = "1"
 AUDIT_KEYS: Table = m.AuditKey.__table__  # type: ignore[assignment]
+AUDIT_KEY_ERAS: Table = m.AuditKeyEra.__table__  # type: ignore[assignment]
 REPLICAS: Table = m.Replica.__table__  # type: ignore[assignment]
 INFLIGHT: Table = m.SigningInflight.__table__  # type: ignore[assignment]
 STREAMS: Table = m.SigningStream.__table__  # type: ignore[assignment]

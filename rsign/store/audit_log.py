@@ -10,8 +10,17 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from rsign.domain.events import EventFilter
-from rsign.domain.records import AuditKeyView, CheckpointView
-from rsign.store._core import AUDIT, AUDIT_KEYS, CHECKPOINTS, HEAD, insert_many, pack_certs, unpack_certs
+from rsign.domain.records import AuditKeyEra, AuditKeyView, CheckpointView
+from rsign.store._core import (
+    AUDIT,
+    AUDIT_KEY_ERAS,
+    AUDIT_KEYS,
+    CHECKPOINTS,
+    HEAD,
+    insert_many,
+    pack_certs,
+    unpack_certs,
+)
 
 # The append path's statements, built once (see rsign.store.sessions): every audited transaction
 # runs them.
@@ -103,8 +112,11 @@ class AuditLogRepo:
         self.c.execute(insert(CHECKPOINTS).values(seq=cp.seq, head_hash=cp.head_hash, ts=cp.ts, signature=cp.signature))
         return True
 
-    def audit_key(self, purpose: str) -> AuditKeyView | None:
-        r = self.c.execute(select(AUDIT_KEYS).where(AUDIT_KEYS.c.purpose == purpose)).first()
+    def audit_key(self, purpose: str, lock: bool = False) -> AuditKeyView | None:
+        """The current key for ``purpose``; ``lock``: row-locked until this transaction ends (a
+        rotation and a checkpoint signed with the key it replaces are serialised on it)."""
+        q = select(AUDIT_KEYS).where(AUDIT_KEYS.c.purpose == purpose)
+        r = self.c.execute(q.with_for_update() if lock else q).first()
         if r is None:
             return None
         return AuditKeyView(r.purpose, bytes(r.cka_id), bytes(r.certificate), unpack_certs(bytes(r.chain)))
@@ -116,6 +128,42 @@ class AuditLogRepo:
             insert(AUDIT_KEYS).values(
                 purpose=purpose, cka_id=cka_id, certificate=certificate, chain=pack_certs(chain_certs), created_at=now
             )
+        )
+
+    def audit_key_eras(self, purpose: str) -> list[AuditKeyEra]:
+        """The keys of ``purpose`` rotated out, oldest first."""
+        rows = self.c.execute(
+            select(AUDIT_KEY_ERAS).where(AUDIT_KEY_ERAS.c.purpose == purpose).order_by(AUDIT_KEY_ERAS.c.last_seq)
+        )
+        return [
+            AuditKeyEra(
+                AuditKeyView(r.purpose, bytes(r.cka_id), bytes(r.certificate), unpack_certs(bytes(r.chain))),
+                int(r.last_seq),
+            )
+            for r in rows
+        ]
+
+    def rotate_audit_key(
+        self, purpose: str, last_seq: int, cka_id: bytes, certificate: bytes, chain_certs: Sequence[bytes], now: float
+    ) -> None:
+        """Move the current key of ``purpose`` to the eras (it covered up to ``last_seq``) and make
+        ``cka_id`` the current one."""
+        old = self.c.execute(select(AUDIT_KEYS).where(AUDIT_KEYS.c.purpose == purpose)).one()
+        self.c.execute(
+            insert(AUDIT_KEY_ERAS).values(
+                purpose=purpose,
+                last_seq=last_seq,
+                cka_id=old.cka_id,
+                certificate=old.certificate,
+                chain=old.chain,
+                created_at=old.created_at,
+                retired_at=now,
+            )
+        )
+        self.c.execute(
+            update(AUDIT_KEYS)
+            .where(AUDIT_KEYS.c.purpose == purpose)
+            .values(cka_id=cka_id, certificate=certificate, chain=pack_certs(chain_certs), created_at=now)
         )
 
     def set_audit_key_certificate(self, purpose: str, certificate: bytes, chain_certs: Sequence[bytes]) -> None:

@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, make_url, select
+from sqlalchemy import Connection, Engine, create_engine, event, insert, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from rsign.domain.clock import Clock, SystemClock
-from rsign.domain.errors import AlreadyExists, AuditUnavailable, ConfigurationError, Unavailable
-from rsign.store import models as m
-from rsign.store._core import AUDIT, META
+from rsign.domain.errors import AlreadyExists, AuditUnavailable, Unavailable
+from rsign.store import migrate
+from rsign.store._core import AUDIT
 from rsign.store.audit_log import AuditLogRepo
 from rsign.store.credentials import CredentialRepo
 from rsign.store.inflight import InflightRepo
@@ -32,10 +32,6 @@ from rsign.store.sessions import SessionRepo
 from rsign.store.users import UserRepo
 
 log = logging.getLogger(__name__)
-
-# Bump with every schema change (and give operators a migration).
-SCHEMA_VERSION = "1"
-
 
 class Tx(UserRepo, SessionRepo, CredentialRepo, SadRepo, AuditLogRepo, InflightRepo, PasskeyRepo):
     """Repository methods over one database transaction (SQLAlchemy Core)."""
@@ -78,6 +74,7 @@ class Store:
         self.clock = clock or SystemClock()
         self.engine = make_engine(url, busy_timeout)
         self._healthy = True
+        self.errors = 0  # failed database operations since start (the metrics endpoint reads it)
         self._listeners: list[Callable[[bool], None]] = []
         self._write_engine = self.engine.execution_options(rsign_write=True)
         # A read transaction sees one snapshot: on PostgreSQL's default READ COMMITTED every
@@ -93,33 +90,16 @@ class Store:
             threading.Lock() if url.startswith("sqlite") else contextlib.nullcontext()
         )
         self._replica_lock: IO[str] | None = None
-        fresh = self._check_schema()
-        try:
-            m.Base.metadata.create_all(self.engine)
-            if fresh:
-                with self.tx() as t:
-                    t.c.execute(insert(META).values(key="schema_version", value=SCHEMA_VERSION))
-        except AlreadyExists:
-            pass  # another process initialised the database at the same moment
+        # A new (empty) database gets the schema at head; one with data at another revision is
+        # refused until the operator runs `rsign db upgrade` (see rsign.store.migrate).
+        where = url.split("@")[-1]  # never the credentials in the URL
+        state = migrate.inspect_database(self.engine)
+        if state.empty:
+            migrate.upgrade(self.engine, where)
+        elif not state.at_head:
+            raise migrate.refusal(where, state)
         if url.startswith("sqlite"):
             self._check_sqlite_durability()
-
-    def _check_schema(self) -> bool:
-        """True for an empty database. A database of another schema version is refused with a
-        clear message rather than failing later on a missing column."""
-        tables = set(inspect(self.engine).get_table_names())
-        if not tables:
-            return True
-        found = None
-        if "rsign_meta" in tables:
-            with self.engine.connect() as c:
-                found = c.execute(select(META.c.value).where(META.c.key == "schema_version")).scalar()
-        if found != SCHEMA_VERSION:
-            raise ConfigurationError(
-                f"the database at {self.url.split('@')[-1]} has schema version {found or 'unknown (early)'};"
-                f" this rsign needs {SCHEMA_VERSION}. Start a new state directory (development), or migrate."
-            )
-        return False
 
     def _check_sqlite_durability(self) -> None:
         with self.engine.connect() as c:
@@ -138,9 +118,7 @@ class Store:
         except IntegrityError as exc:
             raise AlreadyExists("the object already exists") from exc
         except (DBAPIError, SQLAlchemyError) as exc:
-            log.error("audit store write failed: %s", type(exc).__name__)
-            self._set_health(False)
-            raise AuditUnavailable("the audit store is unavailable; the operation was not performed") from exc
+            raise self._write_failed(exc) from exc
         self._set_health(True)
 
     def begin_write(self) -> WriteTx:
@@ -149,6 +127,7 @@ class Store:
         return WriteTx(self)
 
     def _write_failed(self, exc: BaseException) -> AuditUnavailable:
+        self.errors += 1
         log.error("audit store write failed: %s", type(exc).__name__)
         self._set_health(False)
         return AuditUnavailable("the audit store is unavailable; the operation was not performed")
@@ -195,6 +174,7 @@ class Store:
                 )
                 trans.rollback()
         except (DBAPIError, SQLAlchemyError):
+            self.errors += 1
             self._set_health(False)
             return False
         self._set_health(True)
@@ -274,6 +254,7 @@ class Store:
             with self._read_engine.begin() as conn:
                 yield Tx(conn, self.clock)
         except (DBAPIError, SQLAlchemyError) as exc:
+            self.errors += 1
             log.error("database read failed: %s", type(exc).__name__)
             raise Unavailable("the database is unavailable") from exc
 

@@ -246,6 +246,22 @@ class AuditKey(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class AuditKeyEra(Base):
+    """An audit key rotated out (``audit_keys`` holds the current one per purpose), kept to verify
+    what it covered: for "mac", the records up to ``last_seq``; for "checkpoint", the checkpoints
+    up to ``last_seq`` (after the previous era's). Revision 0002."""
+
+    __tablename__ = "audit_key_eras"
+
+    purpose: Mapped[str] = mapped_column(String(16), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    cka_id: Mapped[bytes] = mapped_column(LargeBinary(32))
+    certificate: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    chain: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    created_at: Mapped[float] = mapped_column(Float)
+    retired_at: Mapped[float] = mapped_column(Float)
+
+
 class AuditHead(Base):
     """One row: the chain head. Updating it serialises appenders (row lock on PostgreSQL,
     the database write lock on SQLite)."""

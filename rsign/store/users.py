@@ -106,6 +106,24 @@ class UserRepo:
     def set_totp(self, user_id: str, sealed: bytes) -> None:
         self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(totp_sealed=sealed, failed_attempts=0))
 
+    def sealed_seeds(self, after: str, limit: int) -> list[tuple[str, bytes]]:
+        """``(user_id, sealed seed)`` of up to ``limit`` users after ``after``, in user id order
+        (the sealing key rotation walks every user in batches)."""
+        rows = self.c.execute(
+            select(USERS.c.user_id, USERS.c.totp_sealed)
+            .where(USERS.c.user_id > after)
+            .order_by(USERS.c.user_id)
+            .limit(limit)
+        )
+        return [(r.user_id, bytes(r.totp_sealed)) for r in rows]
+
+    def replace_sealed_seed(self, user_id: str, old: bytes, new: bytes) -> bool:
+        """Re-sealed seed, only if the row still holds ``old`` (a TOTP reset meanwhile wins)."""
+        result = self.c.execute(
+            update(USERS).where(USERS.c.user_id == user_id, USERS.c.totp_sealed == old).values(totp_sealed=new)
+        )
+        return rowcount(result) == 1
+
     def end_user_sessions(self, user_id: str, now: float, reason: str) -> int:
         res = self.c.execute(
             update(SESSIONS)

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import pytest
 
+from rsign.audit.offline import verify_export_bytes
 from rsign.auth import totp
 from rsign.dev import EMBEDDED
 from rsign.domain import context
@@ -35,12 +36,11 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     name = f"rsign_test_{secrets.token_hex(4)}"
-    admin = psycopg2.connect(PG)
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
+    admin = psycopg.connect(PG, autocommit=True)
+    admin.execute(f"CREATE DATABASE {name}")
     params = dict(p.split("=", 1) for p in PG.split())
-    yield f"postgresql+psycopg2://{params['user']}@{params['host']}:{params['port']}/{name}"
-    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield f"postgresql+psycopg://{params['user']}@{params['host']}:{params['port']}/{name}"
+    admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     admin.close()
 
 
@@ -158,3 +158,53 @@ def test_work_of_a_replica_whose_lease_ran_out_is_reconciled(replicas: tuple[App
     with silent.tx() as t:  # b wakes up: its outcome commit finds nothing to settle
         assert t.end_inflight([row]) == 0
     assert a.audit.verify_log(LOCAL_OPERATOR).ok
+
+
+def test_audit_keys_rotate_while_two_replicas_append(replicas: tuple[App, App, FakeClock]) -> None:
+    """Replica a rotates the audit MAC key and the checkpoint key while both replicas append: b,
+    holding the old keys, finds the new ones by itself (its next append meets a head MAC'd under a
+    key it does not hold, and re-reads the key under the head's row lock), and the log, with
+    records and checkpoints of both eras, verifies on both replicas and offline."""
+    a, b, _ = replicas
+    with context.request(client="test", actor="setup"):
+        a.auth.enrol("pg.rotation", "Lò Thị Hoa", "24681357", agency="Sở Y tế")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def unlock_loop(app: App) -> None:
+        with context.request(client="test", actor="ops"):
+            while not stop.is_set():
+                try:
+                    app.auth.unlock("pg.rotation")
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+    threads = [threading.Thread(target=unlock_loop, args=(app,)) for app in (a, b, a, b)]
+    for th in threads:
+        th.start()
+    try:
+        with context.request(client="cli", actor="cli:operator"):
+            time.sleep(0.2)
+            mac = a.audit_rotation.rotate_mac()
+            time.sleep(0.2)
+            assert b.audit.checkpoint() is not None  # the old checkpoint key, on b
+            cp = a.audit_rotation.rotate_checkpoint()
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    assert errors == []
+    assert b.audit.checkpoint() is not None  # b signs with the new key now
+    with b.store.read() as t:
+        eras = {p: [e.last_seq for e in t.audit_key_eras(p)] for p in ("mac", "checkpoint")}
+    assert eras == {"mac": [mac.old_last_seq], "checkpoint": [cp.old_last_seq]}
+    for app in (a, b):
+        rep = app.audit.verify_log(LOCAL_OPERATOR)
+        assert rep.ok, rep.problem
+    with context.request(client="test", actor="auditor"):
+        raw = b"".join(b.audit.export(LOCAL_OPERATOR, EventFilter()))
+    report = verify_export_bytes(raw)
+    assert report.ok, report.problems
+    assert len(report.previous_certificates_sha256) == 1

@@ -22,7 +22,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from rsign.audit import chain
-from rsign.audit.export_format import FILTER_KEYS, FORMAT_1, closing_line, encode_line, export_signature_message
+from rsign.audit.export_format import (
+    FILTER_KEYS,
+    FORMAT_1,
+    KEY_ROTATE,
+    closing_line,
+    encode_line,
+    export_signature_message,
+)
 from rsign.audit.offline import (
     checkpoint_file,
     read_certificate,
@@ -30,7 +37,7 @@ from rsign.audit.offline import (
     verify_export,
     verify_export_bytes,
 )
-from rsign.domain.events import EventFilter
+from rsign.domain.events import Action, EventFilter
 
 TS = "2026-11-26T10:00:00.000000Z"
 
@@ -121,6 +128,10 @@ def test_filter_keys_are_the_event_filter_fields() -> None:
     assert FILTER_KEYS == tuple(f.name for f in dataclasses.fields(EventFilter))
 
 
+def test_key_rotation_action_is_the_domain_one() -> None:
+    assert KEY_ROTATE == Action.AUDIT_KEY_ROTATE
+
+
 def _set(line: int, path: tuple[str, ...], value: Any) -> Callable[[list[dict[str, Any]]], None]:
     def mutate(es: list[dict[str, Any]]) -> None:
         obj = es[line - 1]
@@ -155,7 +166,7 @@ def _drop(line: int, key: str) -> Callable[[list[dict[str, Any]]], None]:
         (_set(5, ("content_hash",), 7), "line 5 (link 3): field 'content_hash' is not a string"),
         (_set(2, ("signature",), "not base64!"), "line 2 (checkpoint 3): field 'signature' is not base64"),
         (_set(2, ("signature",), ""), "line 2 (checkpoint 3): field 'signature' is not canonical base64"),
-        (_set(1, ("format",), "rsign-audit-export/3"), "line 1 (header): field 'format' is 'rsign-audit-export/3'"),
+        (_set(1, ("format",), "rsign-audit-export/4"), "line 1 (header): field 'format' is 'rsign-audit-export/4'"),
         # Found by the property test: an unhashable format raised TypeError instead of a message.
         (_set(1, ("format",), []), "line 1 (header): field 'format'"),
         (_set(1, ("format",), {"v": 2}), "line 1 (header): field 'format'"),
@@ -401,3 +412,76 @@ def test_checkpoint_file_is_read_strictly(damage: Callable[[bytes], bytes], expe
     assert read_checkpoint_file(good).seq == 3
     with pytest.raises(ValueError, match=expected):
         read_checkpoint_file(damage(good))
+
+
+# -- format 3: the audit checkpoint key rotated ------------------------------------------------
+
+NEW_KEY = ec.generate_private_key(ec.SECP256R1())
+NEW_CERT = _certificate(NEW_KEY)
+
+
+def rotated_export(handover: dict[str, Any] | None, cp2_key: ec.EllipticCurvePrivateKey = KEY) -> bytes:
+    """Record 1, record 2 (the rotation's announcement, with ``handover`` as its details, or an
+    ordinary record), checkpoint 2 by the old key, record 3, checkpoint 3 and the closing
+    signature by the new key."""
+    recs: list[dict[str, Any]] = []
+    prev = chain.GENESIS
+    for seq in (1, 2, 3):
+        rotation = seq == 2 and handover is not None
+        fields: dict[str, Any] = {
+            "seq": seq, "ts": TS, "actor": "cli:operator", "agency": "",
+            "action": "audit.key_rotate" if rotation else "user.enrol", "result": "success",
+            "credential_id": "", "key_version": 0, "digest": "", "reason": "", "request_id": "r", "client": "cli",
+            "details": json.dumps(handover, sort_keys=True, separators=(",", ":")) if rotation else "{}",
+        }  # fmt: skip
+        h = chain.link(prev, chain.content_hash(fields))
+        recs.append({"type": "record", **fields, "prev_hash": prev, "hash": h})
+        prev = h
+
+    def cp(seq: int, key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+        head = recs[seq - 1]["hash"]
+        sig = key.sign(chain.checkpoint_message(seq, head, TS), ec.ECDSA(hashes.SHA256()))
+        return {"type": "checkpoint", "seq": seq, "head_hash": head, "ts": TS, "signature": _b64(sig)}
+
+    header = {
+        "type": "header", "format": "rsign-audit-export/3", "exported_at": TS, "exported_by": "local operator",
+        "scope": "province", "filter": {}, "head": {"seq": 3, "hash": prev}, "anchor": None,
+        "audit_certificate": _b64(NEW_CERT), "issuer_certificates": [],
+        "previous_audit_certificates": [{"certificate": _b64(CERT), "issuer_certificates": [], "last_seq": 2}],
+        "warning": "",
+    }  # fmt: skip
+    body = b"".join(encode_line(e) for e in [header, cp(2, cp2_key), cp(3, NEW_KEY), *recs])
+    hexd = hashlib.sha256(body).hexdigest()
+    sig = NEW_KEY.sign(export_signature_message(hexd, "rsign-audit-export/3"), ec.ECDSA(hashes.SHA256()))
+    return body + closing_line(hexd, sig)
+
+
+HANDOVER = {
+    "purpose": "checkpoint",
+    "old_certificate_sha256": hashlib.sha256(CERT).hexdigest(),
+    "new_certificate_sha256": hashlib.sha256(NEW_CERT).hexdigest(),
+}
+
+
+def test_rotated_export_verifies_under_each_eras_key_whichever_certificate_is_pinned() -> None:
+    raw = rotated_export(HANDOVER)
+    for pin in (None, CERT, NEW_CERT):
+        rep = verify_export_bytes(raw, pinned_certificate=pin)
+        assert rep.ok, rep.problems
+    assert rep.previous_certificates_sha256 == [hashlib.sha256(CERT).hexdigest()]
+    assert rep.last_checkpoint_certificate_sha256 == hashlib.sha256(NEW_CERT).hexdigest()
+
+
+def test_rotated_export_problems() -> None:
+    # A checkpoint of the old era signed by the new key: not the old key's.
+    assert verify_export_bytes(rotated_export(HANDOVER, cp2_key=NEW_KEY)).problems == [
+        "checkpoint 2: signature invalid"
+    ]
+    # No hand-over record: fine unless the auditor trusts the old certificate only.
+    assert verify_export_bytes(rotated_export(None)).ok
+    (problem,) = verify_export_bytes(rotated_export(None), pinned_certificate=CERT).problems
+    assert "did not hand over to the next one" in problem
+    # A hand-over naming another certificate than the export's current one.
+    forged = {**HANDOVER, "new_certificate_sha256": "0" * 64}
+    (problem,) = verify_export_bytes(rotated_export(forged)).problems
+    assert "did not hand over to the next one" in problem

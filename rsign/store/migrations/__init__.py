@@ -1,0 +1,1 @@
+"""Alembic migration scripts (``env.py`` and ``versions/``); run by ``rsign.store.migrate``."""
