@@ -19,11 +19,13 @@ from rsign.cli.dev import bench, client, demo
 from rsign.cli.keys import keys
 from rsign.cli.provision import provision
 from rsign.cli.serve import serve
+from rsign.cli.state import backup, init, restore
 from rsign.cli.users import users
 
 
 @click.group()
-@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level; errors show their details.")
+@click.version_option(package_name="rsign", prog_name="rsign")
 def main(verbose: bool) -> None:
     """rsign: centralized remote signing with keys kept in a PKCS#11 HSM."""
     logging.basicConfig(
@@ -31,7 +33,7 @@ def main(verbose: bool) -> None:
     )
 
 
-for _command in (serve, users, keys, audit, demo, provision, bench, client):
+for _command in (serve, init, users, keys, audit, backup, restore, demo, provision, bench, client):
     main.add_command(_command)
 
 
