@@ -73,17 +73,24 @@ def friendly_errors(fn: F) -> F:
 
 
 @contextmanager
-def local_app(state_dir: Path, *, pool: bool = False, create: bool = False) -> Iterator[App]:
+def local_app(
+    state_dir: Path, *, pool: bool = False, create: bool = False, all_or_nothing: bool = False
+) -> Iterator[App]:
     """The application on a local state directory. Only ``create=True`` (commands that set up a
-    deployment) initialises one; otherwise a directory that is not an rsign state is refused."""
-    with undo_on_failure(state_dir) if create else nullcontext():
+    deployment) initialises one; otherwise a directory that is not an rsign state is refused.
+    A new state directory whose start-up fails is removed again; with ``all_or_nothing`` (an
+    enrolment) also when the command itself fails: a refused first enrolment leaves nothing."""
+    first = undo_on_failure(state_dir) if create else None
+    with first or nullcontext():
         settings = load_settings(state_dir, embedded=EMBEDDED, create=create)
         app = build_app(settings, pool=pool)
-    try:
-        with context.request(client="cli", actor=f"cli:{_os_user()}"):
-            yield app
-    finally:
-        app.close()
+        if first is not None and not all_or_nothing:
+            first.keep()
+        try:
+            with context.request(client="cli", actor=f"cli:{_os_user()}"):
+                yield app
+        finally:
+            app.close()
 
 
 def _os_user() -> str:

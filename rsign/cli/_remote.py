@@ -124,7 +124,7 @@ def admin_target(state_dir: Path, *, create: bool = False) -> Iterator[AdminOps]
     ``create``: the command may initialise a new local state directory (enrolment)."""
     server, as_user = _remote()
     if not server:
-        with local_app(state_dir, create=create) as app:
+        with local_app(state_dir, create=create, all_or_nothing=create) as app:
             yield app.admin
         return
     if not as_user:

@@ -11,29 +11,38 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 
 from rsign.runtime.config import init_lock, resolve_state_dir, state_problem
 
 
-@contextmanager
-def undo_on_failure(state_dir: Path | str | None) -> Iterator[None]:
-    """Around the start-up of a command that may create ``state_dir``. Nothing happens for an
-    initialised state directory: there, nothing but the deployment's own writes happen, and no
-    file of a live deployment is ever removed."""
-    sd = resolve_state_dir(state_dir)
-    if state_problem(sd) is None:
-        yield
-        return
-    existed = sd.is_dir()
-    before = set(os.listdir(sd)) if existed else set()
-    try:
-        yield
-    except BaseException:
-        _remove_added(sd, existed, before)
-        raise
+class undo_on_failure:  # noqa: N801 (used as a function: ``with undo_on_failure(sd):``)
+    """Around the start-up of a command that may create ``state_dir``: when it fails, what this
+    process added is removed. Nothing happens for an initialised state directory: no file of a
+    live deployment is ever removed. ``keep()`` ends the guard early (start-up done: what follows
+    may fail without undoing the deployment just made, e.g. an interrupted provisioning resumes)."""
+
+    def __init__(self, state_dir: Path | str | None) -> None:
+        self._sd = resolve_state_dir(state_dir)
+        self._armed = False
+        self._existed = False
+        self._before: set[str] = set()
+
+    def __enter__(self) -> undo_on_failure:
+        self._armed = state_problem(self._sd) is not None
+        self._existed = self._sd.is_dir()
+        self._before = set(os.listdir(self._sd)) if self._existed else set()
+        return self
+
+    def keep(self) -> None:
+        self._armed = False
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None and self._armed:
+            _remove_added(self._sd, self._existed, self._before)
 
 
 def _remove_added(sd: Path, existed: bool, before: set[str]) -> None:

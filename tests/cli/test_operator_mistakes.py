@@ -142,6 +142,10 @@ def test_a_bad_user_id_is_refused_by_users_add_as_by_provisioning(tmp_path: Path
     assert rule is not None
     assert_one_line_error(out, rule)
     assert listing(tmp_path) == []
+    # A first enrolment refused after the state directory was made (a PIN too short) undoes it.
+    out = rsign("users", "add", "lo.van.tuan", "--name", "X", "--pin-stdin", "--state-dir", str(sd), stdin="123\n")
+    assert_one_line_error(out, "the PIN must have at least 6 characters")
+    assert listing(tmp_path) == []
     data = tmp_path / "data"
     data.mkdir()
     (data / "centralized_credentials.csv").write_text(
