@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from rsign.cli._common import friendly_errors, local_app, state_dir_option
+from rsign.dev.embedded import EMBEDDED
 from rsign.domain.principal import LOCAL_OPERATOR
+from rsign.runtime.config import load_settings
 
 
 @click.command()
@@ -32,8 +34,8 @@ def backup(dest: Path, state_dir: Path) -> None:
     state directory; `rsign restore DEST --state-dir NEW` puts it back."""
     from rsign.runtime.backup import backup as run_backup
 
-    with local_app(state_dir) as app:
-        rep = run_backup(app.settings, dest)
+    # Settings only: the backup copies files and the database; it needs no HSM session.
+    rep = run_backup(load_settings(state_dir, embedded=EMBEDDED, create=False), dest)
     token = f"{rep.token_files} token files" if rep.token_files else "no token (a real HSM: use its vendor's backup)"
     click.echo(f"backup written to {rep.dest}: {rep.audit_records} audit records, {token}")
 

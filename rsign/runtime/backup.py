@@ -69,6 +69,13 @@ def backup(settings: Settings, dest: Path) -> BackupReport:
     db = sqlite_path(settings.database_url)
     if db is None:
         backup_sqlite(settings.database_url, dest / "rsign.db")  # refuses, naming the tools to use instead
+    elif db.resolve() != (sd / "rsign.db").resolve():
+        # The copy must be a state directory that uses its own database: one configured elsewhere
+        # would still be named (by rsign.toml or the environment) after a restore.
+        raise ConfigurationError(
+            f"the database {db} is outside the state directory; rsign backup copies <state-dir>/rsign.db"
+            " (back that database up with sqlite3's .backup, together with this directory)"
+        )
     partial = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(mode=0o700, parents=True)
@@ -89,7 +96,7 @@ def backup(settings: Settings, dest: Path) -> BackupReport:
             if settings.hsm.softhsm_conf and tokens.is_dir():
                 shutil.copytree(tokens, partial / "tokens")
                 token_files = sum(len(files) for _, _, files in os.walk(partial / "tokens"))
-            records = backup_sqlite(settings.database_url, partial / (db.name if db else "rsign.db"))
+            records = backup_sqlite(settings.database_url, partial / "rsign.db")
         if dest.exists():
             dest.rmdir()  # empty (checked above)
         os.replace(partial, dest)
