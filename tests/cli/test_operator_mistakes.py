@@ -176,3 +176,18 @@ def test_a_csv_file_that_is_not_utf8(tmp_path: Path) -> None:
     out = rsign("provision", "--data", str(data), "--state-dir", str(tmp_path / "state"))
     assert_one_line_error(out, "centralized_credentials.csv line 3: not UTF-8", "save the file as UTF-8")
     assert listing(tmp_path) == before
+
+
+def test_backup_and_restore_mistakes(tmp_path: Path, spoilable: Path) -> None:
+    before = listing(tmp_path)
+    # PostgreSQL is backed up with its own tools: said in one line, nothing written.
+    pg = {"RSIGN_DATABASE_URL": "postgresql+psycopg2://rsign@db.invalid/rsign"}
+    out = rsign("backup", str(tmp_path / "b1"), "--state-dir", str(spoilable), env=pg)
+    assert_one_line_error(out, "rsign backup copies a SQLite database", "pg_dump")
+    # Restoring something that is not a backup, or over an existing state directory.
+    (tmp_path / "photos").mkdir()
+    out = rsign("restore", str(tmp_path / "photos"), "--state-dir", str(tmp_path / "new"))
+    assert_one_line_error(out, f"not a backup: {tmp_path / 'photos'} is not an initialised rsign state directory")
+    out = rsign("restore", str(spoilable), "--state-dir", str(spoilable))
+    assert_one_line_error(out, f"state directory {spoilable} already exists and is not empty")
+    assert listing(tmp_path) == sorted([*before, "photos"])
