@@ -102,7 +102,9 @@ class AdminService:
                 event(
                     action,
                     Result.FAILURE,
-                    actor=who.user_id,
+                    # The local operator's refusals name the operator as their successes do
+                    # (the request's actor, e.g. "cli:alice"), not the placeholder principal.
+                    **({} if who.local else {"actor": who.user_id}),
                     agency=who.agency,
                     credential_id=value if target == "credential" else "",
                     reason=exc.message,

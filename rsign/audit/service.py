@@ -43,6 +43,7 @@ class AuditService:
         signing pool: on SoftHSMv2 an anchor write costs a token scan, and the audit worker must
         stay free for the MACs that appends wait for while they hold the chain head."""
         self._store = store
+        self._keys = keys
         self._verifier = LogVerifier(store, keys)
         self._anchor = AnchorKeeper(store, self._verifier, anchors if anchors is not None else keys.hsm)
         self.checkpoints = Checkpoints(store, keys, clock, self._verifier, self._anchor)
@@ -102,3 +103,9 @@ class AuditService:
 
     def export(self, who: Principal, flt: EventFilter) -> Iterator[bytes]:
         return self.queries.export(who, flt)
+
+    def certificate_chain(self) -> list[bytes]:
+        """The audit certificate (DER), then its issuers; empty while it has none. Exports carry
+        the same certificate: its SHA-256 is what ``verify-export --audit-cert`` pins."""
+        self._keys.reload()
+        return self._keys.certificates

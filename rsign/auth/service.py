@@ -28,7 +28,16 @@ from rsign.domain.errors import (
     SecretIntegrityError,
 )
 from rsign.domain.events import Action, AuditEvent, Result, event
-from rsign.domain.principal import LOCAL_OPERATOR, Principal, Role, Scope, UserStatus, parse_role, parse_scope
+from rsign.domain.principal import (
+    LOCAL_OPERATOR,
+    Principal,
+    Role,
+    Scope,
+    UserStatus,
+    parse_role,
+    parse_scope,
+    user_id_problem,
+)
 from rsign.domain.records import Enrolment, UserSecrets, UserView
 from rsign.domain.settings import Settings
 from rsign.hsm.ports import Hsm
@@ -70,8 +79,8 @@ class AuthService:
         self, user_id: str, name: str, pin: str, agency: str = "", role: str = Role.SIGNER, scope: str = Scope.AGENCY
     ) -> Enrolment:
         user_id = user_id.strip()
-        if not user_id or len(user_id) > 128:
-            raise InvalidRequest("a user id is required (at most 128 characters)")
+        if problem := user_id_problem(user_id):
+            raise InvalidRequest(problem)
         if not name.strip():
             raise InvalidRequest("a name is required")
         if len(pin) < self._settings.pin_min_length:
@@ -102,8 +111,13 @@ class AuthService:
     def unlock(self, user_id: str) -> None:
         with self._store.tx() as t:
             user = t.get_user(user_id)
-            if user is None or not t.unlock_user(user_id):
+            if user is None:
                 raise NotFound(f"no user {user_id}")
+            if not user.locked:
+                # Nothing to undo: no unlock is recorded for a user who was not locked (the
+                # refusal is, by the caller: AdminService).
+                raise FailedPrecondition(f"user {user_id} is not locked")
+            t.unlock_user(user_id)
             t.append(event(Action.UNLOCK, agency=user.agency, details={"user_id": user_id}))
 
     # -- login / sessions --------------------------------------------------------------------

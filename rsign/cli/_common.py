@@ -6,19 +6,21 @@ import getpass
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from rsign.dev.embedded import EMBEDDED
 from rsign.domain import context
 from rsign.domain.errors import RsignError
 from rsign.runtime.app import App, build_app
 from rsign.runtime.config import DEFAULT_STATE_DIR, load_settings
+from rsign.runtime.state import undo_on_failure
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True)
@@ -33,35 +35,62 @@ state_dir_option = click.option(
 )
 
 
+def verbose() -> bool:
+    """``rsign -v``: errors show their details (the chain of causes, the traceback)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("verbose"))
+
+
+def _fail(prefix: str, message: str) -> NoReturn:
+    """Called from an ``except`` block: with -v, the exception being handled is shown first."""
+    if verbose():
+        console.print_exception()
+    # soft_wrap: one line whatever the width (rich would cut it at 80 columns off a terminal).
+    console.print(f"[red]{prefix}[/red] {escape(message)}", soft_wrap=True, highlight=False)
+    sys.exit(2)
+
+
 def friendly_errors(fn: F) -> F:
+    """An operator's mistake is one line on stderr and exit status 2; ``rsign -v`` adds details."""
+
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except RsignError as exc:
-            # soft_wrap: one line whatever the width (rich would cut it at 80 columns off a terminal).
-            console.print(f"[red]error:[/red] {exc.message}", soft_wrap=True)
-            sys.exit(2)
+            _fail("error:", exc.message)
         except Exception as exc:
             # A status from a remote server (grpc.RpcError: this layer does not import grpc).
             details, code = getattr(exc, "details", None), getattr(exc, "code", None)
-            if not (callable(details) and callable(code)):
-                raise
-            console.print(f"[red]error ({code().name}):[/red] {details()}", soft_wrap=True)
-            sys.exit(2)
+            if callable(details) and callable(code):
+                _fail(f"error ({code().name}):", str(details()))
+            # Anything else is a bug or an environment rsign did not foresee: still one line by
+            # default, never a traceback an operator must read; -v shows it.
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _fail("error:", f"unexpected {type(exc).__name__}{': ' + text if text else ''} (details: rsign -v ...)")
 
     return wrapper  # type: ignore[return-value]
 
 
 @contextmanager
-def local_app(state_dir: Path, *, pool: bool = False) -> Iterator[App]:
-    settings = load_settings(state_dir, embedded=EMBEDDED)
-    app = build_app(settings, pool=pool)
-    try:
-        with local_context():
-            yield app
-    finally:
-        app.close()
+def local_app(
+    state_dir: Path, *, pool: bool = False, create: bool = False, all_or_nothing: bool = False
+) -> Iterator[App]:
+    """The application on a local state directory. Only ``create=True`` (commands that set up a
+    deployment) initialises one; otherwise a directory that is not an rsign state is refused.
+    A new state directory whose start-up fails is removed again; with ``all_or_nothing`` (an
+    enrolment) also when the command itself fails: a refused first enrolment leaves nothing."""
+    first = undo_on_failure(state_dir) if create else None
+    with first or nullcontext():
+        settings = load_settings(state_dir, embedded=EMBEDDED, create=create)
+        app = build_app(settings, pool=pool)
+        if first is not None and not all_or_nothing:
+            first.keep()
+        try:
+            with local_context():
+                yield app
+        finally:
+            app.close()
 
 
 @contextmanager

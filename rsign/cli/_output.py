@@ -40,24 +40,42 @@ def print_cred(c: CredentialView) -> None:
 
 
 def print_events(rows: list[dict[str, Any]], title: str) -> None:
+    """The audit table, readable at 80 columns: no vertical rules; the sequence number, time,
+    action and result never fold; the free-text columns share what is left. Below 110 columns the
+    digest and client columns are left out (the title says so; `audit export` has everything)."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title)
-    for col in ("seq", "time (UTC)", "actor", "action", "result", "credential", "digest", "reason", "client"):
-        table.add_column(col, overflow="fold")
+    out = Console()
+    wide = out.width >= 110
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
+    if not wide:
+        table.caption = "digest and client columns: on a terminal of 110 columns or more"
+    table.add_column("seq", no_wrap=True, justify="right")
+    table.add_column("time (UTC)", no_wrap=True, min_width=19)
+    table.add_column("actor", overflow="fold", ratio=2, min_width=8)
+    table.add_column("action", no_wrap=True)
+    table.add_column("result", no_wrap=True)
+    table.add_column("credential", overflow="fold", ratio=1, min_width=10)
+    if wide:
+        table.add_column("digest", no_wrap=True)
+    table.add_column("reason", overflow="fold", ratio=3)
+    if wide:
+        table.add_column("client", overflow="fold", ratio=1)
     for r in rows:
-        table.add_row(
+        cells = [
             str(r["seq"]),
             r["ts"][:19].replace("T", " "),
             r["actor"],
             r["action"],
-            "[green]ok[/]" if r["result"] == "success" else "[red]failure[/]",
+            "[green]ok[/]" if r["result"] == "success" else "[red]failed[/]",
             r["credential_id"],
-            (r["digest"][:16] + "…") if r["digest"] else "",
+            *([(r["digest"][:12] + "…") if r["digest"] else ""] if wide else []),
             r["reason"],
-            r["client"],
-        )
-    Console().print(table)
+            *([r["client"]] if wide else []),
+        ]
+        table.add_row(*cells)
+    out.print(table)
 
 
 def progress_bar(label: str) -> tuple[Progress, Callable[[int, int], None]]:

@@ -9,7 +9,7 @@ import click
 
 from rsign.cli._common import F, console, friendly_errors, local_app, state_dir_option
 from rsign.cli._output import print_events
-from rsign.domain.errors import InvalidRequest
+from rsign.domain.errors import FailedPrecondition, InvalidRequest
 from rsign.domain.events import EventFilter
 from rsign.domain.principal import LOCAL_OPERATOR
 
@@ -129,6 +129,31 @@ def audit_csr(state_dir: Path) -> None:
     """Print a PKCS#10 request for the audit checkpoint key (signed in the HSM), for your CA."""
     with local_app(state_dir) as app:
         click.echo(app.keys.checkpoint_csr().decode("ascii"), nl=False)
+
+
+@audit.command("certificate")
+@state_dir_option
+@friendly_errors
+def audit_certificate(state_dir: Path) -> None:
+    """Print the audit certificate (PEM, then its issuers) and its SHA-256: the certificate to pin
+    with `verify-export --audit-cert`, whose SHA-256 every verified export names."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    with local_app(state_dir) as app:
+        chain = app.audit.certificate_chain()
+    if not chain:
+        raise FailedPrecondition(
+            "the audit checkpoint key has no certificate yet: `rsign audit csr`, then `rsign audit import-certificate`"
+        )
+    leaf = x509.load_der_x509_certificate(chain[0])
+    for der in chain:
+        click.echo(x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM).decode("ascii"), nl=False)
+    # On stderr: `rsign audit certificate > audit.pem` keeps the PEM file clean for --audit-cert.
+    click.echo(f"subject: {leaf.subject.rfc4514_string()} (until {leaf.not_valid_after_utc.date()})", err=True)
+    click.echo(f"SHA-256: {hashlib.sha256(chain[0]).hexdigest()}", err=True)
 
 
 @audit.command("import-certificate")

@@ -16,6 +16,7 @@ from rsign.dev.embedded import EMBEDDED
 from rsign.domain import context
 from rsign.runtime.app import build_app
 from rsign.runtime.config import load_settings
+from rsign.runtime.state import undo_on_failure
 
 
 @click.command()
@@ -33,11 +34,15 @@ from rsign.runtime.config import load_settings
 @friendly_errors
 def demo(state_dir: Path, listen: str, data: Path) -> None:
     """Provision the Son La demo deployment (first start only) and serve it."""
+    from rsign.api.listener import check_plaintext, check_port_free
     from rsign.api.server import serve_forever
     from rsign.dev.demo import provision
 
-    settings = load_settings(state_dir, embedded=EMBEDDED)
-    app = build_app(settings, pool=True)
+    with undo_on_failure(state_dir):
+        check_plaintext(listen, behind_tls_proxy=False)
+        check_port_free(listen)
+        settings = load_settings(state_dir, embedded=EMBEDDED)
+        app = build_app(settings, pool=True)
     try:
         with context.request(client="cli", actor="demo-provisioning"):
             prog, update = progress_bar("provisioning Son La credentials")

@@ -9,17 +9,15 @@ import click
 
 from rsign.cli._common import F, friendly_errors, state_dir_option
 from rsign.cli._output import print_cred
-from rsign.cli._remote import admin_target, remember_server, remote_requested, with_server_options
+from rsign.cli._remote import admin_target, remote_requested, server_options_on_every_command, with_server_options
 from rsign.domain.errors import InvalidRequest
 from rsign.domain.principal import LOCAL_OPERATOR, CredentialStatus
 
 
 @click.group()
 @with_server_options
-@click.pass_context
-def keys(ctx: click.Context, server: str | None, as_user: str | None) -> None:
+def keys() -> None:
     """Generate and manage HSM keys and certificates (locally, or through a server with --server --as)."""
-    remember_server(ctx, server, as_user)
 
 
 @keys.command("generate")
@@ -170,6 +168,9 @@ def keys_expiring(days: int, agency: str, state_dir: Path) -> None:
     for c in found:
         print_cred(c)
     click.echo(f"{len(found)} certificate(s) expire within {days} days")
+
+
+server_options_on_every_command(keys)
 
 
 def _attach_rotate_internal() -> None:

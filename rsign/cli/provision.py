@@ -35,7 +35,7 @@ def provision(data: Path, health_education: bool, state_dir: Path) -> None:
 
     plan = prov.load(data, health_education=health_education)
     click.echo(f"{len(plan.users)} users and {len(plan.credentials)} credentials in {data}")
-    with local_app(state_dir, pool=True) as app:
+    with local_app(state_dir, pool=True, create=True) as app:
         prog, update = stage_bars(lambda stage: f"{stage:12}")
         with prog:
             summary = prov.apply(app, plan, update)

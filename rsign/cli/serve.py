@@ -15,6 +15,7 @@ from rsign.cli._common import friendly_errors, state_dir_option
 from rsign.dev.embedded import EMBEDDED
 from rsign.runtime.app import build_app
 from rsign.runtime.config import load_settings
+from rsign.runtime.state import undo_on_failure
 
 _PEM = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -107,24 +108,28 @@ def serve(
     from rsign.api.server import serve_forever
 
     logs.configure(log_format)
-    settings = load_settings(state_dir, embedded=EMBEDDED)
-    addr = listen if listen is not None else settings.listen
-    tls = tls_files(tls_cert or settings.tls_cert, tls_key or settings.tls_key, tls_client_ca or settings.tls_client_ca)
-    # A listener that cannot work is refused now, in one line, before the HSM workers start.
-    if tls is not None:
-        check_tls(tls)
-    elif not insecure_behind_tls_proxy:
-        check_plaintext(addr, behind_tls_proxy=False)
-    check_port_free(addr)
-    if http_listen is not None:
-        if tls is None and not insecure_behind_tls_proxy:
-            check_plaintext(http_listen, behind_tls_proxy=False)
-        check_port_free(http_listen)
-    if metrics_listen is not None:
-        metrics_listen = check_metrics_listen(metrics_listen, metrics_allow_remote)
-        check_port_free(metrics_listen)
-    mode = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
-    app = build_app(settings, pool=True)
+    # A first start that fails leaves no half-made state directory behind.
+    with undo_on_failure(state_dir):
+        settings = load_settings(state_dir, embedded=EMBEDDED)
+        addr = listen if listen is not None else settings.listen
+        tls = tls_files(
+            tls_cert or settings.tls_cert, tls_key or settings.tls_key, tls_client_ca or settings.tls_client_ca
+        )
+        # A listener that cannot work is refused now, in one line, before the HSM workers start.
+        if tls is not None:
+            check_tls(tls)
+        elif not insecure_behind_tls_proxy:
+            check_plaintext(addr, behind_tls_proxy=False)
+        check_port_free(addr)
+        if http_listen is not None:
+            if tls is None and not insecure_behind_tls_proxy:
+                check_plaintext(http_listen, behind_tls_proxy=False)
+            check_port_free(http_listen)
+        if metrics_listen is not None:
+            metrics_listen = check_metrics_listen(metrics_listen, metrics_allow_remote)
+            check_port_free(metrics_listen)
+        mode = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
+        app = build_app(settings, pool=True)
     http = None
     try:
         if http_listen is not None:

@@ -9,16 +9,15 @@ import click
 
 from rsign.cli._common import friendly_errors, state_dir_option
 from rsign.cli._output import print_enrolment, print_move, print_user
-from rsign.cli._remote import admin_target, remember_server, with_server_options
-from rsign.domain.principal import LOCAL_OPERATOR, Role, Scope, UserStatus
+from rsign.cli._remote import admin_target, server_options_on_every_command, with_server_options
+from rsign.domain.errors import InvalidRequest
+from rsign.domain.principal import LOCAL_OPERATOR, Role, Scope, UserStatus, user_id_problem
 
 
 @click.group()
 @with_server_options
-@click.pass_context
-def users(ctx: click.Context, server: str | None, as_user: str | None) -> None:
+def users() -> None:
     """Enrol and manage users (locally, or through a server with --server --as)."""
-    remember_server(ctx, server, as_user)
 
 
 @users.command("add")
@@ -46,7 +45,10 @@ def users(ctx: click.Context, server: str | None, as_user: str | None) -> None:
 def users_add(user_id: str, name: str, agency: str, role: str, scope: str, pin_stdin: bool, state_dir: Path) -> None:
     """Enrol USER_ID; prints the otpauth:// URI and a QR code for the authenticator app."""
     pin = sys.stdin.readline().rstrip("\r\n")
-    with admin_target(state_dir) as admin:
+    if problem := user_id_problem(user_id):
+        # Checked before the state directory is opened (or created): a refused id leaves nothing.
+        raise InvalidRequest(problem)
+    with admin_target(state_dir, create=True) as admin:
         enr = admin.enrol(LOCAL_OPERATOR, user_id, name, pin, agency, role, scope)
     click.echo(f"enrolled {enr.user_id}")
     click.echo("Scan this with the authenticator app (shown once; rsign keeps the seed only encrypted):")
@@ -131,3 +133,6 @@ def users_search(agency: str, name: str, status: str, limit: int, state_dir: Pat
     with admin_target(state_dir) as admin:
         for u in admin.search_users(LOCAL_OPERATOR, agency, name, status, limit):
             print_user(u)
+
+
+server_options_on_every_command(users)

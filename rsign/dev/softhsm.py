@@ -40,6 +40,33 @@ def find_softhsm_module() -> str:
 
 
 
+def _conf_text(tokens: Path) -> str:
+    return (
+        "# SoftHSMv2 configuration for this rsign state directory (development only).\n"
+        "# Written by rsign at every start from the state directory's own location: do not edit.\n"
+        f"directories.tokendir = {tokens}\n"
+        "objectstore.backend = file\n"
+        "log.level = ERROR\n"
+        "slots.removable = false\n"
+    )
+
+
+def _point_conf_at(conf: Path, tokens: Path) -> None:
+    """SoftHSMv2 wants an absolute token directory (a relative one would be resolved against the
+    process's working directory), so the file is (re)written from where the state directory is
+    now. A state directory copied, moved or restored elsewhere then uses its own token, never the
+    original's: the copy's old file still named the original's directory."""
+    text = _conf_text(tokens)
+    try:
+        if conf.read_text(encoding="utf-8") == text:
+            return
+    except FileNotFoundError:
+        pass
+    tmp = conf.with_name(conf.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, conf)  # atomic: a worker starting now reads the old file or the new one
+
+
 def ensure_token(state_dir: Path) -> HsmConfig:
     """Return the embedded token's configuration, creating the token on first use.
 
@@ -51,14 +78,7 @@ def ensure_token(state_dir: Path) -> HsmConfig:
     pin_file = state_dir / "hsm-user-pin"
     if not pin_file.exists():
         tokens.mkdir(mode=0o700, exist_ok=True)
-        conf.write_text(
-            "# SoftHSMv2 configuration for this rsign state directory (development only)\n"
-            f"directories.tokendir = {tokens}\n"
-            "objectstore.backend = file\n"
-            "log.level = ERROR\n"
-            "slots.removable = false\n",
-            encoding="utf-8",
-        )
+        _point_conf_at(conf, tokens)
         user_pin = secrets.token_urlsafe(24)
         so_pin = secrets.token_urlsafe(24)
         util = shutil.which("softhsm2-util")
@@ -76,6 +96,10 @@ def ensure_token(state_dir: Path) -> HsmConfig:
         write_private(state_dir / "hsm-so-pin", so_pin)
         # Written last: its presence marks a complete token.
         write_private(pin_file, user_pin)
+    elif not tokens.is_dir():
+        raise ConfigurationError(f"{state_dir} has the embedded token's PIN but no token directory {tokens}")
+    else:
+        _point_conf_at(conf, tokens)
     return HsmConfig(
         module=module,
         token_label=TOKEN_LABEL,

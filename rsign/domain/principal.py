@@ -7,6 +7,7 @@ cannot misspell one.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 from rsign.domain.errors import InvalidRequest
@@ -64,6 +65,21 @@ def parse_scope(text: str) -> Scope:
         return Scope(text)
     except ValueError:
         raise InvalidRequest(f"unknown scope {text!r}; expected one of {', '.join(sorted(Scope))}") from None
+
+
+# One rule for user ids wherever a user is enrolled (CLI, AdminService, provisioning files): they
+# appear in audit records, certificate subjects and otpauth URIs, so no spaces, no capitals.
+_USER_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+
+
+def user_id_problem(user_id: str) -> str | None:
+    """Why ``user_id`` is not a valid user id (None: it is)."""
+    if _USER_ID.fullmatch(user_id):
+        return None
+    return (
+        f"user id {user_id!r} is not lower-case letters, digits, '.', '_' or '-'"
+        " (starting with a letter or digit, at most 128 characters)"
+    )
 
 
 @dataclass(frozen=True)

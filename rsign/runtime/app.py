@@ -22,6 +22,7 @@ from rsign.runtime.config import init_lock
 from rsign.signing.approvals import ApprovalService
 from rsign.signing.service import SigningService
 from rsign.store import Store
+from rsign.store.opening import open_store
 
 
 @dataclass
@@ -54,11 +55,15 @@ class App:
         self.store.close()
 
 
+def _close_when_started(started: Future[Hsm]) -> None:
+    if started.exception() is None:
+        started.result().close()
+
+
 def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm: Hsm | None = None) -> App:
     """``pool=True`` (server): HSM worker processes. ``pool=False`` (CLI): one in-process session.
     ``hsm`` overrides both (tests pass the real pool wrapped in a call counter)."""
     clk = clock or SystemClock()
-    store = Store(settings.database_url, clk, busy_timeout=settings.database_busy_timeout_seconds)
     audit_pool: Future[Hsm] | None = None
     if pool:
         from rsign.hsm.pool import HsmPool
@@ -69,16 +74,32 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
         starter = ThreadPoolExecutor(1, thread_name_prefix="rsign-audit-hsm-start")
         audit_pool = starter.submit(HsmPool, settings.hsm, 1, warm=False)
         starter.shutdown(wait=False)
-    if hsm is not None:
-        pass
-    elif pool:
-        from rsign.hsm.pool import HsmPool
+    # The HSM opens before the database: a token that cannot be opened (wrong module, wrong PIN)
+    # fails the start before a database file is created.
+    made: Hsm | None = None
+    try:
+        if hsm is None and pool:
+            from rsign.hsm.pool import HsmPool
 
-        hsm = HsmPool(settings.hsm, workers=settings.hsm_workers or None)
-    else:
-        from rsign.hsm.pkcs11_adapter import Pkcs11Token
+            hsm = made = HsmPool(settings.hsm, workers=settings.hsm_workers or None)
+        elif hsm is None:
+            from rsign.hsm.pkcs11_adapter import Pkcs11Token
 
-        hsm = Pkcs11Token(settings.hsm)
+            hsm = made = Pkcs11Token(settings.hsm)
+        audit_hsm: Hsm = audit_pool.result() if audit_pool is not None else hsm
+    except BaseException:
+        if made is not None:
+            made.close()
+        if audit_pool is not None:
+            audit_pool.add_done_callback(_close_when_started)
+        raise
+    try:
+        store = open_store(settings.database_url, clk, busy_timeout=settings.database_busy_timeout_seconds)
+    except BaseException:
+        hsm.close()
+        if audit_hsm is not hsm:
+            audit_hsm.close()
+        raise
     issuer: CertificateIssuer
     if settings.embedded is not None:
         with init_lock(settings.state_dir):
@@ -86,7 +107,6 @@ def build_app(settings: Settings, *, pool: bool, clock: Clock | None = None, hsm
     else:
         # A real HSM: no development CA is built or trusted; certificates are imported.
         issuer = ExternalCAOnly()
-    audit_hsm: Hsm = audit_pool.result() if audit_pool is not None else hsm
     audit_keys = AuditKeys.ensure(store, audit_hsm, issuer, clk)
     journal = AuditedStore(store, audit_keys, clk)
     auth = AuthService(journal, hsm, clk, settings)

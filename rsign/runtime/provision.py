@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import secrets
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,11 +32,12 @@ from pathlib import Path
 from rsign.domain.algorithms import KeyAlgorithm
 from rsign.domain.errors import AlreadyExists, InvalidRequest
 from rsign.domain.files import write_private
+from rsign.domain.principal import user_id_problem
 from rsign.keys.service import KeyRequest
 from rsign.runtime.app import App
 
 _KEY_BATCH = 50  # credentials per HSM job and per audited transaction
-_USER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+CENTRE_LEVELS = ("province", "district", "commune")  # the tiers of one-stop centres
 
 
 @dataclass(frozen=True)
@@ -79,33 +79,63 @@ class _Reader:
         self.problems: list[str] = []
 
     def rows(self, path: Path, columns: list[str]) -> Iterable[tuple[int, dict[str, str]]]:
-        if not path.exists():
+        """The file's rows with their line numbers. Each line is decoded and parsed on its own, so
+        a bad line (not UTF-8, an unterminated quote) is reported at its own line and the lines
+        after it are still checked; the csv module, reading on, would take everything after an
+        unterminated quote for one field and report the end of the file. The price: a quoted
+        field cannot hold a line break, which none of these files has reason to."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
             self.problems.append(f"{path.name}: file not found")
             return
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, strict=True)
-            try:
-                header = next(reader)
-            except (StopIteration, csv.Error):
-                self.problems.append(f"{path.name}: empty or unreadable")
-                return
-            missing = [c for c in columns if c not in header]
-            if missing:
-                self.problems.append(f"{path.name}: missing column(s) {', '.join(missing)}")
-                return
-            try:
-                for rec in reader:
-                    line = reader.line_num
-                    if not rec or rec == [""]:
-                        continue
-                    if len(rec) != len(header):
-                        self.problems.append(
-                            f"{path.name} line {line}: {len(rec)} fields, expected {len(header)} (an unquoted comma?)"
-                        )
-                        continue
-                    yield line, {k: v.strip() for k, v in zip(header, rec, strict=True)}
-            except csv.Error as exc:
-                self.problems.append(f"{path.name} line {reader.line_num}: {exc}")
+        except OSError as exc:
+            self.problems.append(f"{path.name}: cannot read ({exc.strerror or exc})")
+            return
+        header: list[str] | None = None
+        for line, raw in enumerate(data.splitlines(), start=1):
+            rec = self._record(path.name, line, raw)
+            if rec is None:
+                if header is None and line == 1:
+                    return  # no header: nothing else in the file can be checked
+                continue
+            if not rec or rec == [""]:
+                continue
+            if header is None:
+                header = [c.strip() for c in rec]
+                missing = [c for c in columns if c not in header]
+                if missing:
+                    self.problems.append(f"{path.name}: missing column(s) {', '.join(missing)}")
+                    return
+                continue
+            if len(rec) != len(header):
+                self.problems.append(
+                    f"{path.name} line {line}: {len(rec)} fields, expected {len(header)} (an unquoted comma?)"
+                )
+                continue
+            yield line, {k: v.strip() for k, v in zip(header, rec, strict=True)}
+        if header is None:
+            self.problems.append(f"{path.name}: empty (no header line)")
+
+    def _record(self, name: str, line: int, raw: bytes) -> list[str] | None:
+        """One physical line as CSV fields (RFC 4180 quoting); None, with the problem noted, when
+        it cannot be read."""
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.problems.append(
+                f"{name} line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1});"
+                " save the file as UTF-8"
+            )
+            return None
+        if line == 1:
+            text = text.removeprefix("\ufeff")  # a byte-order mark from spreadsheet exports
+        try:
+            return next(csv.reader([text], strict=True), [])
+        except csv.Error as exc:
+            why = "unterminated quote" if "end of data" in str(exc) else f"bad quoting ({exc})"
+            self.problems.append(f"{name} line {line}: {why}")
+            return None
 
     def need(self, where: str, row: dict[str, str], *names: str) -> bool:
         empty = [n for n in names if not row.get(n)]
@@ -122,8 +152,8 @@ def load(data: Path, health_education: bool = False, only_centralized: bool = Fa
     seen_creds: dict[str, str] = {}
 
     def add_user(uid: str, name: str, agency: str, where: str) -> None:
-        if not _USER_ID.match(uid):
-            r.problems.append(f"{where}: user id {uid!r} is not lower-case letters, digits, '.', '_' or '-'")
+        if problem := user_id_problem(uid):
+            r.problems.append(f"{where}: {problem}")
         elif uid in seen_users:
             r.problems.append(f"{where}: user {uid} already defined at {seen_users[uid]}")
         else:
@@ -144,6 +174,10 @@ def load(data: Path, health_education: bool = False, only_centralized: bool = Fa
     if not only_centralized:
         for line, row in r.rows(data / "one_stop_centres.csv", ["centre_id", "name", "level", "district"]):
             where = f"one_stop_centres.csv line {line}"
+            if row["level"] not in CENTRE_LEVELS:
+                r.problems.append(
+                    f"{where}: level {row['level']!r} is not one of {', '.join(CENTRE_LEVELS)}"
+                )
             if r.need(where, row, "centre_id", "name"):
                 if row["centre_id"] in centres:
                     r.problems.append(f"{where}: centre {row['centre_id']} appears twice")
@@ -180,6 +214,8 @@ def load(data: Path, health_education: bool = False, only_centralized: bool = Fa
                 continue
             add_user(row["user_id"], row["full_name"], row["unit"], where)
             add_cred(CredentialRow(f"SL-HE-{row['user_id']}", "EC-P256", holder=row["user_id"]), where)
+    if len(r.problems) == 1:
+        raise InvalidRequest(f"{r.problems[0]}; nothing was imported")
     if r.problems:
         more = f" (and {len(r.problems) - 50} more)" if len(r.problems) > 50 else ""
         raise InvalidRequest("the deployment files have problems; nothing was imported:\n  "

@@ -161,7 +161,7 @@ def test_forged_record_appended(app: App, state: Path, tmp_path: Path) -> None:
         c.execute("UPDATE audit_head SET seq = ?, hash = ?", (forged["seq"], forged["hash"]))
     # rsign refuses to build on a record it did not write: every audited operation stops.
     with pytest.raises(AuditIntegrityError, match="refusing to append"), context.request(client="test"):
-        app.auth.unlock("u0")
+        app.auth.enrol("u.after.forgery", "Người dùng", "123456")
     rep = verify(app)
     assert not rep.ok and rep.bad_seq == forged["seq"] and "MAC" in rep.problem
     problems = export(app, tmp_path / "e.jsonl")

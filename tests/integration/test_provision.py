@@ -114,3 +114,31 @@ def test_full_son_la_plan_validates(tmp_path: Path) -> None:
     persons = [c for c in plan.credentials if c.holder]
     seals = [c for c in plan.credentials if c.seal_agency]
     assert len(persons) == 176 + 25_065 and len(seals) == len({c.seal_agency for c in seals}) > 200
+
+
+def test_every_bad_row_is_reported_at_its_own_line(tmp_path: Path) -> None:
+    """An unterminated quote is reported at the line where it opens, and the rows after it are
+    still checked (the csv module alone would swallow the rest of the file and report its end);
+    a centre's level is checked; a line that is not UTF-8 is named."""
+    data = tmp_path / "data"
+    subset(data)
+    centres = (data / "one_stop_centres.csv").read_text(encoding="utf-8").splitlines()
+    centres[1] = centres[1].replace(",province,", ",provinc,")  # line 2
+    centres.append('BPMC-X,"Bộ phận Một cửa, unterminated,district,')  # line 5
+    centres.append("BPMC-Y,Bộ phận Một cửa Y,village,")  # line 6
+    (data / "one_stop_centres.csv").write_text("\n".join(centres) + "\n", encoding="utf-8")
+    creds = (data / "centralized_credentials.csv").read_bytes().splitlines()
+    creds.insert(2, "C-9,ha.thi.lan,Hà Thị Lan,Sở Y tế,Chuyên viên,EC-P256".encode("cp1258", errors="replace"))
+    creds.append(b"C-10,Bad User,X,Agency,Title,EC-P256")
+    (data / "centralized_credentials.csv").write_bytes(b"\n".join(creds) + b"\n")
+    with pytest.raises(InvalidRequest) as e:
+        load(data)
+    problems = e.value.message.splitlines()[1:]
+    assert [p.strip() for p in problems] == [
+        "one_stop_centres.csv line 2: level 'provinc' is not one of province, district, commune",
+        "one_stop_centres.csv line 5: unterminated quote",
+        "one_stop_centres.csv line 6: level 'village' is not one of province, district, commune",
+        "centralized_credentials.csv line 3: not UTF-8 (byte 0xe0 at column 17); save the file as UTF-8",
+        f"centralized_credentials.csv line {len(creds)}: user id 'Bad User' is not lower-case letters, digits,"
+        " '.', '_' or '-' (starting with a letter or digit, at most 128 characters)",
+    ]
