@@ -205,7 +205,7 @@ def test_db_commands_on_a_state_directory(tmp_path: Path) -> None:
     missing = rsign("db", "current", "--state-dir", str(sd))
     assert missing.returncode != 0 and "no rsign database" in missing.stderr and not sd.exists()
 
-    assert rsign("audit", "verify", "--state-dir", str(sd)).returncode == 0  # creates the state at head
+    assert rsign("init", "--state-dir", str(sd)).returncode == 0  # creates the state at head
     current = rsign("db", "current", "--state-dir", str(sd))
     assert current.returncode == 0 and f"database: {migrate.head()} (head)" in current.stdout
 
