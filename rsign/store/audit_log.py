@@ -21,13 +21,16 @@ from rsign.store._core import (
     pack_certs,
     unpack_certs,
 )
+from rsign.store.fast import FastStatement
 
-# The append path's statements, built once (see rsign.store.sessions): every audited transaction
-# runs them.
-_LOCK_HEAD = select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()
-_HASH_AND_MAC = select(AUDIT.c.hash, AUDIT.c.mac).where(AUDIT.c.seq == bindparam("seq"))
+# The append path's statements, built once and run on the driver (rsign.store.fast): every audited
+# transaction runs them.
+_LOCK_HEAD = FastStatement(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update())
+_HASH_AND_MAC = FastStatement(select(AUDIT.c.hash, AUDIT.c.mac).where(AUDIT.c.seq == bindparam("seq")))
 # (A bind parameter may not share a name with a column its UPDATE sets.)
-_MOVE_HEAD = update(HEAD).where(HEAD.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+_MOVE_HEAD = FastStatement(
+    update(HEAD).where(HEAD.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
 
 
 class AuditLogRepo:
@@ -39,19 +42,19 @@ class AuditLogRepo:
 
     def lock_head(self) -> tuple[int, str]:
         """The chain head, locked until this transaction ends (appends are serialised on it)."""
-        head = self.c.execute(_LOCK_HEAD).one()
+        head = _LOCK_HEAD.first(self.c)
         return int(head.seq), str(head.hash)
 
     def insert_audit_rows(self, rows: list[dict[str, Any]]) -> None:
         insert_many(self.c, AUDIT, rows)
 
     def audit_hash_and_mac(self, seq: int) -> tuple[str, str] | None:
-        r = self.c.execute(_HASH_AND_MAC, {"seq": seq}).first()
+        r = _HASH_AND_MAC.first(self.c, {"seq": seq})
         return None if r is None else (str(r.hash), str(r.mac))
 
     def move_head(self, seq: int, head_hash: str) -> None:
         """Move the head to record ``seq`` (inserted in this transaction, with its MAC)."""
-        self.c.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": head_hash})
+        _MOVE_HEAD.rowcount(self.c, {"new_seq": seq, "new_hash": head_hash})
 
     def audit_head(self) -> tuple[int, str] | None:
         h = self.c.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).first()

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Select, bindparam, delete, func, insert, sele
 from rsign.domain.principal import CredentialKind, CredentialStatus, KeyVersionStatus
 from rsign.domain.records import CredentialView, KeyVersionView
 from rsign.store._core import APPROVALS, CREDS, KEYS, SEAL_USERS, USERS, pack_certs, rowcount, unpack_certs
+from rsign.store.fast import FastStatement
 
 
 def _select_credentials(*where: Any) -> Select[Any]:
@@ -23,18 +24,17 @@ def _select_credentials(*where: Any) -> Select[Any]:
 
 # Hot-path statements, built once (see rsign.store.sessions): every Authorize and SignHash reads its
 # credential.
-_GET_CREDENTIAL = _select_credentials(CREDS.c.credential_id == bindparam("cid"))
-_SEAL_USERS = select(SEAL_USERS.c.user_id).where(SEAL_USERS.c.credential_id == bindparam("cid"))
+_GET_CREDENTIAL = FastStatement(_select_credentials(CREDS.c.credential_id == bindparam("cid")))
+_SEAL_USERS = FastStatement(select(SEAL_USERS.c.user_id).where(SEAL_USERS.c.credential_id == bindparam("cid")))
 
 
 class CredentialRepo:
     c: Connection
 
     def _credentials(self, *where: Any) -> list[CredentialView]:
-        return self._views(_select_credentials(*where))
+        return self._views(self.c.execute(_select_credentials(*where)).all())
 
-    def _views(self, stmt: Select[Any], params: dict[str, Any] | None = None) -> list[CredentialView]:
-        rows = self.c.execute(stmt, params).all()
+    def _views(self, rows: Sequence[Any]) -> list[CredentialView]:
         return [
             CredentialView(
                 r.credential_id,
@@ -55,7 +55,7 @@ class CredentialRepo:
         ]
 
     def get_credential(self, credential_id: str) -> CredentialView | None:
-        found = self._views(_GET_CREDENTIAL, {"cid": credential_id})
+        found = self._views(_GET_CREDENTIAL.rows(self.c, {"cid": credential_id}))
         return found[0] if found else None
 
     def list_credentials(self, holder_user_id: str) -> list[CredentialView]:
@@ -71,7 +71,7 @@ class CredentialRepo:
     def seal_users(self, credential_id: str) -> list[str]:
         """The users authorized to activate the seal ``credential_id`` (``rsign.domain.policy``
         decides with this list)."""
-        rows = self.c.execute(_SEAL_USERS, {"cid": credential_id}).all()
+        rows = _SEAL_USERS.rows(self.c, {"cid": credential_id})
         return sorted(r[0] for r in rows)
 
     def search_credentials(

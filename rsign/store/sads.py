@@ -7,12 +7,17 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from rsign.domain.records import SadView
-from rsign.store._core import CONSUMED, SADS, insert_many, rowcount, split_hashes
+from rsign.store._core import CONSUMED, SADS, insert_many, split_hashes
+from rsign.store.fast import FastStatement
 
 # Hot-path statements, built once (see rsign.store.sessions).
-_ADD_SAD = insert(SADS).returning(SADS.c.id)
-_GET_SAD = select(SADS).where(SADS.c.sad_hash == bindparam("sad_hash"))
-_CONSUME_SAD = (
+_SAD_FIELDS = (
+    "sad_hash", "user_id", "session_id", "credential_id", "key_version", "hash_alg", "hashes", "count", "issued_at",
+    "expires_at",
+)  # fmt: skip
+_ADD_SAD = FastStatement(insert(SADS).values({f: bindparam(f"v_{f}") for f in _SAD_FIELDS}).returning(SADS.c.id))
+_GET_SAD = FastStatement(select(SADS).where(SADS.c.sad_hash == bindparam("sad_hash")))
+_CONSUME_SAD = FastStatement(
     update(SADS)
     .where(SADS.c.id == bindparam("sid"), SADS.c.consumed_at.is_(None), SADS.c.expires_at > bindparam("now"))
     .values(consumed_at=bindparam("now"))
@@ -37,29 +42,19 @@ class SadRepo:
         issued_at: float,
         expires_at: float,
     ) -> int:
-        res = self.c.execute(
-            _ADD_SAD,
-            {
-                "sad_hash": sad_hash,
-                "user_id": user_id,
-                "session_id": session_id,
-                "credential_id": credential_id,
-                "key_version": key_version,
-                "hash_alg": hash_alg,
-                "hashes": b"".join(hashes),
-                "count": len(hashes),
-                "issued_at": issued_at,
-                "expires_at": expires_at,
-            },
-        )
-        return int(res.scalar_one())
+        values = (
+            sad_hash, user_id, session_id, credential_id, key_version, hash_alg, b"".join(hashes), len(hashes),
+            issued_at, expires_at,
+        )  # fmt: skip
+        row = _ADD_SAD.first(self.c, {f"v_{f}": v for f, v in zip(_SAD_FIELDS, values, strict=True)})
+        return int(row.id)
 
     def get_sad(self, sad_hash: bytes, digest_size: int) -> SadView | None:
-        r = self.c.execute(_GET_SAD, {"sad_hash": sad_hash}).first()
+        r = _GET_SAD.first(self.c, {"sad_hash": sad_hash})
         if r is None:
             return None
         blob = bytes(r.hashes)
-        count = int(r._mapping["count"])
+        count = int(r.count)
         size = len(blob) // count if count else digest_size
         return SadView(
             r.id,
@@ -84,8 +79,7 @@ class SadRepo:
 
     def consume_sad(self, sad_id: int, now: float) -> bool:
         """Exactly-once consumption: a conditional UPDATE, so two replicas cannot both win."""
-        res = self.c.execute(_CONSUME_SAD, {"sid": sad_id, "now": now})
-        return rowcount(res) == 1
+        return _CONSUME_SAD.rowcount(self.c, {"sid": sad_id, "now": now}) == 1
 
     def consumed(self, credential_id: str, keys: Sequence[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
         """Which (digest, occurrence) pairs of ``keys`` were already consumed for the credential."""

@@ -9,16 +9,19 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from rsign.domain.principal import Role, Scope, UserStatus
 from rsign.domain.records import UserSecrets, UserView, fold
 from rsign.store._core import CREDS, SADS, SESSIONS, USERS, rowcount
+from rsign.store.fast import FastStatement
 
 # The columns of a UserView: a user search or lookup never reads the secrets.
 _PUBLIC = (USERS.c.user_id, USERS.c.name, USERS.c.agency, USERS.c.role, USERS.c.status, USERS.c.locked, USERS.c.scope)
 
-# Hot-path statements, built once (see rsign.store.sessions).
-_GET_USER = select(*_PUBLIC).where(USERS.c.user_id == bindparam("uid"))
-_GET_SECRETS = select(USERS.c.user_id, USERS.c.pin_hash, USERS.c.totp_sealed, USERS.c.last_otp_step).where(
-    USERS.c.user_id == bindparam("uid")
+# Hot-path statements, built once and run on the driver (rsign.store.fast).
+_GET_USER = FastStatement(select(*_PUBLIC).where(USERS.c.user_id == bindparam("uid")))
+_GET_SECRETS = FastStatement(
+    select(USERS.c.user_id, USERS.c.pin_hash, USERS.c.totp_sealed, USERS.c.last_otp_step).where(
+        USERS.c.user_id == bindparam("uid")
+    )
 )
-_ACCEPT_STEP = (
+_ACCEPT_STEP = FastStatement(
     update(USERS)
     .where(USERS.c.user_id == bindparam("uid"), USERS.c.last_otp_step < bindparam("step"), USERS.c.locked.is_(False))
     .values(last_otp_step=bindparam("step"), failed_attempts=0)
@@ -41,12 +44,12 @@ class UserRepo:
     c: Connection
 
     def get_user(self, user_id: str) -> UserView | None:
-        u = self.c.execute(_GET_USER, {"uid": user_id}).first()
+        u = _GET_USER.first(self.c, {"uid": user_id})
         return None if u is None else _user_view(u)
 
     def get_user_secrets(self, user_id: str) -> UserSecrets | None:
         """For ``rsign.auth`` only (see ``rsign.domain.records``)."""
-        u = self.c.execute(_GET_SECRETS, {"uid": user_id}).first()
+        u = _GET_SECRETS.first(self.c, {"uid": user_id})
         return None if u is None else UserSecrets(u.user_id, u.pin_hash, bytes(u.totp_sealed), u.last_otp_step)
 
     def add_user(
@@ -148,8 +151,7 @@ class UserRepo:
         """Atomically accept ``step`` if it is later than every step accepted before and the user
         is not locked; resets the failure counter. Correct across replicas: the check and the
         write are one conditional UPDATE."""
-        res = self.c.execute(_ACCEPT_STEP, {"uid": user_id, "step": step})
-        return rowcount(res) == 1
+        return _ACCEPT_STEP.rowcount(self.c, {"uid": user_id, "step": step}) == 1
 
     def record_auth_failure(self, user_id: str, threshold: int) -> tuple[int, bool]:
         """Count one failure atomically; lock at ``threshold``. Returns (failures, locked_now)."""

@@ -1,0 +1,84 @@
+"""The unary signing path's statements, run on the driver's cursor.
+
+Every Authorize and SignHash runs about twenty fixed statements (session, user, credential, SAD,
+the audit head). Through SQLAlchemy's execution layer each cost about 50 us of Python (execution
+context, result processing, events) against 13 us on the sqlite3 cursor, and the server's Python
+time per flow is what bounds the unary path (one process, one GIL). So the hot statements are
+compiled once per dialect, from the same Core expressions, and run on the DBAPI cursor of the
+connection SQLAlchemy already holds: same connection, same transaction, same SQL.
+
+What this gives up, deliberately and only here: SQLAlchemy's type processing. Every statement
+below reads and binds only values the drivers map themselves (str, int, float, bytes, None);
+booleans are compared as literals in the SQL, and callers convert what they read (``bool()`` for a
+flag, ``bytes()`` for a blob), as the views did already. Anything else stays on SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import namedtuple
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import ClauseElement
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]  # bind parameter names, in order (positional paramstyles)
+    positional: bool
+    defaults: dict[str, Any]  # values the expression carries itself (``HEAD.c.id == 1``)
+
+
+class FastStatement:
+    """A Core statement compiled once per dialect and run on the driver's cursor."""
+
+    def __init__(self, stmt: ClauseElement) -> None:
+        self.stmt = stmt
+        self._compiled: dict[str, _Compiled] = {}
+        self._lock = threading.Lock()
+        # A SELECT's columns, or a DML statement's RETURNING ones (none: nothing is read).
+        keys = [c.key for c in getattr(stmt, "exported_columns", ())]
+        self._row: Any = namedtuple("Row", keys) if keys else None  # type: ignore[misc]
+
+    def _for(self, dialect: Dialect) -> _Compiled:
+        found = self._compiled.get(dialect.name)
+        if found is not None:
+            return found
+        with self._lock:
+            compiled = self.stmt.compile(dialect=dialect)
+            positional = bool(dialect.positional)
+            names = tuple(getattr(compiled, "positiontup", None) or ()) if positional else ()
+            found = _Compiled(str(compiled), names, positional, dict(compiled.params))
+            self._compiled[dialect.name] = found
+            return found
+
+    def _cursor(self, c: Connection, params: Mapping[str, Any]) -> Any:
+        comp = self._for(c.dialect)
+        cursor = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        values = {**comp.defaults, **params}
+        args: Any = tuple(values[n] for n in comp.names) if comp.positional else values
+        cursor.execute(comp.sql, args)
+        return cursor
+
+    def rows(self, c: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
+        cursor = self._cursor(c, params or {})
+        try:
+            return [self._row._make(r) for r in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def first(self, c: Connection, params: Mapping[str, Any] | None = None) -> Any:
+        found = self.rows(c, params)
+        return found[0] if found else None
+
+    def rowcount(self, c: Connection, params: Mapping[str, Any] | None = None) -> int:
+        cursor = self._cursor(c, params or {})
+        try:
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
