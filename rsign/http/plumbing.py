@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rsign.domain import context
 from rsign.domain.errors import CodeAlreadyUsed, InvalidRequest, RsignError
@@ -64,24 +66,85 @@ def _request_id(request: Request) -> str | None:
     return rid if 0 < len(rid) <= 64 else None
 
 
+class BodyTooLarge(BadRequest):
+    """A body over ``MAX_BODY``: answered 413 as soon as it shows (declared, or read that far)."""
+
+
 async def json_body(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:
-        raise BadRequest(f"request body over {MAX_BODY} bytes")
+        raise BodyTooLarge(f"request body over {MAX_BODY} bytes")
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY:
-            raise BadRequest(f"request body over {MAX_BODY} bytes")
+            raise BodyTooLarge(f"request body over {MAX_BODY} bytes")
     if not raw.strip():
         return {}
     try:
         data = json.loads(bytes(raw))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: arrays nested deeper than the parser's stack (a few kB of "[[[[").
         raise BadRequest("the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
+    _check_strings(data)
     return data
+
+
+def _check_strings(data: dict[str, Any]) -> None:
+    """JSON may escape a lone UTF-16 surrogate ("\\ud800") or NUL: neither is text that UTF-8,
+    PostgreSQL or an audit record can hold, so a request carrying one is refused here (gRPC never
+    sees one: protobuf strings are valid UTF-8). Iterative: the depth is the parser's to bound."""
+    stack: list[Any] = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest("the request body holds a string that is not valid Unicode") from None
+            if "\x00" in value:
+                raise BadRequest("the request body holds a string with a NUL character")
+
+
+# On every answer unless the handler set its own (the pages set a nonce CSP): API answers carry
+# bearer tokens and SADs, which no browser or proxy cache may keep; nothing here is meant to be
+# framed (clickjacking an approval button), sniffed into another type, or leak its URL (the
+# approval link is a capability) in a Referer.
+SECURITY_HEADERS = {
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+class SecurityHeaders:
+    """ASGI middleware adding ``SECURITY_HEADERS`` to every response (404 and 405 included)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def error_response(exc: RsignError) -> JSONResponse:
@@ -116,6 +179,10 @@ async def serve(app: App, request: Request, handler: Handler, *, public: bool = 
     body: dict[str, Any] = {}
     try:
         body = await json_body(request)
+    except BodyTooLarge as exc:
+        # Like gRPC's message size limit: refused by the transport, before authentication and
+        # unrecorded (reading on to find out who sent it is what the limit is there to avoid).
+        return JSONResponse({"error": "invalid_request", "error_description": exc.message}, status_code=413)
     except BadRequest as exc:
         early = exc
     client, rid, path = client_of(request), _request_id(request), request.url.path

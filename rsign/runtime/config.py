@@ -38,6 +38,8 @@ _INT_KEYS = {
     "streams_per_user",
     "unary_per_session",
     "unary_per_user",
+    "http_requests",
+    "http_threads",
 }
 _FLOAT_KEYS = {
     "checkpoint_interval_seconds",
