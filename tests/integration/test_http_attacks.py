@@ -355,13 +355,24 @@ def test_the_http_face_bounds_requests_in_progress(env: Env) -> None:
     limit = env.settings.http_requests
     srv = start_http(env.app, "127.0.0.1:0")
     held: list[socket.socket] = []
+    refused = 0
     try:
-        for _ in range(limit + 4):
+        # Requests whose bodies never finish stay in progress; open them until the face refuses.
+        for _ in range(limit + 8):
             sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-            # A request whose body never finishes: it stays in progress.
             sock.sendall(b"POST /csc/v2/info HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
-            held.append(sock)
-        time.sleep(0.5)
+            sock.settimeout(0.05)
+            try:
+                answer = sock.recv(100)
+            except TimeoutError:
+                held.append(sock)
+                continue
+            assert answer.startswith(b"HTTP/1.1 503"), answer
+            sock.close()
+            refused += 1
+            if refused >= 3:
+                break
+        assert refused >= 3 and len(held) < limit, (refused, len(held))
         r = httpx.post(f"{srv.base_url}/csc/v2/info", json={}, timeout=10)
         assert r.status_code == 503, r.text
         for sock in held:
