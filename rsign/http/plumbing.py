@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -70,15 +71,24 @@ class BodyTooLarge(BadRequest):
     """A body over ``MAX_BODY``: answered 413 as soon as it shows (declared, or read that far)."""
 
 
-async def json_body(request: Request) -> dict[str, Any]:
+class BodyTooSlow(BadRequest):
+    """A body not complete within the read deadline: answered 408."""
+
+
+async def json_body(request: Request, seconds: float) -> dict[str, Any]:
+    """The body as a JSON object; at most ``MAX_BODY`` bytes, all of it within ``seconds`` (a body
+    trickled a byte at a time would otherwise hold one of the face's requests in progress for ever)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:
         raise BodyTooLarge(f"request body over {MAX_BODY} bytes")
     raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise BodyTooLarge(f"request body over {MAX_BODY} bytes")
+    with anyio.move_on_after(seconds) as deadline:
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                raise BodyTooLarge(f"request body over {MAX_BODY} bytes")
+    if deadline.cancelled_caught:
+        raise BodyTooSlow(f"the request body did not arrive within {seconds:g} s")
     if not raw.strip():
         return {}
     try:
@@ -178,11 +188,15 @@ async def serve(app: App, request: Request, handler: Handler, *, public: bool = 
     early: BadRequest | None = None
     body: dict[str, Any] = {}
     try:
-        body = await json_body(request)
-    except BodyTooLarge as exc:
-        # Like gRPC's message size limit: refused by the transport, before authentication and
-        # unrecorded (reading on to find out who sent it is what the limit is there to avoid).
-        return JSONResponse({"error": "invalid_request", "error_description": exc.message}, status_code=413)
+        body = await json_body(request, app.settings.stream_idle_seconds)
+    except ClientDisconnect:
+        # Gone before its body was complete: nobody to answer, nothing worth a traceback in the log.
+        return JSONResponse({"error": "invalid_request", "error_description": "client disconnected"}, 400)
+    except (BodyTooLarge, BodyTooSlow) as exc:
+        # Like gRPC's message size limit and idle streams: refused by the transport, before
+        # authentication and unrecorded (a flood of them would otherwise fill the audit log).
+        status, code = (413, "invalid_request") if isinstance(exc, BodyTooLarge) else (408, "request_timeout")
+        return JSONResponse({"error": code, "error_description": exc.message}, status_code=status)
     except BadRequest as exc:
         early = exc
     client, rid, path = client_of(request), _request_id(request), request.url.path

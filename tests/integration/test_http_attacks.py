@@ -109,6 +109,31 @@ def test_an_endless_chunked_body_is_413_early(env: Env, http: HttpServer) -> Non
     assert audit_count(env) == before  # an unknown token: nobody to name, nothing recorded
 
 
+@pytest.mark.slow
+def test_a_trickled_body_is_408_at_the_deadline(env: Env, http: HttpServer) -> None:
+    """A body sent a byte at a time would hold a request in progress for ever (and with enough of
+    them, every one the face takes): it gets the stream idle time, in all, to arrive."""
+    before = audit_count(env)
+    seconds = env.settings.stream_idle_seconds
+    sock = socket.create_connection(("127.0.0.1", http.port), timeout=seconds + 10)
+    try:
+        sock.sendall(b"POST /csc/v2/info HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        start = time.monotonic()
+        answer = b""
+        sock.settimeout(0.5)
+        while not answer and time.monotonic() - start < seconds + 10:
+            sock.sendall(b" ")  # one byte every half second: never idle, never done
+            try:
+                answer = sock.recv(200)
+            except TimeoutError:
+                continue
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert seconds - 1 <= time.monotonic() - start <= seconds + 5
+    finally:
+        sock.close()
+    assert audit_count(env) == before
+
+
 @pytest.mark.parametrize(
     "body",
     [
