@@ -9,7 +9,16 @@ pyHanko for PDF signing). Imports nothing of the server: only grpc, protobuf and
         signed = c.sign_pdfs("SL-CTS-0001", ["a.pdf", "b.pdf"], otp=code, out_dir="signed/")
 """
 
-from rsign.client.errors import CodeAlreadyUsed, RsignError, count_down
+from rsign.client.errors import BadServerAnswer, CodeAlreadyUsed, RsignError, count_down
 from rsign.client.sdk import Authorization, Client, Credential, Session
 
-__all__ = ["Authorization", "Client", "CodeAlreadyUsed", "Credential", "RsignError", "Session", "count_down"]
+__all__ = [
+    "Authorization",
+    "BadServerAnswer",
+    "Client",
+    "CodeAlreadyUsed",
+    "Credential",
+    "RsignError",
+    "Session",
+    "count_down",
+]

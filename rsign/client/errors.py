@@ -30,6 +30,15 @@ class CodeAlreadyUsed(RsignError):
         self.retry_after = retry_after
 
 
+class BadServerAnswer(RsignError):
+    """The server answered something that cannot be right: a signature that does not verify
+    against the credential's certificate, or not one signature per hash. Nothing is written from
+    such an answer (a signed file with a broken signature is worse than none)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.INTERNAL, message)
+
+
 def from_rpc(err: grpc.RpcError) -> RsignError:
     """The SDK exception for a failed call."""
     code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]

@@ -25,7 +25,9 @@ from pyhanko.sign.signers.pdf_byterange import PreparedByteRangeDigest
 from pyhanko.sign.signers.pdf_signer import PdfTBSDocument
 from pyhanko.sign.timestamps import HTTPTimeStamper
 from pyhanko_certvalidator.registry import SimpleCertificateStore
+from pyhanko_certvalidator.sig_validate import DefaultSignatureValidator, SignatureValidationContext
 
+from rsign.client.errors import BadServerAnswer
 from rsign.client.stamp import Stamp, stamp_style
 
 if TYPE_CHECKING:
@@ -143,6 +145,26 @@ class SigningContext:
         to_sign = hashlib.new(self.md, attrs.dump()).digest()
         return _Pending(source, target, prepared, tbs, output, attrs, to_sign)
 
+    def check(self, pending: Sequence[_Pending], signatures: Sequence[bytes]) -> None:
+        """Each signature verifies over its document's signed attributes with the credential's
+        certificate, before any document is finished: a broken or hostile server cannot make the
+        client write a signed file whose signature is wrong."""
+        if len(signatures) != len(pending):
+            raise BadServerAnswer(
+                f"the server returned {len(signatures)} signatures for {len(pending)} documents; nothing was written"
+            )
+        context = SignatureValidationContext(contextual_md_algorithm=self.md)
+        for p, signature in zip(pending, signatures, strict=True):
+            try:
+                DefaultSignatureValidator().validate_signature(
+                    signature, p.signed_attrs.dump(), self.cert.public_key, self.mech, context
+                )
+            except Exception:  # InvalidSignature, or bytes that are no signature at all (pyca's errors)
+                raise BadServerAnswer(
+                    f"the server's signature for {p.source.name} does not verify against credential"
+                    f" {self.cred.credential_id}'s certificate; nothing was written for its group"
+                ) from None
+
     async def finish(self, p: _Pending, signature: bytes) -> None:
         cms_obj = await self.signer(signature).async_sign_prescribed_attributes(
             self.md, signed_attrs=p.signed_attrs, timestamper=self.timestamper
@@ -217,6 +239,7 @@ def sign_pdf_files(
             auth = client.authorize_with(credential_id, hashes, otp, ctx.md.upper(), on_used_code)
             report("sign", done, len(files))
             signatures = client.sign_hash(credential_id, auth, hashes, ctx.scheme, ctx.md.upper())
+            ctx.check(pending, signatures)
             for p, sig in zip(pending, signatures, strict=True):
                 await ctx.finish(p, sig)
                 done += 1

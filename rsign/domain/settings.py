@@ -87,6 +87,12 @@ class Settings:
     streams_per_user: int = 8  # a user with two sessions (two desks) gets a full share on each
     unary_per_session: int = 16
     unary_per_user: int = 32
+    # The HTTP face (rsign.http): requests in progress (connections included) beyond which it
+    # answers 503 at once, and the worker threads its requests' database and HSM work runs on, so
+    # that HTTP traffic can never hold more than a few of the database connections and HSM workers
+    # the gRPC face needs.
+    http_requests: int = 64
+    http_threads: int = 8
 
     def with_overrides(self, **kw: Any) -> Settings:
         return replace(self, **kw)

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from rsign.domain.algorithms import KeyAlgorithm
 from rsign.domain.approvals import PendingApproval
+from rsign.domain.limits import ID_MAX, OTP_MAX, PIN_MAX, TOKEN_MAX
 from rsign.domain.principal import CredentialStatus, Principal
 from rsign.domain.records import CredentialView
 from rsign.http import fields
@@ -43,14 +44,14 @@ def _b64(data: bytes) -> str:
 
 def _otp(body: dict[str, Any]) -> str:
     """The one-time code: top-level ``OTP`` (v1) or the ``OTP`` object of ``authData`` (v2)."""
-    otp = fields.text(body, "OTP", required=False, limit=16)
+    otp = fields.text(body, "OTP", required=False, limit=OTP_MAX)
     data = body.get("authData")
     if data is not None:
         if not isinstance(data, list) or not all(isinstance(o, dict) for o in data):
             raise BadRequest("authData must be a list of {id, value} objects", "authData")
         for obj in data:
             if obj.get("id") == "OTP":
-                otp = fields.text(obj, "value", limit=16)
+                otp = fields.text(obj, "value", limit=OTP_MAX)
     return otp
 
 
@@ -79,7 +80,8 @@ class Csc:
     def login(self, _who: Principal | None, body: dict[str, Any], basic: tuple[str, str] | None) -> dict[str, Any]:
         # The user id and PIN come in HTTP Basic (CSC v2 auth/login) or in the body; the fresh
         # one-time code always in the body: PIN + OTP, as on gRPC Login.
-        user, pin = basic or (fields.text(body, "userID", limit=128), fields.text(body, "PIN", "password", limit=256))
+        source = {"userID": basic[0], "PIN": basic[1]} if basic else body
+        user, pin = fields.text(source, "userID", limit=ID_MAX), fields.text(source, "PIN", "password", limit=PIN_MAX)
         token, expires = self._app.auth.login(user, pin, _otp(body))
         return {"access_token": token, "token_type": "Bearer", "expires_in": int(expires - self._app.clock.now())}
 
@@ -92,7 +94,7 @@ class Csc:
 
     def list(self, who: Principal | None, body: dict[str, Any]) -> dict[str, Any]:
         assert who is not None
-        user = fields.text(body, "userID", required=False, limit=128)
+        user = fields.text(body, "userID", required=False, limit=ID_MAX)
         if user and user != who.user_id:
             raise BadRequest("userID must be empty or the session's own user", "userID")
         creds = self._app.signing.list_credentials(who)
@@ -103,7 +105,7 @@ class Csc:
 
     def credential_info(self, who: Principal | None, body: dict[str, Any]) -> dict[str, Any]:
         assert who is not None
-        cid = fields.text(body, "credentialID", limit=128)
+        cid = fields.text(body, "credentialID", limit=ID_MAX)
         return self._describe(self._app.signing.get_credential(who, cid), body)
 
     def _describe(self, c: CredentialView, body: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +151,7 @@ class Csc:
 
     def authorize(self, who: Principal | None, body: dict[str, Any]) -> Answer:
         assert who is not None
-        cid = fields.text(body, "credentialID", limit=128)
+        cid = fields.text(body, "credentialID", limit=ID_MAX)
         digests = fields.hashes(body, self._app.settings.multisign_max)
         count = fields.integer(body, "numSignatures")
         if count != len(digests):
@@ -171,7 +173,7 @@ class Csc:
 
     def authorize_check(self, who: Principal | None, body: dict[str, Any]) -> Answer:
         assert who is not None
-        out = self._app.approvals.check(who, fields.text(body, "handle", limit=128))
+        out = self._app.approvals.check(who, fields.text(body, "handle", limit=TOKEN_MAX))
         return self._pending(out) if isinstance(out, PendingApproval) else self._sad(out)
 
     def _sad(self, auth: Authorization) -> Answer:
@@ -183,8 +185,8 @@ class Csc:
 
     def sign_hash(self, who: Principal | None, body: dict[str, Any]) -> dict[str, Any]:
         assert who is not None
-        cid = fields.text(body, "credentialID", limit=128)
-        sad = fields.text(body, "SAD", limit=256)
+        cid = fields.text(body, "credentialID", limit=ID_MAX)
+        sad = fields.text(body, "SAD", limit=TOKEN_MAX)
         if fields.text(body, "operationMode", required=False, limit=4) not in ("", "S"):
             raise BadRequest("only the synchronous operationMode S is served", "operationMode")
         digests = fields.hashes(body, self._app.settings.multisign_max)
@@ -213,7 +215,8 @@ def _basic(request: Request) -> tuple[str, str] | None:
         user, sep, pin = base64.b64decode(value[6:], validate=True).decode("utf-8").partition(":")
     except (ValueError, UnicodeDecodeError):
         return None
-    return (user, pin) if sep else None
+    # NUL is no character PostgreSQL stores; such a header is no credential (as a missing one).
+    return (user, pin) if sep and "\x00" not in user + pin else None
 
 
 def routes(app: App, origin: str) -> list[Route]:

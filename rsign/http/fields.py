@@ -12,6 +12,7 @@ from typing import Any
 from asn1crypto import algos
 
 from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme
+from rsign.domain.limits import DIGEST_MAX
 from rsign.http.plumbing import BadRequest
 
 HASH_OIDS = {
@@ -34,6 +35,10 @@ SIGN_OIDS: dict[str, tuple[Scheme, HashAlg | None]] = {
     "1.2.840.10045.4.3.3": (Scheme.ECDSA, HashAlg.SHA384),
     "1.2.840.10045.4.3.4": (Scheme.ECDSA, HashAlg.SHA512),
 }
+_INT_DIGITS = 9
+# A digest is at most limits.DIGEST_MAX bytes (SHA-512), so its base64 at most this many characters;
+# anything longer is refused before decoding, as gRPC refuses a longer digest.
+_DIGEST_B64_MAX = 4 * -(-DIGEST_MAX // 3)
 CURVE_OIDS = {KeyAlgorithm.EC_P256: "1.2.840.10045.3.1.7", KeyAlgorithm.EC_P384: "1.3.132.0.34"}
 
 
@@ -66,10 +71,13 @@ def integer(body: dict[str, Any], name: str, required: bool = True) -> int | Non
         if required:
             raise BadRequest(f"missing integer parameter {name}", name)
         return None
-    # CSC v1 clients send numbers as strings now and then ("numSignatures": "1").
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+    # CSC v1 clients send numbers as strings now and then ("numSignatures": "1"). ASCII digits
+    # only, and few of them: str.isdigit also takes "²" (which int() refuses) and int() refuses
+    # more than 4300 digits; a count here is small anyway.
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if not (text.isascii() and text.isdigit() and len(text) <= _INT_DIGITS):
         raise BadRequest(f"{name} must be a non-negative integer", name)
-    return int(value)
+    return int(text)
 
 
 def b64(value: Any, name: str) -> bytes:
@@ -89,6 +97,9 @@ def hashes(body: dict[str, Any], limit: int) -> list[bytes]:
         raise BadRequest("missing array parameter hashes (or hash): the digests to sign", "hashes")
     if len(values) > limit:
         raise BadRequest(f"{len(values)} hashes; at most {limit} per request", name)
+    for i, v in enumerate(values):
+        if isinstance(v, str) and len(v) > _DIGEST_B64_MAX:
+            raise BadRequest(f"{name}[{i}] is longer than a SHA-512 digest in base64", name)
     return [b64(v, f"{name}[{i}]") for i, v in enumerate(values)]
 
 

@@ -15,14 +15,17 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from rsign.api.listener import TlsFiles, check_plaintext, check_port_free, check_tls, is_loopback, split_listen
 from rsign.domain.errors import ConfigurationError
 from rsign.http import csc, pages
 from rsign.http.ceremony import RelyingParty
+from rsign.http.plumbing import SecurityHeaders
 from rsign.runtime.app import App
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,7 @@ def build_http_app(app: App, rp: RelyingParty) -> Starlette:
     routes: list[BaseRoute] = []
     routes += csc.routes(app, rp.origin)
     routes += pages.routes(app, rp)
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
 
 
 def relying_party(public_url: str | None, host: str, port: int, tls: bool) -> RelyingParty:
@@ -113,6 +116,11 @@ def start_http(
         check_plaintext(listen, behind_tls_proxy)
     else:
         check_tls(tls)
+    requests, threads = app.settings.http_requests, app.settings.http_threads
+    if requests < 2 or threads < 1:
+        raise ConfigurationError(
+            f"http_requests must be at least 2 and http_threads at least 1, got {requests} and {threads}"
+        )
     check_port_free(listen)
     host, port = split_listen(listen)
     bind_host = "127.0.0.1" if host == "localhost" else host
@@ -138,6 +146,10 @@ def start_http(
         # Behind a TLS proxy the client address in the audit is the proxy's unless it is trusted;
         # rsign trusts no forwarded header (an audit record names the peer it saw).
         proxy_headers=False,
+        # Admission: past this many connections or requests in progress (this one counted), a
+        # request is answered 503 at once instead of queueing; a flood of slow or endless bodies
+        # holds at most this many bodies (each at most plumbing.MAX_BODY) in memory.
+        limit_concurrency=requests,
     )
     config.load()
     context = _tls_context(tls) if tls is not None else None
@@ -145,8 +157,15 @@ def start_http(
     config.ssl = context
     server = uvicorn.Server(config)
 
+    async def main() -> None:
+        # The requests' blocking work (database, HSM) runs on this loop's default thread pool:
+        # at most ``threads`` at once, so the HTTP face holds at most that many database
+        # connections and HSM workers, whatever its load; gRPC keeps the rest.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        await server.serve(sockets=[sock])
+
     def run() -> None:
-        asyncio.run(server.serve(sockets=[sock]))
+        asyncio.run(main())
 
     thread = threading.Thread(target=run, name="rsign-http", daemon=True)
     thread.start()

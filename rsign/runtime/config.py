@@ -39,6 +39,8 @@ _INT_KEYS = {
     "unary_per_session",
     "unary_per_user",
     "checkpoint_every_records",
+    "http_requests",
+    "http_threads",
 }
 _FLOAT_KEYS = {
     "checkpoint_interval_seconds",

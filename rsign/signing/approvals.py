@@ -16,7 +16,9 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from typing import NoReturn
@@ -33,9 +35,18 @@ from rsign.domain.settings import Settings
 from rsign.signing.activation import Activator, ApprovalMethod, Authorization
 from rsign.signing.service import hashes_fingerprint
 
+log = logging.getLogger(__name__)
+
 LABEL_MAX = 200
 DESCRIPTION_MAX = 500
 POLL_INTERVAL = 0.2
+# Refused approvals recorded per approval and server process. The approval page and its
+# endpoints need no session (whoever holds the link may try), so without a bound anyone holding
+# a link could append audit records as fast as they can post. The first few are recorded (an
+# official or auditor sees someone tried); later ones are only logged. Still refused, and a
+# genuine approval still succeeds: the budget limits records, not attempts (so a link holder
+# cannot lock the official out). Per process: a cluster records at most this many per replica.
+REFUSALS_RECORDED = 5
 
 
 class ApprovalService:
@@ -44,6 +55,8 @@ class ApprovalService:
         self._clock = clock
         self._settings = settings
         self._activation = activation
+        self._refusals: dict[str, tuple[int, float]] = {}  # approval id -> (refusals, expires_at)
+        self._refusals_lock = threading.Lock()
 
     # -- the driving software --------------------------------------------------------------------
 
@@ -188,10 +201,26 @@ class ApprovalService:
 
     def refuse(self, row: ApprovalView, exc: RsignError) -> NoReturn:
         """Audit a refused approval (a failed WebAuthn check included), then raise it."""
+        seen = self._count_refusal(row)
+        if seen > REFUSALS_RECORDED:
+            log.warning("approval %s refused again (%d times), not recorded: %s", row.approval_id, seen, exc.message)
+            raise exc
         fp = hashes_fingerprint(row.hashes)
+        details: dict[str, object] = {"approval_id": row.approval_id}
+        if seen == REFUSALS_RECORDED:
+            details["later_refusals"] = "not recorded"
         self._audit(Action.APPROVAL_PASSKEY, row.user_id, self._agency(row.user_id), row.credential_id, fp, exc.message,
-                    {"approval_id": row.approval_id})  # fmt: skip
+                    details)  # fmt: skip
         raise exc
+
+    def _count_refusal(self, row: ApprovalView) -> int:
+        now = self._clock.now()
+        with self._refusals_lock:
+            if len(self._refusals) > 1024:  # forget approvals that expired (they refuse anyway)
+                self._refusals = {k: v for k, v in self._refusals.items() if v[1] > now}
+            seen = self._refusals.get(row.approval_id, (0, row.expires_at))[0] + 1
+            self._refusals[row.approval_id] = (seen, row.expires_at)
+        return seen
 
     # -- helpers -------------------------------------------------------------------------------
 
