@@ -63,8 +63,7 @@ def bearer(request: Request) -> str:
 
 
 def _request_id(request: Request) -> str | None:
-    rid = request.headers.get("x-request-id", "")
-    return rid if 0 < len(rid) <= 64 else None
+    return context.client_request_id(request.headers.get("x-request-id", ""))
 
 
 class BodyTooLarge(BadRequest):
