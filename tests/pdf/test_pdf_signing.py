@@ -188,3 +188,23 @@ def test_refusals_other_than_unavailable_are_not_retried(env: Env, signer: Signe
     logins, issued = ([r for r in rows if r["seq"] > start] for rows in (logins, issued))
     assert [r["result"] for r in logins] == ["failure", "success"]  # oldest first: one try each
     assert [(r["result"], r["reason"]) for r in issued] == [("failure", "one-time code already used")]
+
+
+def test_sign_hashes_is_one_activation_for_raw_digests(env: Env, signer: Signer) -> None:
+    """The SDK's digest path (for CMS or other formats the caller builds): one code, one Authorize,
+    one SignHash, signatures that verify against the credential's certificate, in order."""
+    import hashlib
+
+    from rsign.dev.democlient import verify_signature
+
+    cid = signer.add_key("rsa-2048")
+    hashes = [hashlib.sha256(f"attrs {i}".encode()).digest() for i in range(3)]
+    with _login(signer) as c:
+        sigs = c.sign_hashes(cid, hashes, otp=signer.code())
+        cert = c.credential(cid).certificates[0]
+    assert len(sigs) == 3
+    for d, sig in zip(hashes, sigs, strict=True):
+        verify_signature(cert, d, sig, "RSA_PKCS1_V15")
+    with env.app.store.read() as t:
+        assert len(t.last_events(EventFilter(action="sad.issue", credential_id=cid), 10)) == 1
+        assert len(t.last_events(EventFilter(action="sign.hash", credential_id=cid), 10)) == 3
