@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from rsign.api.client import RsignClient
 from rsign.api.server import RunningServer, start_server
 from rsign.auth import totp
+from rsign.client.raw import RsignClient
 from rsign.dev import EMBEDDED
 from rsign.domain.algorithms import KeyAlgorithm, SignSpec
 from rsign.domain.clock import FakeClock

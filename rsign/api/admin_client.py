@@ -15,7 +15,7 @@ from typing import TypeVar
 import pyotp
 
 from rsign.admin.ports import MoveResult
-from rsign.api.client import RsignClient
+from rsign.client.raw import RsignClient
 from rsign.domain.errors import RsignError
 from rsign.domain.principal import (
     CredentialKind,

@@ -79,8 +79,8 @@ def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
 
 def _request_id(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
     for key, value in metadata or ():
-        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 64:
-            return value
+        if key == "x-request-id":
+            return context.client_request_id(value)
     return None
 
 

@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 
 from rsign.api.decoding import Unparsable
 from rsign.api.interceptors import PUBLIC_METHODS, current_principal
-from rsign.domain.events import Action, Result, event
+from rsign.audit.refusals import record_request_refusal
 from rsign.domain.limits import (
     ACTION_MAX,
     CERT_CHAIN_MAX,
@@ -224,20 +224,14 @@ def _refused(app: App, method: str, request: Any, exc: RequestRejected) -> None:
     nothing is written, so a flood of malformed logins costs no storage."""
     if method in PUBLIC_METHODS:
         return
-    who = current_principal()
-    cid = getattr(request, "credential_id", "")
-    with app.journal.tx() as t:
-        t.append(
-            event(
-                Action.REQUEST_REFUSE,
-                Result.FAILURE,
-                actor=who.user_id,
-                agency=who.agency,
-                credential_id=cid if isinstance(cid, str) else "",
-                reason=exc.message,
-                details={"method": method.rsplit(".", 1)[-1], "field": exc.field},
-            )
-        )
+    record_request_refusal(
+        app.journal,
+        current_principal(),
+        method=method.rsplit(".", 1)[-1],
+        field=exc.field,
+        reason=exc.message,
+        credential_id=getattr(request, "credential_id", ""),
+    )
 
 
 def _guard(method: str, fn: Callable[..., Any], client_streaming: bool, server_streaming: bool) -> Callable[..., Any]:

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rsign.audit import chain
+from rsign.audit.append_stats import AppendStats
 from rsign.audit.keys import AuditKeys
 from rsign.domain.clock import Clock, iso_utc
 from rsign.domain.errors import AuditHalted, AuditIntegrityError
@@ -67,8 +68,6 @@ log = logging.getLogger(__name__)
 GROUP_MAX_MEMBERS = 128
 GROUP_MAX_WAIT = 0.005  # seconds
 
-# The line ``rsign serve`` prints on stderr at shutdown, followed by ``AppendStats.summary()`` as JSON.
-APPEND_STATS_PREFIX = "audit head: "
 
 CommitListener = Callable[[Sequence[AuditEvent], int, float], None]
 
@@ -101,52 +100,6 @@ class AuditedTx(Tx):
             return 0
         self.last_seq = self._journal.append(self, events)
         return self.last_seq
-
-
-@dataclass
-class AppendStats:
-    """How the audit head is used: groups committed, records and callers in them, and how long each
-    group held the head (from locking it to the end of its commit). The head is the one point every
-    replica's appends pass through, so its hold time bounds the cluster's append rate:
-    ``1 / hold`` groups per second whatever the number of replicas (README, Benchmarks)."""
-
-    groups: int = 0
-    members: int = 0
-    records: int = 0
-    hold_total: float = 0.0
-    hold_max: float = 0.0
-    # The last holds (seconds), for percentiles; bounded so that a long run costs no memory.
-    recent: list[float] = field(default_factory=list)
-
-    RECENT = 10_000
-
-    def add(self, members: int, records: int, hold: float) -> None:
-        self.groups += 1
-        self.members += members
-        self.records += records
-        self.hold_total += hold
-        self.hold_max = max(self.hold_max, hold)
-        if len(self.recent) >= self.RECENT:
-            del self.recent[: self.RECENT // 2]
-        self.recent.append(hold)
-
-    def summary(self) -> dict[str, float]:
-        """Milliseconds, rounded; a snapshot for logs and benchmarks."""
-        ordered = sorted(self.recent)
-
-        def pct(q: float) -> float:
-            return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else 0.0
-
-        n = max(1, self.groups)
-        return {
-            "groups": self.groups,
-            "records": self.records,
-            "callers_per_group": round(self.members / n, 2),
-            "head_hold_ms_mean": round(1000 * self.hold_total / n, 3),
-            "head_hold_ms_p50": pct(0.5),
-            "head_hold_ms_p99": pct(0.99),
-            "head_hold_ms_max": round(1000 * self.hold_max, 3),
-        }
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,7 @@ def admin_target(state_dir: Path, *, create: bool = False) -> Iterator[AdminOps]
     if not as_user:
         raise InvalidRequest("--server needs --as USER_ID (an admin, key officer or agency admin)")
     from rsign.api.admin_client import RemoteAdmin
-    from rsign.api.client import RsignClient
+    from rsign.client.raw import RsignClient
 
     tls = tls_options()
     client = RsignClient(server, tls["ca_file"], tls["cert_file"], tls["key_file"])

@@ -54,7 +54,7 @@ def demo(state_dir: Path, listen: str, data: Path) -> None:
         sample = "SL-CTS-0001"
         msg = (
             f"rsign serving the Son La demo on {listen} (state: {settings.state_dir})\n"
-            f"Sign a file's digest as a demo holder, from another terminal:\n"
+            f"Sign a file as a demo holder (a PDF as PAdES, anything else as detached CMS), from another terminal:\n"
             f"  .venv/bin/rsign client sign README.md --credential {sample} --state-dir {state_dir} --server {listen}"
         )
         serve_forever(app, listen, on_ready=msg)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from rsign.audit.journal import APPEND_STATS_PREFIX
+from rsign.audit.append_stats import APPEND_STATS_PREFIX
 from rsign.cli._common import friendly_errors, state_dir_option
 from rsign.dev.embedded import EMBEDDED
 from rsign.runtime.app import build_app

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from rsign.api.client import RsignClient
+from rsign.client.raw import RsignClient
 from rsign.dev.bench_common import BenchUser, ServerProcess, default_workers, digests, rsign_server, rss_mb
 from rsign.dev.embedded import EMBEDDED
 from rsign.domain.algorithms import HashAlg, KeyAlgorithm, Scheme, sign_spec

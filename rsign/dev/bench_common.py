@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rsign.audit.journal import APPEND_STATS_PREFIX
+from rsign.audit.append_stats import APPEND_STATS_PREFIX
 from rsign.auth import totp
 
 Progress = Callable[[str], None]

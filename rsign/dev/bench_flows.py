@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from rsign.api.client import RsignClient
+from rsign.client.raw import RsignClient
 from rsign.dev.bench_common import BenchUser, digests, percentile
 from rsign.dev.bench_naive import METHOD, request
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rsign.api.client import RsignClient
+from rsign.client.raw import RsignClient
 from rsign.dev.bench import Bench
 from rsign.dev.bench_common import BenchUser, default_workers, digests
 from rsign.runtime.app import build_app

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
+from rsign.domain.limits import AUDIT_FIELD_MAX
+
 
 def _never() -> bool:
     return False
@@ -35,6 +37,14 @@ def current() -> RequestContext:
     ctx = _current.get()
     # Outside any RPC or CLI command (background threads, library use): the process itself.
     return ctx if ctx is not None else RequestContext(request_id=uuid.uuid4().hex, client="local", actor="system")
+
+
+def client_request_id(value: object) -> str | None:
+    """The caller's own request id (``x-request-id``, gRPC metadata or HTTP header alike), kept when
+    it is a string that fits the audit column; otherwise None, and rsign makes one."""
+    if isinstance(value, str) and 0 < len(value) <= AUDIT_FIELD_MAX["request_id"]:
+        return value
+    return None
 
 
 @contextlib.contextmanager

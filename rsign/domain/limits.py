@@ -168,10 +168,6 @@ def _limit(limit: Limit, settings: Settings) -> int:
     return limit if isinstance(limit, int) else limit(settings)
 
 
-def _plural(n: int, one: str) -> str:
-    return f"{n} {one}" if n == 1 else f"{n} {one}s"
-
-
 def _check_text(name: str, value: str, max_len: int, required: bool) -> None:
     if required and not value:
         raise RequestRejected(name, f"{name} is required")

@@ -26,14 +26,15 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from rsign.domain.algorithms import KeyAlgorithm, SignSpec
-from rsign.domain.errors import HsmUnavailable, RsignError
+from rsign.domain.errors import HsmUnavailable
 from rsign.domain.settings import HsmConfig
+from rsign.hsm.pool_worker import Worker, rebuild_error
 from rsign.hsm.ports import SignResult
 
 log = logging.getLogger(__name__)
@@ -52,90 +53,11 @@ class _Job:
     future: Future[Any] = field(default_factory=Future)
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, config: HsmConfig, warm: bool) -> None:
-    """Entry point of a worker process (started with ``spawn``: no inherited gRPC state)."""
-    from rsign.hsm.pkcs11_adapter import Pkcs11Token
-
-    try:
-        token = Pkcs11Token(config)
-        # Workers start together: on a fresh token two may each create a sealing key, which the
-        # adapter tolerates (it tries every sealing key when unsealing).
-        token.ensure_seal_key()
-        if warm:
-            token.warm()
-    except RsignError as exc:
-        conn.send(("fatal", type(exc).__name__, exc.message))
-        return
-    conn.send(("ready", os.getpid()))
-    ops: dict[str, Callable[..., Any]] = {
-        "sign": token.sign,
-        "generate_keypair": token.generate_keypair,
-        "generate_keypairs": token.generate_keypairs,
-        "public_key": token.public_key,
-        "seal": token.seal,
-        "generate_mac_key": token.generate_mac_key,
-        "destroy_keypair": token.destroy_keypair,
-        "mac": token.mac,
-        "unseal": token.unseal,
-        "seal_key_id": token.seal_key_id,
-        "rotate_seal_key": token.rotate_seal_key,
-        "reseal": token.reseal,
-        "read_anchor": token.read_anchor,
-        "write_anchor": token.write_anchor,
-        "reset_anchor": token.reset_anchor,
-        "ping": lambda: os.getpid(),
-    }
-    while True:
-        try:
-            op, args = conn.recv()
-        except (EOFError, OSError):
-            break
-        try:
-            conn.send(("ok", ops[op](*args)))
-        except RsignError as exc:
-            conn.send(("err", type(exc).__name__, exc.message))
-        except Exception as exc:  # report, never die silently with the job
-            conn.send(("err", "HsmUnavailable", f"HSM worker error ({type(exc).__name__})"))
-    token.close()
-
-
-class _Worker:
-    """A worker process. ``start`` returns at once; ``wait_ready`` blocks until it is logged in,
-    so a pool starts all its workers in parallel (on a token with 25,000 keys each one spends
-    seconds loading it)."""
-
-    def __init__(self, ctx: Any, config: HsmConfig, start_timeout: float, warm: bool) -> None:
-        parent, child = ctx.Pipe()
-        self.conn: multiprocessing.connection.Connection = parent
-        self._timeout = start_timeout
-        self.proc = ctx.Process(target=_worker_main, args=(child, config, warm), daemon=True, name="rsign-hsm-worker")
-        self.proc.start()
-        child.close()
-        self.pid: int = self.proc.pid or 0
-
-    def wait_ready(self) -> _Worker:
-        if not self.conn.poll(self._timeout):
-            self.kill()
-            raise HsmUnavailable("HSM worker did not start in time")
-        msg = self.conn.recv()
-        if msg[0] != "ready":
-            self.kill()
-            raise HsmUnavailable(f"HSM worker could not start: {msg[2]}")
-        self.pid = msg[1]
-        return self
-
-    def kill(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(timeout=5)
-        self.conn.close()
-
-
 class _Slot:
     """One worker and the jobs written to its pipe, oldest first."""
 
-    def __init__(self, worker: _Worker) -> None:
-        self.worker: _Worker | None = worker
+    def __init__(self, worker: Worker) -> None:
+        self.worker: Worker | None = worker
         self.pending: deque[_Job] = deque()
         self.lock = threading.Lock()
         self.cv = threading.Condition(self.lock)
@@ -179,7 +101,7 @@ class HsmPool:
         self._restarts = 0
         self._drained = False  # closed and its sender and receiver threads gone: nothing will run a queued job
         # Start every worker (in parallel) before any thread, so a bad PIN fails fast and loudly.
-        starting = [_Worker(self._ctx, config, start_timeout, warm) for _ in range(self._size)]
+        starting = [Worker(self._ctx, config, start_timeout, warm) for _ in range(self._size)]
         try:
             self._slots = [_Slot(w.wait_ready()) for w in starting]
         except HsmUnavailable:
@@ -283,9 +205,9 @@ class HsmPool:
             if reply[0] == "ok":
                 job.future.set_result(reply[1])
             else:
-                job.future.set_exception(_rebuild_error(reply[1], reply[2]))
+                job.future.set_exception(rebuild_error(reply[1], reply[2]))
 
-    def _await(self, worker: _Worker) -> Any:
+    def _await(self, worker: Worker) -> Any:
         deadline = time.monotonic() + self._job_timeout
         while not worker.conn.poll(0.2):
             if not worker.proc.is_alive():
@@ -294,7 +216,7 @@ class HsmPool:
                 raise TimeoutError("worker did not answer")
         return worker.conn.recv()
 
-    def _restart(self, slot: _Slot) -> _Worker | None:
+    def _restart(self, slot: _Slot) -> Worker | None:
         """Replace the slot's worker (caller holds ``slot.lock``)."""
         old, slot.worker = slot.worker, None
         if old is not None:
@@ -304,7 +226,7 @@ class HsmPool:
         # Under this slot's lock only: two slots restarting at once could lose a count (a metric).
         self._restarts += 1
         try:
-            slot.worker = _Worker(self._ctx, self._config, self._start_timeout, self._warm).wait_ready()
+            slot.worker = Worker(self._ctx, self._config, self._start_timeout, self._warm).wait_ready()
         except HsmUnavailable:
             log.error("could not restart an HSM worker")
         return slot.worker
@@ -441,12 +363,3 @@ class HsmPool:
                 w.proc.join(timeout=5)
                 if w.proc.is_alive():
                     w.proc.kill()
-
-
-def _rebuild_error(kind: str, message: str) -> RsignError:
-    import rsign.domain.errors as errors
-
-    cls = getattr(errors, kind, None)
-    if isinstance(cls, type) and issubclass(cls, RsignError):
-        return cls(message)
-    return HsmUnavailable(message)

@@ -20,9 +20,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rsign.audit.refusals import record_request_refusal
 from rsign.domain import context
 from rsign.domain.errors import CodeAlreadyUsed, InvalidRequest, RsignError
-from rsign.domain.events import Action, Result, event
 from rsign.domain.principal import Principal
 from rsign.http.errors import INTERNAL_MESSAGE, csc_error, hides_message
 from rsign.runtime.app import App
@@ -63,8 +63,7 @@ def bearer(request: Request) -> str:
 
 
 def _request_id(request: Request) -> str | None:
-    rid = request.headers.get("x-request-id", "")
-    return rid if 0 < len(rid) <= 64 else None
+    return context.client_request_id(request.headers.get("x-request-id", ""))
 
 
 class BodyTooLarge(BadRequest):
@@ -169,18 +168,9 @@ def error_response(exc: RsignError) -> JSONResponse:
 
 
 def audit_refusal(app: App, who: Principal, path: str, exc: BadRequest, credential_id: Any) -> None:
-    with app.journal.tx() as t:
-        t.append(
-            event(
-                Action.REQUEST_REFUSE,
-                Result.FAILURE,
-                actor=who.user_id,
-                agency=who.agency,
-                credential_id=credential_id if isinstance(credential_id, str) else "",
-                reason=exc.message,
-                details={"method": path, "field": exc.field},
-            )
-        )
+    record_request_refusal(
+        app.journal, who, method=path, field=exc.field, reason=exc.message, credential_id=credential_id
+    )
 
 
 async def serve(app: App, request: Request, handler: Handler, *, public: bool = False) -> JSONResponse:

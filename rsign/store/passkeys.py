@@ -71,10 +71,6 @@ class PasskeyRepo:
         rows = self.c.execute(select(PASSKEYS).where(PASSKEYS.c.user_id == user_id).order_by(PASSKEYS.c.id)).all()
         return [_passkey(r) for r in rows]
 
-    def get_passkey(self, credential_id: bytes) -> PasskeyView | None:
-        r = self.c.execute(select(PASSKEYS).where(PASSKEYS.c.credential_id == credential_id)).first()
-        return None if r is None else _passkey(r)
-
     def advance_sign_count(self, passkey_id: int, seen: int, new: int, now: float) -> bool:
         """Store the new counter only if nobody moved it since ``seen`` was read (two assertions
         verified concurrently cannot both pass the counter check)."""

@@ -144,9 +144,6 @@ class UserRepo:
         )
         return rowcount(res)
 
-    def set_pin_hash(self, user_id: str, pin_hash: str) -> None:
-        self.c.execute(update(USERS).where(USERS.c.user_id == user_id).values(pin_hash=pin_hash))
-
     def accept_otp_step(self, user_id: str, step: int) -> bool:
         """Atomically accept ``step`` if it is later than every step accepted before and the user
         is not locked; resets the failure counter. Correct across replicas: the check and the

@@ -10,9 +10,9 @@ from typing import Any
 import grpc
 import pytest
 
-from rsign.api.client import RsignClient
 from rsign.auth import totp
 from rsign.auth.service import SEED_INTEGRITY_REASON
+from rsign.client.raw import RsignClient
 from rsign.domain.events import EventFilter
 from rsign.domain.principal import LOCAL_OPERATOR
 from tests.conftest import Env, Signer, detail, digests, make_signer

@@ -37,8 +37,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from rsign.api.client import RsignClient
 from rsign.auth import totp
+from rsign.client.raw import RsignClient
 from rsign.dev import EMBEDDED
 from rsign.domain import context
 from rsign.runtime.app import build_app

@@ -22,7 +22,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rsign.api.client import RsignClient
+from rsign.client.raw import RsignClient
 from rsign.v1 import rsign_pb2 as pb
 from tests.conftest import Env, Signer, digests, make_signer
 

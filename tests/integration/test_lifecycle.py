@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from rsign.api.client import RsignClient
+from rsign.client.raw import RsignClient
 from rsign.dev.democlient import verify_signature
 from rsign.domain.events import EventFilter
 from rsign.v1 import rsign_pb2 as pb

@@ -20,7 +20,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client.parser import text_string_to_metric_families
 
-from rsign.api.client import RsignClient
+from rsign.client.raw import RsignClient
 from tests.conftest import RecordingClient, Secrets, digests
 from tests.integration.serving import Pki, Served, User, free_port, prepare_state, rsign_cmd, serve
 

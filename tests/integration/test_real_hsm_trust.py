@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from rsign.api.client import RsignClient
 from rsign.audit.offline import verify_export
 from rsign.auth.totp import code_for_step, step_of
+from rsign.client.raw import RsignClient
 from rsign.dev.democlient import verify_signature
 from rsign.dev.devca import DevCA
 from rsign.dev.softhsm import find_softhsm_module

@@ -26,8 +26,8 @@ import pyotp
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rsign.api.client import RsignClient
 from rsign.auth import totp
+from rsign.client.raw import RsignClient
 from rsign.v1 import rsign_pb2 as pb
 from tests.conftest import Env, Secrets, Signer, digests, make_signer, running_env
 

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rsign.api.client import RsignClient
+from rsign.client.raw import RsignClient
 from rsign.dev import EMBEDDED
 from rsign.domain.events import EventFilter
 from rsign.runtime.config import load_settings

@@ -18,8 +18,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rsign.api.client import HASH, SCHEME, RsignClient
 from rsign.api.server import RunningServer, start_server
+from rsign.client.raw import HASH, SCHEME, RsignClient
 from rsign.v1 import rsign_pb2 as pb
 from tests.conftest import Env, Signer, digests, make_signer
 

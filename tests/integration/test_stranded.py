@@ -23,8 +23,8 @@ from typing import Any
 import grpc
 import pytest
 
-from rsign.api.client import RsignClient
 from rsign.api.server import start_server
+from rsign.client.raw import RsignClient
 from rsign.domain.algorithms import SignSpec
 from rsign.domain.events import EventFilter
 from rsign.domain.principal import LOCAL_OPERATOR

@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography import x509
 
-from rsign.api.client import RsignClient
 from rsign.api.listener import TlsFiles
 from rsign.api.server import RunningServer, start_server
 from rsign.cli.main import main
+from rsign.client.raw import RsignClient
 from rsign.dev import EMBEDDED
 from rsign.domain.errors import ConfigurationError
 from rsign.domain.events import EventFilter

@@ -7,8 +7,8 @@ import json
 import grpc
 import pytest
 
-from rsign.api.client import RsignClient
 from rsign.auth import totp
+from rsign.client.raw import RsignClient
 from rsign.domain.events import EventFilter
 from tests.conftest import Env, Signer, digests
 

@@ -166,3 +166,45 @@ def test_unavailable_is_retried_with_backoff_then_raised(tmp_path: Path) -> None
             c.login("u", "p", "000000")
         assert e.value.code == grpc.StatusCode.UNAVAILABLE
         assert time.monotonic() - t0 >= least
+
+
+def test_refusals_other_than_unavailable_are_not_retried(env: Env, signer: Signer) -> None:
+    """Retries are for UNAVAILABLE only: a wrong PIN resent three times would count three failures
+    towards the lockout, and an already used code resent would be refused again anyway."""
+    cid = signer.add_key("ec-p256")
+    with env.app.store.read() as t:
+        start = max((r["seq"] for r in t.last_events(EventFilter(), 1)), default=0)
+    with Client(env.server.address, retries=3, backoff=0.01) as c:
+        with pytest.raises(RsignError) as e:
+            c.login(signer.user_id, "P-wrong-pin", signer.code())
+        assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+        c.login(signer.user_id, signer.pin, signer.code())
+        used = totp.code_for_step(signer.seed, signer.last_step)  # the login's code
+        with pytest.raises(CodeAlreadyUsed):
+            c.authorize(cid, [bytes(32)], otp=used)
+    with env.app.store.read() as t:
+        logins = t.last_events(EventFilter(action="auth.login", actor=signer.user_id), 10)
+        issued = t.last_events(EventFilter(action="sad.issue", actor=signer.user_id), 10)
+    logins, issued = ([r for r in rows if r["seq"] > start] for rows in (logins, issued))
+    assert [r["result"] for r in logins] == ["failure", "success"]  # oldest first: one try each
+    assert [(r["result"], r["reason"]) for r in issued] == [("failure", "one-time code already used")]
+
+
+def test_sign_hashes_is_one_activation_for_raw_digests(env: Env, signer: Signer) -> None:
+    """The SDK's digest path (for CMS or other formats the caller builds): one code, one Authorize,
+    one SignHash, signatures that verify against the credential's certificate, in order."""
+    import hashlib
+
+    from rsign.dev.democlient import verify_signature
+
+    cid = signer.add_key("rsa-2048")
+    hashes = [hashlib.sha256(f"attrs {i}".encode()).digest() for i in range(3)]
+    with _login(signer) as c:
+        sigs = c.sign_hashes(cid, hashes, otp=signer.code())
+        cert = c.credential(cid).certificates[0]
+    assert len(sigs) == 3
+    for d, sig in zip(hashes, sigs, strict=True):
+        verify_signature(cert, d, sig, "RSA_PKCS1_V15")
+    with env.app.store.read() as t:
+        assert len(t.last_events(EventFilter(action="sad.issue", credential_id=cid), 10)) == 1
+        assert len(t.last_events(EventFilter(action="sign.hash", credential_id=cid), 10)) == 3
