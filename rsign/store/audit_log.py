@@ -65,17 +65,22 @@ class AuditLogRepo:
     ) -> Iterator[dict[str, Any]]:
         """``columns`` (default: all) of the records ``after`` < seq <= ``upto``, in order."""
         cols = [AUDIT.c[f] for f in columns] if columns else list(AUDIT.c)
+        keys = [c.key for c in cols]
+        at = keys.index("seq") if "seq" in keys else -1
         last = after
         while True:
-            q = select(*cols).where(AUDIT.c.seq > last)
+            q = select(*cols, AUDIT.c.seq) if at < 0 else select(*cols)
+            q = q.where(AUDIT.c.seq > last)
             if upto is not None:
                 q = q.where(AUDIT.c.seq <= upto)
             rows = self.c.execute(q.order_by(AUDIT.c.seq).limit(batch)).all()
             if not rows:
                 return
+            # zip over the row's values: the checkpointer reads back every record this way, and a
+            # row's mapping view cost more than hashing the record.
             for r in rows:
-                yield dict(r._mapping)
-            last = int(rows[-1].seq)
+                yield dict(zip(keys, r, strict=False))
+            last = int(rows[-1][at])
 
     def audit_record(self, seq: int) -> dict[str, Any] | None:
         r = self.c.execute(select(AUDIT).where(AUDIT.c.seq == seq)).first()
