@@ -236,6 +236,12 @@ def start_server(
     )
 
 
+def bound_address(listen: str, port: int) -> str:
+    """``listen`` with the port the server was given (``HOST:0`` becomes ``HOST:PORT``)."""
+    host, _, _ = listen.rpartition(":")
+    return f"{host}:{port}"
+
+
 @contextlib.contextmanager
 def running(app: App, listen: str = "127.0.0.1:0") -> Iterator[RunningServer]:
     srv = start_server(app, listen)
@@ -248,7 +254,7 @@ def running(app: App, listen: str = "127.0.0.1:0") -> Iterator[RunningServer]:
 def serve_forever(
     app: App,
     listen: str,
-    on_ready: str | None = None,
+    on_ready: Callable[[str], str] | None = None,
     tls: TlsFiles | None = None,
     *,
     behind_tls_proxy: bool = False,
@@ -260,7 +266,8 @@ def serve_forever(
     """Serve until SIGINT or SIGTERM, then drain in-flight RPCs (``shutdown_grace_seconds``) and
     stop; SIGHUP re-reads the TLS certificate files without dropping the service. ``on_reload``
     and ``before_stop`` (given the grace) let a companion listener (the HTTP face) follow: it
-    stops before the final checkpoint so that its last records are under it."""
+    stops before the final checkpoint so that its last records are under it. ``on_ready(address)``
+    is printed once serving: ``address`` is the one bound (port 0 asks the system for a free one)."""
     srv = start_server(
         app, listen, tls, behind_tls_proxy=behind_tls_proxy, metrics_listen=metrics_listen, reflection=reflection
     )
@@ -274,9 +281,10 @@ def serve_forever(
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     mode = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
-    log.info("rsign listening on %s (%s)", listen, mode)
-    if on_ready:
-        print(on_ready, flush=True)
+    bound = bound_address(listen, srv.port)
+    log.info("rsign listening on %s (%s)", bound, mode)
+    if on_ready is not None:
+        print(on_ready(bound), flush=True)
     stopping = False
     while not stopping:
         # Never an untimed wait: Python runs signal handlers in the main thread only, and the

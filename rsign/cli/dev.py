@@ -52,11 +52,14 @@ def demo(state_dir: Path, listen: str, data: Path) -> None:
             total = t.count_credentials()
         console.print(f"{created} credentials created, {total} in the HSM")
         sample = "SL-CTS-0001"
-        msg = (
-            f"rsign serving the Son La demo on {listen} (state: {settings.state_dir})\n"
-            f"Sign a file as a demo holder (a PDF as PAdES, anything else as detached CMS), from another terminal:\n"
-            f"  .venv/bin/rsign client sign README.md --credential {sample} --state-dir {state_dir} --server {listen}"
-        )
+        def msg(bound: str) -> str:
+            return (
+                f"rsign serving the Son La demo on {bound} (state: {settings.state_dir})\n"
+                "Sign a file as a demo holder (a PDF as PAdES, anything else as detached CMS), from another"
+                f" terminal:\n  .venv/bin/rsign client sign README.md --credential {sample} --state-dir {state_dir}"
+                f" --server {bound}"
+            )
+
         serve_forever(app, listen, on_ready=msg)
     finally:
         app.close()

@@ -143,9 +143,12 @@ def serve(
                 grace=settings.shutdown_grace_seconds,
                 public_url=http_public_url,
             )
-        ready = f"rsign serving on {addr} ({mode}; state: {settings.state_dir})"
-        if http is not None:
-            ready += f"; HTTP (CSC API, passkeys) on {http.base_url}"
+        http_url = http.base_url if http is not None else ""
+
+        def ready(bound: str) -> str:
+            line = f"rsign serving on {bound} ({mode}; state: {settings.state_dir})"
+            return line + (f"; HTTP (CSC API, passkeys) on {http_url}" if http_url else "")
+
         serve_forever(
             app,
             addr,

@@ -110,6 +110,10 @@ def serve(state: Path, port: int, *args: str, new_session: bool = False) -> Serv
     if "rsign serving on" not in line:
         proc.wait(START_TIMEOUT)
         raise AssertionError(f"rsign serve did not start (exit {proc.returncode}): {served.stderr()}")
+    # The port it says it serves on (with port 0, the one the system gave it); clients reach it on
+    # loopback whatever address it listens on.
+    bound = line.split("rsign serving on ", 1)[1].split(" ", 1)[0]
+    served.address = f"127.0.0.1:{bound.rsplit(':', 1)[1]}"
     return served
 
 

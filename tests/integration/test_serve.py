@@ -121,6 +121,21 @@ def test_one_server_per_port(running: Running, tmp_path: Path) -> None:
     assert first.proc.poll() is None
 
 
+def test_port_zero_names_the_port_it_got(tmp_path: Path) -> None:
+    """--listen HOST:0 takes a free port, and the ready line names that port, not 0."""
+    state = tmp_path / "state"
+    prepare_state(state, 1)
+    srv = serve(state, 0)
+    try:
+        host, port = srv.address.rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) > 0
+        with grpc.insecure_channel(srv.address) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        srv.stop()
+
+
 def test_sigterm_stops_within_the_grace_period_and_signs_the_checkpoint(running: Running) -> None:
     """A dozen streams that sent malformed hashes and stay open, a few that never sent anything,
     and two busy ones (the client sends on and never reads) when SIGTERM comes."""
