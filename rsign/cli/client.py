@@ -97,7 +97,12 @@ def _fail(e: RsignError) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the signed files go.",
 )
-@click.option("--user", required=True, metavar="USER_ID", help="Your user id (PIN and codes are asked for).")
+@click.option(
+    "--user",
+    envvar="RSIGN_USER",
+    metavar="USER_ID",
+    help="Your user id [default: $RSIGN_USER, or asked for on the terminal, like the PIN and codes].",
+)
 @click.option("--server", default="127.0.0.1:50051", show_default=True, metavar="HOST:PORT")
 @click.option("--ca", type=_file, help="The CA certificate (PEM) of the server's TLS certificate: connect over TLS.")
 @click.option("--cert", type=_file, help="With --ca: your TLS client certificate (PEM), for mutual TLS.")
@@ -114,7 +119,7 @@ def sign_pdf(
     files: tuple[Path, ...],
     credential: str,
     out_dir: Path,
-    user: str,
+    user: str | None,
     server: str,
     ca: Path | None,
     cert: Path | None,
@@ -132,6 +137,10 @@ def sign_pdf(
     code; more files ask for one code per group). Prints where each signed file went."""
     if (cert is None) != (key is None) or (cert is not None and ca is None):
         raise click.UsageError("--cert and --key go together, and need --ca")
+    if not user:
+        if pin_stdin:  # standard input carries the PIN: it cannot also answer a prompt
+            raise click.UsageError("with --pin-stdin, give --user (or RSIGN_USER)")
+        user = str(click.prompt("user id", err=True)).strip()
     from rsign.client.pdf import Stamp, signer_name
 
     logging.getLogger("fontTools").setLevel(logging.ERROR)  # font subsetting chatter

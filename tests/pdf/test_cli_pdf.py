@@ -151,3 +151,30 @@ def test_wrong_pin_is_one_line(env: Env, signer: Signer, tmp_path: Path) -> None
     assert res.exit_code == 2
     assert "error (UNAUTHENTICATED): login failed" in res.stderr
     assert "Traceback" not in res.output
+
+
+def test_asks_for_the_user_pin_and_codes_on_the_terminal(env: Env, signer: Signer, tmp_path: Path) -> None:
+    """The command as an official types it: no --user, no PIN or codes on the command line; the
+    user id, the PIN, the login code and the signing code are each asked for on the terminal."""
+    cid = signer.add_key("ec-p256")
+    doc = make_pdf(tmp_path / "a.pdf")
+    login, sign = signer.code(), signer.code()
+    typed = ["client", "sign-pdf", str(doc), "--credential", cid, "--out", str(tmp_path / "out")]
+    res = CliRunner().invoke(
+        main,
+        [*typed, "--server", env.server.address],
+        input=f"{signer.user_id}\n{signer.pin}\n{login}\n{sign}\n",
+        env={"RSIGN_USER": ""},
+    )
+    assert res.exit_code == 0, res.output
+    assert "user id" in res.stderr
+    assert (tmp_path / "out" / "a.pdf").exists()
+    # --pin-stdin needs the user id given: standard input cannot answer both.
+    refused = CliRunner().invoke(
+        main,
+        ["client", "sign-pdf", str(doc), "--credential", cid, "--out", str(tmp_path / "o2"), "--pin-stdin"],
+        input=f"{signer.pin}\n",
+        env={"RSIGN_USER": ""},
+    )
+    assert refused.exit_code == 2 and "with --pin-stdin, give --user" in refused.output
+    assert not (tmp_path / "o2").exists()
