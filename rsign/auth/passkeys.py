@@ -43,8 +43,9 @@ class PasskeyService:
         if user is None:
             raise PermissionDenied("invalid session; log in again")
         cid, challenge = secrets.token_urlsafe(16), secrets.token_bytes(32)
+        now = self._clock.now()
         with self._store.tx() as t:
-            t.add_passkey_challenge(cid, who.user_id, who.session_id, challenge, self._clock.now() + CHALLENGE_TTL)
+            t.add_passkey_challenge(cid, who.user_id, who.session_id, challenge, now + CHALLENGE_TTL, now)
             # Using it (take_challenge) ends in passkey.enrol, success or failure.
             t.append(
                 event(Action.PASSKEY_CHALLENGE, actor=who.user_id, agency=who.agency, details={"challenge_id": cid})

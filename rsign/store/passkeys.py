@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from rsign.domain.approvals import ApprovalState, ApprovalView, PasskeyView
 from rsign.store import models as m
@@ -84,8 +84,18 @@ class PasskeyRepo:
     # -- enrolment challenges ------------------------------------------------------------------
 
     def add_passkey_challenge(
-        self, cid: str, user_id: str, session_id: int, challenge: bytes, expires_at: float
+        self, cid: str, user_id: str, session_id: int, challenge: bytes, expires_at: float, now: float
     ) -> None:
+        """A new enrolment challenge. It supersedes the session's earlier one, and the user's used or
+        expired ones go: a user calling again and again keeps one row per session, not one per call."""
+        self.c.execute(
+            delete(CHALLENGES).where(
+                CHALLENGES.c.user_id == user_id,
+                (CHALLENGES.c.session_id == session_id)
+                | CHALLENGES.c.used_at.is_not(None)
+                | (CHALLENGES.c.expires_at <= now),
+            )
+        )
         self.c.execute(
             insert(CHALLENGES).values(
                 id=cid, user_id=user_id, session_id=session_id, challenge=challenge, expires_at=expires_at

@@ -445,3 +445,25 @@ def test_an_enrolment_challenge_is_used_once_by_its_own_session(env: Env, http: 
                    json={"challengeId": challenge_id, "credential": forged}, headers=hdr)  # fmt: skip
     assert r.status_code == 400 and "start again" in r.json()["error_description"], r.text
     assert env.app.passkeys.list(env.app.auth.authenticate(hdr["Authorization"][7:])) == []
+
+
+def test_repeated_enrolment_starts_keep_one_challenge_per_session(env: Env) -> None:
+    """A logged-in user starting passkey enrolment again and again: each start supersedes the
+    session's previous challenge, so the table keeps one row for the session, not one per call."""
+    from sqlalchemy import text
+
+    from rsign.domain import context
+    from rsign.domain.errors import InvalidRequest
+
+    s = make_signer(env)
+    who = env.app.auth.authenticate(s.client().token)
+    with context.request(client="test"):
+        starts = [env.app.passkeys.start_enrolment(who) for _ in range(30)]
+        with env.app.store.read() as t:
+            rows = t.c.execute(
+                text("SELECT COUNT(*) FROM passkey_challenges WHERE user_id = :u"), {"u": s.user_id}
+            ).scalar()
+        assert rows == 1
+        with pytest.raises(InvalidRequest):  # superseded
+            env.app.passkeys.take_challenge(who, starts[0].challenge_id)
+        assert env.app.passkeys.take_challenge(who, starts[-1].challenge_id) == starts[-1].challenge
