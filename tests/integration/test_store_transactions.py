@@ -1,0 +1,129 @@
+"""The store's transaction plumbing on a real SQLite file (rsign/store/engine.py): savepoints
+issued on the driver, and each thread's kept read connection. What can go wrong there is a
+savepoint left open or not undone, a driver error that escapes the fail-closed mapping, and a
+read connection that outlives its thread, its failure or the store."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from rsign.domain.errors import AlreadyExists, AuditUnavailable, Unavailable
+from rsign.store import Store
+from rsign.store._core import META
+
+
+def _store(tmp_path: Path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'rsign.db'}")
+
+
+def _meta(store: Store) -> dict[str, str]:
+    with store.read() as t:
+        return {r.key: r.value for r in t.c.execute(META.select())}
+
+
+def _raw_insert(t: object, key: str) -> None:
+    """An INSERT on the driver's own cursor, as the hot statements run (rsign/store/fast.py)."""
+    cursor = t.c.connection.driver_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("INSERT INTO rsign_meta (key, value) VALUES (?, ?)", (key, "v"))
+    cursor.close()
+
+
+def test_a_failed_savepoint_is_undone_alone_and_driver_errors_are_mapped(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        w = store.begin_write()
+        with w.savepoint() as t:
+            _raw_insert(t, "kept")
+        # A unique-key violation raised by the driver itself (not through SQLAlchemy) is the same
+        # AlreadyExists, and only its savepoint is undone: the row inserted before it goes too.
+        with pytest.raises(AlreadyExists), w.savepoint() as t:
+            _raw_insert(t, "undone")
+            _raw_insert(t, "kept")
+        # Any other exception: undone, and raised unchanged.
+        with pytest.raises(RuntimeError, match="domain refusal"), w.savepoint() as t:
+            _raw_insert(t, "also undone")
+            raise RuntimeError("domain refusal")
+        with w.savepoint() as t:
+            _raw_insert(t, "after")
+        w.commit()
+        meta = _meta(store)
+        assert "kept" in meta and "after" in meta
+        assert "undone" not in meta and "also undone" not in meta
+        # No savepoint was left open: the connection takes a new transaction.
+        w = store.begin_write()
+        with w.savepoint() as t:
+            _raw_insert(t, "next")
+        w.commit()
+        assert "next" in _meta(store)
+    finally:
+        store.close()
+
+
+def test_a_savepoint_the_database_refuses_fails_closed(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        w = store.begin_write()
+        # The database goes read-only under the open transaction (as when its disk fails).
+        w.tx.c.connection.driver_connection.execute("PRAGMA query_only = ON")  # type: ignore[union-attr]
+        with pytest.raises(AuditUnavailable), w.savepoint() as t:
+            _raw_insert(t, "refused")
+        assert not store.healthy
+        w.tx.c.connection.driver_connection.execute("PRAGMA query_only = OFF")  # type: ignore[union-attr]
+        w.rollback()
+    finally:
+        store.close()
+
+
+def test_each_thread_keeps_one_read_connection_and_reads_see_commits(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        with store.read() as t:
+            first = t.c
+        with store.read() as t:
+            assert t.c is first  # kept, not checked out again
+            # A read inside a read gets a connection of its own (the kept one is in a transaction).
+            with store.read() as inner:
+                assert inner.c is not first
+        w = store.begin_write()
+        with w.savepoint() as t:
+            _raw_insert(t, "committed")
+        w.commit()
+        assert "committed" in _meta(store)  # a kept connection starts a new snapshot per read
+
+        seen: list[object] = []
+
+        def other() -> None:
+            with store.read() as t:
+                seen.append(t.c)
+
+        th = threading.Thread(target=other)
+        th.start()
+        th.join()
+        assert seen and seen[0] is not first
+        # The ended thread's connection is closed when the next thread opens one.
+        th2 = threading.Thread(target=other)
+        th2.start()
+        th2.join()
+        assert seen[0].closed  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    assert first.closed  # closing the store closes every kept connection
+
+
+def test_a_read_that_fails_gets_a_new_connection_next_time(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        with store.read() as t:
+            broken = t.c
+        with pytest.raises(Unavailable), store.read() as t:
+            t.c.exec_driver_sql("SELECT * FROM no_such_table")
+        with store.read() as t:
+            assert t.c is not broken
+            assert t.get_user("nobody") is None
+        assert broken.closed
+    finally:
+        store.close()
+
