@@ -26,6 +26,7 @@ from rsign.store import migrate
 from rsign.store._core import AUDIT
 from rsign.store.audit_log import AuditLogRepo
 from rsign.store.credentials import CredentialRepo
+from rsign.store.fast import driver_errors
 from rsign.store.inflight import InflightRepo
 from rsign.store.passkeys import PasskeyRepo
 from rsign.store.sads import SadRepo
@@ -45,17 +46,12 @@ class Tx(UserRepo, SessionRepo, CredentialRepo, SadRepo, AuditLogRepo, InflightR
 def driver_exec(conn: Connection, sql: str) -> None:
     """Run a statement without parameters or result (BEGIN, SAVEPOINT...) on the DBAPI connection
     that ``conn`` holds, in its transaction."""
-    dbapi: Any = conn.dialect.dbapi  # loaded: the connection is open
-    try:
+    with driver_errors(conn, sql):
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(sql)
         finally:
             cursor.close()
-    except dbapi.Error as exc:
-        # As SQLAlchemy would have raised it (OperationalError, IntegrityError...): the store's
-        # error mapping (fail closed) sees one kind of exception.
-        raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
 
 
 def make_engine(url: str, busy_timeout: float = 5.0, pooled: bool = True) -> Engine:

@@ -15,15 +15,38 @@ flag, ``bytes()`` for a blob), as the views did already. Anything else stays on 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import namedtuple
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
+
+
+@contextlib.contextmanager
+def driver_errors(c: Connection, sql: str) -> Iterator[None]:
+    """The driver's exceptions raised as SQLAlchemy would have raised them (``OperationalError``,
+    ``IntegrityError``...): the store maps those, and only those, to its fail-closed errors."""
+    dbapi: Any = c.dialect.dbapi  # loaded: the connection is open
+    try:
+        yield
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
+
+
+def executemany(c: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``sql`` for each of ``rows`` on the driver's cursor (positional parameters)."""
+    with driver_errors(c, sql):
+        cursor = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, rows)
+        finally:
+            cursor.close()
 
 
 @dataclass(frozen=True)
@@ -59,16 +82,18 @@ class FastStatement:
 
     def _cursor(self, c: Connection, params: Mapping[str, Any]) -> Any:
         comp = self._for(c.dialect)
-        cursor = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
         values = {**comp.defaults, **params}
         args: Any = tuple(values[n] for n in comp.names) if comp.positional else values
-        cursor.execute(comp.sql, args)
+        with driver_errors(c, comp.sql):
+            cursor = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            cursor.execute(comp.sql, args)
         return cursor
 
     def rows(self, c: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
         cursor = self._cursor(c, params or {})
         try:
-            return [self._row._make(r) for r in cursor.fetchall()]
+            with driver_errors(c, self._compiled[c.dialect.name].sql):
+                return [self._row._make(r) for r in cursor.fetchall()]
         finally:
             cursor.close()
 

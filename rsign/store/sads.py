@@ -22,6 +22,11 @@ _CONSUME_SAD = FastStatement(
     .where(SADS.c.id == bindparam("sid"), SADS.c.consumed_at.is_(None), SADS.c.expires_at > bindparam("now"))
     .values(consumed_at=bindparam("now"))
 )
+_CONSUMED_ONE = FastStatement(  # one digest (every unary Authorize): on the driver's cursor
+    select(CONSUMED.c.digest, CONSUMED.c.occurrence).where(
+        CONSUMED.c.credential_id == bindparam("cid"), CONSUMED.c.digest == bindparam("digest")
+    )
+)
 _CONSUMED = select(CONSUMED.c.digest, CONSUMED.c.occurrence).where(
     CONSUMED.c.credential_id == bindparam("cid"), CONSUMED.c.digest.in_(bindparam("digests", expanding=True))
 )
@@ -85,6 +90,9 @@ class SadRepo:
         """Which (digest, occurrence) pairs of ``keys`` were already consumed for the credential."""
         found: set[tuple[bytes, int]] = set()
         digests = sorted({d for d, _ in keys})
+        if len(digests) == 1:
+            one = _CONSUMED_ONE.rows(self.c, {"cid": credential_id, "digest": digests[0]})
+            return {(bytes(r[0]), int(r[1])) for r in one} & set(keys)
         for i in range(0, len(digests), 500):
             rows = self.c.execute(_CONSUMED, {"cid": credential_id, "digests": digests[i : i + 500]}).all()
             found.update((bytes(r[0]), int(r[1])) for r in rows)
