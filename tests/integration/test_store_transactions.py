@@ -5,6 +5,7 @@ read connection that outlives its thread, its failure or the store."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -127,3 +128,24 @@ def test_a_read_that_fails_gets_a_new_connection_next_time(tmp_path: Path) -> No
     finally:
         store.close()
 
+
+
+def test_a_driver_error_on_the_hot_statements_fails_closed(tmp_path: Path) -> None:
+    """The hot statements run on the driver's cursor (rsign/store/fast.py); its errors must reach
+    the store's mapping (UNAVAILABLE to the caller), not escape as an unexpected error (INTERNAL)."""
+    store = _store(tmp_path)
+    try:
+        with store.read() as t:
+            assert t.get_user("nobody") is None
+        raw = sqlite3.connect(tmp_path / "rsign.db")
+        raw.execute("ALTER TABLE users RENAME TO users_gone")  # the table the statement reads
+        raw.commit()
+        raw.close()
+        with pytest.raises(Unavailable), store.read() as t:
+            t.get_user("nobody")
+        w = store.begin_write()
+        with pytest.raises(AuditUnavailable), w.savepoint() as t:
+            t.get_user("nobody")
+        w.rollback()
+    finally:
+        store.close()
