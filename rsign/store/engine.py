@@ -88,7 +88,8 @@ def make_engine(url: str, busy_timeout: float = 5.0, pooled: bool = True) -> Eng
 
 def _sqlite_file(url: str) -> bool:
     u = make_url(url)
-    return u.get_backend_name() == "sqlite" and bool(u.database) and u.database != ":memory:"
+    memory = not u.database or ":memory:" in u.database or u.query.get("mode") == "memory"
+    return u.get_backend_name() == "sqlite" and not memory
 
 
 class _ThreadReaders:
@@ -376,27 +377,36 @@ class WriteTx:
         # The driver's own exceptions too: the hot statements run on its cursor (``fast.py``).
         self._integrity: tuple[type[BaseException], ...] = (IntegrityError, dbapi.IntegrityError)
         self._db_error: tuple[type[BaseException], ...] = (DBAPIError, SQLAlchemyError, dbapi.Error)
+        self._doomed: BaseException | None = None  # why this transaction can only be rolled back
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[Tx]:
         """The body's changes, undone alone if it raises. SAVEPOINT, RELEASE and ROLLBACK TO go
         straight to the driver (SQLAlchemy's nested transaction cost ten times the statements, on
-        every group-committed caller); SQLAlchemy's own transaction is the enclosing one and is
-        unaffected: a savepoint it does not know of is released or rolled back here, always."""
+        every group-committed caller); SQLAlchemy's own transaction is the enclosing one.
+
+        Whenever the transaction's state is in doubt (a savepoint that could not be taken, undone
+        or released, an undo interrupted, or SQLite having rolled the whole transaction back by
+        itself: disk full, I/O error), the transaction is *doomed*: every later savepoint and the
+        commit refuse with ``AuditUnavailable`` and it is rolled back. Otherwise the group commit
+        would go on and commit the other callers' audit records over changes that are gone (or a
+        failed caller's changes without its records)."""
+        self._usable()
         self._savepoints += 1
         name = f"rsign_sp_{self._savepoints}"
         try:
             driver_exec(self._conn, f"SAVEPOINT {name}")
-        except self._db_error as exc:
-            raise self._store._write_failed(exc) from exc
+        except BaseException as exc:
+            raise self._doom(exc) from exc
         try:
             yield self.tx
         except BaseException as exc:
             try:
                 driver_exec(self._conn, f"ROLLBACK TO SAVEPOINT {name}")
                 driver_exec(self._conn, f"RELEASE SAVEPOINT {name}")
-            except self._db_error as undo:
-                raise self._store._write_failed(undo) from exc
+            except BaseException as undo:
+                raise self._doom(undo) from exc
+            self._usable()
             if isinstance(exc, self._integrity):
                 raise AlreadyExists("the object already exists") from exc
             if isinstance(exc, self._db_error):
@@ -404,10 +414,33 @@ class WriteTx:
             raise
         try:
             driver_exec(self._conn, f"RELEASE SAVEPOINT {name}")
-        except self._db_error as exc:
-            raise self._store._write_failed(exc) from exc
+        except BaseException as exc:
+            raise self._doom(exc) from exc
+        self._usable()
+
+    def _doom(self, exc: BaseException) -> BaseException:
+        """Mark the transaction as lost; what to raise: the store's fail-closed error for a
+        database failure, the exception itself otherwise (an interrupt)."""
+        if self._doomed is None:
+            self._doomed = exc
+        return self._store._write_failed(exc) if isinstance(exc, self._db_error) else exc
+
+    def _usable(self) -> None:
+        """Refuse to go on in a doomed transaction, or one the database ended by itself (SQLite
+        rolls back the whole transaction on some errors; the connection is then in autocommit
+        mode, where each later statement would commit at once)."""
+        if self._doomed is None and not getattr(self._conn.connection.driver_connection, "in_transaction", True):
+            self._doomed = RuntimeError("the database ended the transaction")
+        if self._doomed is not None:
+            raise self._store._write_failed(self._doomed)
 
     def commit(self) -> None:
+        try:
+            self._usable()
+        except AuditUnavailable:
+            with contextlib.suppress(BaseException):
+                self.rollback()
+            raise
         try:
             self._trans.commit()
         except (DBAPIError, SQLAlchemyError) as exc:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rsign.domain.errors import AlreadyExists, AuditUnavailable, Unavailable
-from rsign.store import Store
+from rsign.store import Store, engine
 from rsign.store._core import META
 
 
@@ -147,5 +147,67 @@ def test_a_driver_error_on_the_hot_statements_fails_closed(tmp_path: Path) -> No
         with pytest.raises(AuditUnavailable), w.savepoint() as t:
             t.get_user("nobody")
         w.rollback()
+    finally:
+        store.close()
+
+
+def test_a_transaction_the_database_rolled_back_by_itself_is_doomed(tmp_path: Path) -> None:
+    """SQLite rolls back the whole transaction on some errors (here: the database is full). The
+    group commit must then fail as a whole: committing the other callers' audit records over
+    changes that are gone, or letting a later caller's statements autocommit, would break the rule
+    that a change and its record commit together (found by review; the code before the driver
+    savepoints did the same)."""
+    store = _store(tmp_path)
+    try:
+        w = store.begin_write()
+        raw = w.tx.c.connection.driver_connection
+        with w.savepoint() as t:
+            _raw_insert(t, "member 1")
+        pages = raw.execute("PRAGMA page_count").fetchone()[0]  # type: ignore[union-attr]
+        raw.execute(f"PRAGMA max_page_count = {pages + 1}")  # type: ignore[union-attr]
+        with pytest.raises(AuditUnavailable), w.savepoint() as t:
+            t.c.exec_driver_sql("INSERT INTO rsign_meta (key, value) VALUES ('member 2', zeroblob(1000000))")
+        raw.execute("PRAGMA max_page_count = 1073741823")  # type: ignore[union-attr]
+        # Every later caller is refused before it runs anything, and the commit fails closed.
+        ran: list[str] = []
+        with pytest.raises(AuditUnavailable), w.savepoint() as t:
+            ran.append("member 3")
+        assert ran == []
+        with pytest.raises(AuditUnavailable):
+            w.commit()
+        meta = _meta(store)
+        assert "member 1" not in meta and "member 2" not in meta
+        assert not store.healthy
+        # The store recovers: the next transaction is a new one.
+        w = store.begin_write()
+        with w.savepoint() as t:
+            _raw_insert(t, "next")
+        w.commit()
+        assert "next" in _meta(store) and store.healthy
+    finally:
+        store.close()
+
+
+def test_an_interrupted_undo_dooms_the_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path)
+    try:
+        w = store.begin_write()
+        with w.savepoint() as t:
+            _raw_insert(t, "member 1")
+        real = engine.driver_exec
+
+        def interrupted(conn: object, sql: str) -> None:
+            if sql.startswith("ROLLBACK TO"):
+                raise KeyboardInterrupt
+            real(conn, sql)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(engine, "driver_exec", interrupted)
+        with pytest.raises(KeyboardInterrupt), w.savepoint() as t:
+            _raw_insert(t, "member 2")
+            raise RuntimeError("refused")
+        monkeypatch.setattr(engine, "driver_exec", real)
+        with pytest.raises(AuditUnavailable):
+            w.commit()
+        assert "member 2" not in _meta(store) and "member 1" not in _meta(store)
     finally:
         store.close()
