@@ -22,6 +22,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import queue
 import threading
 import time
@@ -167,7 +168,10 @@ class HsmPool:
                 slot.pending.append(job)
                 slot.cv.notify_all()
                 try:
-                    worker.conn.send((job.op, job.args))
+                    # Plain pickle, not the Connection's ForkingPickler (a pickler object and a
+                    # buffer per message, and no job carries a handle it would be needed for);
+                    # the worker's recv() reads it as it reads any message.
+                    worker.conn.send_bytes(pickle.dumps((job.op, job.args), pickle.HIGHEST_PROTOCOL))
                 except (OSError, ValueError):
                     pass  # the receiver notices the dead worker and fails what it held
 
@@ -209,7 +213,9 @@ class HsmPool:
 
     def _await(self, worker: Worker) -> Any:
         deadline = time.monotonic() + self._job_timeout
-        while not worker.conn.poll(0.2):
+        # One poll object per worker: Connection.poll() builds and tears down a selector on every
+        # call, which cost more than reading the answer.
+        while not worker.readable.poll(200):
             if not worker.proc.is_alive():
                 raise EOFError("worker exited")
             if time.monotonic() > deadline:
@@ -253,6 +259,8 @@ class HsmPool:
         n = len(digests)
         chunk = max(1, min(MAX_CHUNK, math.ceil(n / self._size)))
         parts = [self._submit("sign", cka_id, spec, list(digests[i : i + chunk])) for i in range(0, n, chunk)]
+        if len(parts) == 1:  # a unary SignHash: its one job's future is the answer
+            return parts[0]
         combined: Future[list[SignResult]] = Future()
         if not parts:
             combined.set_result([])

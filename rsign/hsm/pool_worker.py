@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import select
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +75,9 @@ class Worker:
         self.proc.start()
         child.close()
         self.pid: int = self.proc.pid or 0
+        # What the pool's receiver waits on for this worker's answers (see HsmPool._await).
+        self.readable = select.poll()
+        self.readable.register(self.conn.fileno(), select.POLLIN)
 
     def wait_ready(self) -> Worker:
         if not self.conn.poll(self._timeout):
