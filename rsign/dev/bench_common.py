@@ -101,6 +101,18 @@ def rss_mb(pid: int, field: str) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (all its threads), in seconds; 0 when it
+    is gone. Less noisy than a rate on a shared machine: other tenants slow a round down, they do
+    not add to this process's CPU time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # utime and stime: fields 14 and 15 of /proc/PID/stat, 12 and 13 after the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     """Direct child processes of ``pid`` (its HSM workers), from each process's parent id."""
     out: list[int] = []
@@ -205,6 +217,10 @@ class ServerProcess:
 
     def workers_peak_rss_mb(self) -> float:
         return sum(rss_mb(c, "VmHWM") for c in children(self.pid))
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time used so far by the server process and by its HSM worker processes."""
+        return cpu_seconds(self.pid), sum(cpu_seconds(c) for c in children(self.pid))
 
     def stop(self) -> None:
         if self.proc is None:

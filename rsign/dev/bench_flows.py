@@ -100,6 +100,8 @@ class Recorder:
         self.max_in_flight = 0
         self.bad_signatures = 0
         self.wall_s = 0.0
+        self.server_cpu_s = 0.0  # CPU time the server process used during the round (when measured)
+        self.workers_cpu_s = 0.0  # and its HSM worker processes
 
     def failed(self, err: str) -> None:
         with self._lock:

@@ -132,14 +132,26 @@ class UnaryBench:
         self.timings["login_s"] = time.perf_counter() - t0
 
     def round(
-        self, label: str, prepare: Callable[[Signer], Any], clients: int, signers: Sequence[Signer], totp: bool = True
+        self,
+        label: str,
+        prepare: Callable[[Signer], Any],
+        clients: int,
+        signers: Sequence[Signer],
+        totp: bool = True,
+        server: ServerProcess | None = None,
     ) -> Recorder:
-        """One flow per signer. ``totp``: the flows need a fresh step each, waited for first (untimed)."""
+        """One flow per signer. ``totp``: the flows need a fresh step each, waited for first
+        (untimed). ``server``: the CPU time it (and its HSM workers) used during the round is
+        recorded."""
         if totp:
             slept = wait_for_fresh_steps([s.user for s in signers])
             if slept:
                 self.say(f"waited {slept:.0f} s for every signer's next TOTP step (untimed)")
+        before = server.cpu_seconds() if server is not None else (0.0, 0.0)
         rec = run_round(signers, prepare, clients, lambda done: self.stage(label, done, len(signers)))
+        if server is not None:
+            after = server.cpu_seconds()
+            rec.server_cpu_s, rec.workers_cpu_s = after[0] - before[0], after[1] - before[1]
         self.say(f"{label}: {rec.rate():.1f} flows/s, p99 {rec.latency()['p99']} ms, {rec.errors} errors")
         return rec
 
@@ -206,9 +218,13 @@ def unary(signers: int, clients: int, rounds: int, workers: int, say: Progress, 
         naive_recs: list[Recorder] = []
         for r in range(1, rounds + 1):
             rsign_recs.append(
-                bench.round(f"rsign round {r}/{rounds}", lambda s: rsign_flow(s, rs.address), clients, bench.signers)
+                bench.round(
+                    f"rsign round {r}/{rounds}", lambda s: rsign_flow(s, rs.address), clients, bench.signers, server=rs
+                )
             )
-            naive_recs.append(bench.round(f"naive round {r}/{rounds}", naive_flow, clients, bench.signers, totp=False))
+            naive_recs.append(
+                bench.round(f"naive round {r}/{rounds}", naive_flow, clients, bench.signers, totp=False, server=nv)
+            )
         servers = _servers({"rsign": rs, "naive": nv})
         rs.stop()
         servers["rsign_audit_head"] = rs.append_stats()
@@ -230,6 +246,12 @@ def unary(signers: int, clients: int, rounds: int, workers: int, say: Progress, 
             "ratio": round(rsign_rate / naive_rate, 3) if naive_rate else 0.0,
             "rsign_latency_ms": _latency(rsign_recs),
             "naive_latency_ms": _latency(naive_recs),
+            # CPU per flow (medians over the rounds): what a flow costs each server, whatever else
+            # ran on the machine at the time; the server process, then its HSM worker processes.
+            "rsign_server_cpu_ms_per_flow": _med([1000 * r.server_cpu_s / max(1, r.flows) for r in rsign_recs], 2),
+            "naive_server_cpu_ms_per_flow": _med([1000 * r.server_cpu_s / max(1, r.flows) for r in naive_recs], 2),
+            "rsign_workers_cpu_ms_per_flow": _med([1000 * r.workers_cpu_s / max(1, r.flows) for r in rsign_recs], 2),
+            "naive_workers_cpu_ms_per_flow": _med([1000 * r.workers_cpu_s / max(1, r.flows) for r in naive_recs], 2),
             "rsign_rounds_flows_per_s": [round(r.rate(), 1) for r in rsign_recs],
             "naive_rounds_flows_per_s": [round(r.rate(), 1) for r in naive_recs],
             **_checks(rsign_recs + naive_recs),

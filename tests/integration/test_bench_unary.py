@@ -30,6 +30,9 @@ def test_unary_bench_small_run_signs_everything_and_reports(capsys: pytest.Captu
     assert res["flows"] == 16 and res["errors"] == 0 and res["bad_signatures"] == 0 and res["zero_errors"]
     assert res["error_examples"] == []
     assert res["rsign_flows_per_s"] > 0 and res["naive_flows_per_s"] > 0 and res["ratio"] > 0
+    # CPU per flow, read from /proc (10 ms ticks: the naive server's few milliseconds may read 0 here).
+    assert res["rsign_server_cpu_ms_per_flow"] > 0
+    assert res["naive_server_cpu_ms_per_flow"] >= 0 and res["rsign_workers_cpu_ms_per_flow"] >= 0
     for side in ("rsign", "naive"):
         lat = res[f"{side}_latency_ms"]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
