@@ -149,6 +149,7 @@ def start_server(
     behind_tls_proxy: bool = False,
     metrics_listen: str | None = None,
     reflection: bool | None = None,
+    shared_port: bool = False,
 ) -> RunningServer:
     """Start serving on ``listen`` ("HOST:PORT"; port 0 picks a free one). Non-blocking.
 
@@ -162,7 +163,8 @@ def start_server(
     reloadable = ReloadableTls(tls) if tls is not None else None
     if reloadable is None:
         check_plaintext(listen, behind_tls_proxy)
-    check_port_free(listen)
+    if not shared_port:
+        check_port_free(listen)
     # A log behind its HSM anchor (rolled back in the database) is not served: one line, before
     # anything listens (AuditRollback; recovery: `rsign audit accept-rollback`).
     app.audit.check_before_serving()
@@ -177,8 +179,10 @@ def start_server(
         ThreadPoolExecutor(max_workers=capacity.threads, thread_name_prefix="rsign-rpc"),
         interceptors=[interceptor],
         # One server per port: with gRPC's default SO_REUSEPORT a second server on the same port
-        # would start silently and take part of the connections.
-        options=[*server_options(), ("grpc.so_reuseport", 0)],
+        # would start silently and take part of the connections. ``shared_port``: the processes
+        # of one `rsign serve --processes N` share it on purpose (the kernel spreads connections
+        # over them; only processes of the same user can join, Linux's rule for SO_REUSEPORT).
+        options=[*server_options(), ("grpc.so_reuseport", 1 if shared_port else 0)],
         maximum_concurrent_rpcs=capacity.max_concurrent_rpcs,
     )
     pb_grpc.add_AuthServiceServicer_to_server(AuthServicer(app), server)
@@ -262,6 +266,7 @@ def serve_forever(
     before_stop: Callable[[float], object] | None = None,
     metrics_listen: str | None = None,
     reflection: bool | None = None,
+    shared_port: bool = False,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then drain in-flight RPCs (``shutdown_grace_seconds``) and
     stop; SIGHUP re-reads the TLS certificate files without dropping the service. ``on_reload``
@@ -269,7 +274,13 @@ def serve_forever(
     stops before the final checkpoint so that its last records are under it. ``on_ready(address)``
     is printed once serving: ``address`` is the one bound (port 0 asks the system for a free one)."""
     srv = start_server(
-        app, listen, tls, behind_tls_proxy=behind_tls_proxy, metrics_listen=metrics_listen, reflection=reflection
+        app,
+        listen,
+        tls,
+        behind_tls_proxy=behind_tls_proxy,
+        metrics_listen=metrics_listen,
+        reflection=reflection,
+        shared_port=shared_port,
     )
     received: deque[int] = deque()
     wake = threading.Event()

@@ -121,6 +121,13 @@ def demo(state_dir: Path, listen: str, data: Path) -> None:
     show_default=True,
     help="With --postgres: where to create (and afterwards drop) the run's database.",
 )
+@click.option(
+    "--serve-processes",
+    type=click.IntRange(1, 16),
+    default=None,
+    help="--unary mode: run rsign serve --processes N (each signer then has a connection of its own, to "
+    "both servers) [default: 1].",
+)
 def bench(
     quick: bool,
     workers: int | None,
@@ -135,6 +142,7 @@ def bench(
     flows_per_signer: int | None,
     postgres: bool,
     postgres_dsn: str,
+    serve_processes: int | None,
 ) -> None:
     """Measure the batch path against a direct python-pkcs11 loop (or, with --unary, the one-document
     flow against a naive signing server); prints one JSON object per line."""
@@ -147,6 +155,7 @@ def bench(
         "--clients": clients,
         "--rounds": rounds,
         "--flows-per-signer": flows_per_signer,
+        "--serve-processes": serve_processes,
     }
     if not unary:
         given = [name for name, value in unary_only.items() if value is not None]
@@ -159,9 +168,19 @@ def bench(
             raise click.UsageError("choose one of --postgres and --concurrent-signers")
         if flows_per_signer is not None and concurrent_signers is None:
             raise click.UsageError("--flows-per-signer applies with --concurrent-signers")
+        if serve_processes is not None and (postgres or concurrent_signers is not None):
+            raise click.UsageError("--serve-processes applies to the plain --unary run")
         dsn = postgres_dsn if postgres else None
         _unary(
-            quick, workers or b.default_workers(), signers, clients, rounds, concurrent_signers, flows_per_signer, dsn
+            quick,
+            workers or b.default_workers(),
+            signers,
+            clients,
+            rounds,
+            concurrent_signers,
+            flows_per_signer,
+            dsn,
+            serve_processes or 1,
         )
         return
 
@@ -194,6 +213,7 @@ def _unary(
     concurrent_signers: int | None,
     flows_per_signer: int | None,
     postgres_dsn: str | None,
+    processes: int,
 ) -> None:
     from rsign.dev import bench_unary as u
 
@@ -206,7 +226,7 @@ def _unary(
         elif postgres_dsn is not None:
             u.postgres(n, clients or 32, rounds or (1 if quick else 3), workers, say, update, admin_dsn=postgres_dsn)
         else:
-            u.unary(n, clients or 32, rounds or (2 if quick else 3), workers, say, update)
+            u.unary(n, clients or 32, rounds or (2 if quick else 3), workers, say, update, processes)
 
 
 @click.command("sign")

@@ -83,6 +83,15 @@ _PEM = click.Path(exists=True, dir_okay=False, path_type=Path)
     show_default=True,
     help="Log lines on stderr, one access line per RPC; json: one JSON object per line.",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Serving processes sharing the port (each with its own HSM workers and Python interpreter, so "
+    "more than one core serves calls); the HTTP face runs in the first. Not with --metrics-listen.",
+)
+@click.option("--shared-port", is_flag=True, hidden=True)  # set by --processes for its processes
 @friendly_errors
 def serve(
     state_dir: Path,
@@ -97,6 +106,8 @@ def serve(
     metrics_allow_remote: bool,
     reflection: bool | None,
     log_format: str,
+    processes: int,
+    shared_port: bool,
 ) -> None:
     """Run the gRPC service (also serves grpc.health.v1.Health).
 
@@ -108,6 +119,30 @@ def serve(
     from rsign.api.server import serve_forever
 
     logs.configure(log_format)
+    if processes > 1:
+        from rsign.cli.serve_processes import Child, serve_processes
+
+        if metrics_listen is not None:
+            raise click.UsageError(
+                "--metrics-listen with --processes > 1: each process counts its own calls, and one "
+                "endpoint would show one process's; run a single process to export metrics"
+            )
+        settings = load_settings(state_dir, embedded=EMBEDDED) if state_dir.exists() else None
+        addr = listen if listen is not None else settings.listen if settings is not None else None
+        common = ["--state-dir", str(state_dir), "--log-format", log_format, "--shared-port"]
+        common += [f"--{k}={v}" for k, v in (("tls-cert", tls_cert), ("tls-key", tls_key)) if v is not None]
+        if tls_client_ca is not None:
+            common.append(f"--tls-client-ca={tls_client_ca}")
+        if insecure_behind_tls_proxy:
+            common.append("--insecure-behind-tls-proxy")
+        if reflection is not None:
+            common.append("--reflection" if reflection else "--no-reflection")
+        first = [f"--http-listen={http_listen}"] if http_listen is not None else []
+        if http_public_url is not None:
+            first.append(f"--http-public-url={http_public_url}")
+        if addr is not None:
+            check_port_free(addr)  # before any process starts: one clear line, as with one process
+        raise SystemExit(serve_processes(Child(common, first), processes, addr))
     # A first start that fails leaves no half-made state directory behind.
     with undo_on_failure(state_dir):
         settings = load_settings(state_dir, embedded=EMBEDDED)
@@ -120,7 +155,8 @@ def serve(
             check_tls(tls)
         elif not insecure_behind_tls_proxy:
             check_plaintext(addr, behind_tls_proxy=False)
-        check_port_free(addr)
+        if not shared_port:
+            check_port_free(addr)
         if http_listen is not None:
             if tls is None and not insecure_behind_tls_proxy:
                 check_plaintext(http_listen, behind_tls_proxy=False)
@@ -160,6 +196,7 @@ def serve(
             before_stop=(lambda g: http.stop(min(g, 2.0))) if http is not None else None,
             metrics_listen=metrics_listen,
             reflection=reflection,
+            shared_port=shared_port,
         )
         # How busy the audit head was (the one point every replica's appends pass through): an
         # operator sizing a cluster, and the benchmark, read it here.

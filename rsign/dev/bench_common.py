@@ -154,12 +154,14 @@ class ServerProcess:
         probe: Callable[[str], bool],
         name: str = "rsign serve",
         log: Path | None = None,
+        processes: int = 1,
     ) -> None:
         self.name = name
         self.argv = argv
         self.address = address
         self.probe = probe
         self.log = log
+        self.processes = processes  # `rsign serve --processes`: this process supervises them
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -178,7 +180,11 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 tail = "\n".join(self._log_lines()[-15:])
                 raise RuntimeError(f"{self.name} (benchmark) exited with status {self.proc.returncode}:\n{tail}")
-            if self.probe(self.address):
+            # With several processes the first answers before the others serve: wait for them all
+            # (each serving process with its HSM workers started).
+            if self.probe(self.address) and (
+                self.processes == 1 or (len(self.serving()) == self.processes and all(map(children, self.serving())))
+            ):
                 return self
             time.sleep(0.2)
         self.stop()
@@ -211,16 +217,26 @@ class ServerProcess:
                 found = json.loads(line[len(APPEND_STATS_PREFIX) :])
         return found
 
+    def append_stats_each(self) -> list[dict[str, Any]]:
+        """Each serving process's ``append_stats`` (``--processes``: one line each)."""
+        prefix = APPEND_STATS_PREFIX
+        return [json.loads(x[len(prefix) :]) for x in self._log_lines() if x.startswith(prefix)]
+
+    def serving(self) -> list[int]:
+        """The serving processes: this one, or those it supervises (``--processes``)."""
+        return [self.pid] if self.processes == 1 else children(self.pid)
+
     def peak_rss_mb(self) -> float:
-        """Peak RSS of the server process itself (its HSM worker processes: ``workers_peak_rss_mb``)."""
-        return rss_mb(self.pid, "VmHWM")
+        """Peak RSS of the serving process(es) (their HSM worker processes: ``workers_peak_rss_mb``)."""
+        return sum(rss_mb(p, "VmHWM") for p in self.serving())
 
     def workers_peak_rss_mb(self) -> float:
-        return sum(rss_mb(c, "VmHWM") for c in children(self.pid))
+        return sum(rss_mb(c, "VmHWM") for p in self.serving() for c in children(p))
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """CPU time used so far by the server process and by its HSM worker processes."""
-        return cpu_seconds(self.pid), sum(cpu_seconds(c) for c in children(self.pid))
+        """CPU time used so far by the serving process(es) and by their HSM worker processes."""
+        serving = self.serving()
+        return sum(cpu_seconds(p) for p in serving), sum(cpu_seconds(c) for p in serving for c in children(p))
 
     def stop(self) -> None:
         if self.proc is None:
@@ -246,8 +262,10 @@ def health_serving(address: str) -> bool:
         return False
 
 
-def rsign_server(state_dir: Path, log: Path | None = None) -> ServerProcess:
+def rsign_server(state_dir: Path, log: Path | None = None, processes: int = 1) -> ServerProcess:
     """``rsign serve`` on ``state_dir`` (plaintext on loopback), not yet started."""
     address = f"127.0.0.1:{free_port()}"
     argv = [sys.executable, "-m", "rsign.cli", "serve", "--state-dir", str(state_dir), "--listen", address]
-    return ServerProcess(argv, address, health_serving, log=log)
+    if processes > 1:
+        argv += ["--processes", str(processes)]
+    return ServerProcess(argv, address, health_serving, log=log, processes=processes)

@@ -41,6 +41,11 @@ CODE_MARGIN = 10.0
 _ERROR_EXAMPLES = 5
 
 
+def channel(address: str, separate: bool = False) -> grpc.Channel:
+    options = [("grpc.use_local_subchannel_pool", 1)] if separate else []
+    return grpc.insecure_channel(address, options=options)
+
+
 @dataclass
 class Signer:
     """A bench signer, its key and its connections (one channel per signer and server, like one
@@ -59,8 +64,10 @@ class Signer:
             raise TypeError(f"{user.credential_id}: expected an EC key")
         return cls(user, cka_id, key)
 
-    def login(self, address: str) -> None:
-        c = RsignClient(address)
+    def login(self, address: str, separate: bool = False) -> None:
+        """``separate``: a TCP connection of its own (gRPC otherwise shares one between channels
+        to the same address), so that the kernel can spread signers over serving processes."""
+        c = RsignClient(channel(address, separate))
         c.login(self.user.user_id, self.user.pin, self.user.code())
         self.rsign[address] = c
 

@@ -39,8 +39,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from rsign.dev.bench_common import (
     BenchUser,
     Progress,
@@ -49,7 +47,7 @@ from rsign.dev.bench_common import (
     rsign_server,
     wait_for_fresh_steps,
 )
-from rsign.dev.bench_flows import Recorder, Signer, naive_flow, rsign_flow, run_paced, run_round
+from rsign.dev.bench_flows import Recorder, Signer, channel, naive_flow, rsign_flow, run_paced, run_round
 from rsign.dev.bench_naive import naive_server
 from rsign.dev.embedded import EMBEDDED
 from rsign.domain import context
@@ -117,13 +115,13 @@ class UnaryBench:
         self.servers.append(server.start())
         return server
 
-    def login(self, address: str) -> None:
+    def login(self, address: str, separate: bool = False) -> None:
         """Log every signer in (untimed: logins are not part of the flow)."""
         t0 = time.perf_counter()
         done = [0]
 
         def one(s: Signer) -> None:
-            s.login(address)
+            s.login(address, separate)
 
         with ThreadPoolExecutor(_LOGIN_THREADS) as ex:
             for _ in ex.map(one, self.signers):
@@ -204,16 +202,27 @@ def _emit(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def unary(signers: int, clients: int, rounds: int, workers: int, say: Progress, stage: StageProgress) -> dict[str, Any]:
-    """rsign's Authorize+SignHash flow against the naive signing server; alternating rounds."""
+def unary(
+    signers: int,
+    clients: int,
+    rounds: int,
+    workers: int,
+    say: Progress,
+    stage: StageProgress,
+    processes: int = 1,
+) -> dict[str, Any]:
+    """rsign's Authorize+SignHash flow against the naive signing server; alternating rounds.
+    ``processes``: `rsign serve --processes`; then every signer has a connection of its own to
+    each server (the naive one too: the same client for both)."""
     bench = UnaryBench(workers, say, stage)
+    separate = processes > 1
     try:
         bench.provision(signers)
-        rs = bench.start(rsign_server(bench.tmp))
+        rs = bench.start(rsign_server(bench.tmp, processes=processes))
         nv = bench.start(naive_server(bench.tmp, workers))
-        bench.login(rs.address)
+        bench.login(rs.address, separate)
         for s in bench.signers:
-            s.naive = grpc.insecure_channel(nv.address)
+            s.naive = channel(nv.address, separate)
         rsign_recs: list[Recorder] = []
         naive_recs: list[Recorder] = []
         for r in range(1, rounds + 1):
@@ -227,7 +236,7 @@ def unary(signers: int, clients: int, rounds: int, workers: int, say: Progress, 
             )
         servers = _servers({"rsign": rs, "naive": nv})
         rs.stop()
-        servers["rsign_audit_head"] = rs.append_stats()
+        servers["rsign_audit_head"] = rs.append_stats() if processes == 1 else rs.append_stats_each()
     finally:
         bench.close()
     rsign_rate = _med([r.rate() for r in rsign_recs])
@@ -241,6 +250,8 @@ def unary(signers: int, clients: int, rounds: int, workers: int, say: Progress, 
             "clients": clients,
             "rounds": rounds,
             "hsm_workers": workers,
+            "rsign_processes": processes,
+            "separate_connections": separate,
             "rsign_flows_per_s": rsign_rate,
             "naive_flows_per_s": naive_rate,
             "ratio": round(rsign_rate / naive_rate, 3) if naive_rate else 0.0,
