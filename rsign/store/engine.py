@@ -110,17 +110,20 @@ class _WriterLock:
     def __init__(self, path: Path | None, timeout: float) -> None:
         self._thread = threading.Lock()
         self._timeout = timeout
-        self._file: IO[str] | None = None
-        if path is not None:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._file = os.fdopen(fd, "r+")
+        self._path = path
+        self._file: IO[str] | None = None  # opened at the first write: the database exists by then
+        self._closed = False
 
     def __enter__(self) -> None:
         self._thread.acquire()
-        if self._file is None:
-            return
         try:
-            self._flock(self._file)
+            if self._file is None and self._path is not None and not self._closed:
+                try:
+                    self._file = os.fdopen(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
+                except OSError as exc:
+                    raise OperationalError("writer lock", None, exc) from None
+            if self._file is not None:
+                self._flock(self._file)
         except BaseException:
             self._thread.release()
             raise
@@ -146,6 +149,7 @@ class _WriterLock:
             pause = min(2 * pause, 0.002)
 
     def close(self) -> None:
+        self._closed = True
         if self._file is not None:
             self._file.close()
             self._file = None
