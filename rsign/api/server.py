@@ -283,11 +283,13 @@ def serve_forever(
         shared_port=shared_port,
     )
     received: deque[int] = deque()
-    wake = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
+        # Only an append (atomic): a handler runs in the main thread between any two bytecodes,
+        # even inside a lock's critical section, and a second signal arriving while a first
+        # handler held an Event's lock (Event.set) deadlocked the process: SIGTERM twice in quick
+        # succession left it serving forever.
         received.append(signum)
-        wake.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
@@ -301,9 +303,9 @@ def serve_forever(
         # Never an untimed wait: Python runs signal handlers in the main thread only, and the
         # kernel may deliver SIGTERM to any thread (there are dozens: gRPC, streams, HSM pool).
         # A main thread parked in an untimed wait would then never see it: SIGTERM ignored.
-        if not wake.wait(0.5):
+        if not received:
+            time.sleep(0.1)
             continue
-        wake.clear()
         while received:
             if received.popleft() != signal.SIGHUP:
                 stopping = True

@@ -13,6 +13,7 @@ import click
 from rsign.audit.append_stats import APPEND_STATS_PREFIX
 from rsign.cli._common import friendly_errors, state_dir_option
 from rsign.dev.embedded import EMBEDDED
+from rsign.domain.settings import DEFAULT_LISTEN, Settings
 from rsign.runtime.app import build_app
 from rsign.runtime.config import load_settings
 from rsign.runtime.state import undo_on_failure
@@ -119,6 +120,10 @@ def serve(
     from rsign.api.server import serve_forever
 
     logs.configure(log_format)
+    if shared_port:
+        from rsign.cli.serve_processes import die_with_parent
+
+        die_with_parent()
     if processes > 1:
         from rsign.cli.serve_processes import Child, serve_processes
 
@@ -128,7 +133,12 @@ def serve(
                 "endpoint would show one process's; run a single process to export metrics"
             )
         settings = load_settings(state_dir, embedded=EMBEDDED) if state_dir.exists() else None
-        addr = listen if listen is not None else settings.listen if settings is not None else None
+        # Always a concrete address, checked free below: the processes share their port
+        # (SO_REUSEPORT), so a group started on a port another group of this user holds would join
+        # it silently instead of failing.
+        addr = listen or (settings.listen if settings is not None else DEFAULT_LISTEN)
+        # (A dataclass field's default is its class attribute.)
+        grace = (settings or Settings).shutdown_grace_seconds
         common = ["--state-dir", str(state_dir), "--log-format", log_format, "--shared-port"]
         common += [f"--{k}={v}" for k, v in (("tls-cert", tls_cert), ("tls-key", tls_key)) if v is not None]
         if tls_client_ca is not None:
@@ -140,9 +150,8 @@ def serve(
         first = [f"--http-listen={http_listen}"] if http_listen is not None else []
         if http_public_url is not None:
             first.append(f"--http-public-url={http_public_url}")
-        if addr is not None:
-            check_port_free(addr)  # before any process starts: one clear line, as with one process
-        raise SystemExit(serve_processes(Child(common, first), processes, addr))
+        check_port_free(addr)  # before any process starts: one clear line, as with one process
+        raise SystemExit(serve_processes(Child(common, first), processes, addr, stop_timeout=grace + 60))
     # A first start that fails leaves no half-made state directory behind.
     with undo_on_failure(state_dir):
         settings = load_settings(state_dir, embedded=EMBEDDED)

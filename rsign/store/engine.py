@@ -149,10 +149,16 @@ class _WriterLock:
             pause = min(2 * pause, 0.002)
 
     def close(self) -> None:
-        self._closed = True
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        # Under the thread lock: never under a write in progress (at shutdown one may still end).
+        got = self._thread.acquire(timeout=max(self._timeout, 1.0))
+        try:
+            self._closed = True
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+        finally:
+            if got:
+                self._thread.release()
 
 
 class _ThreadReaders:

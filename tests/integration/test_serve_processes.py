@@ -116,3 +116,65 @@ def test_writers_of_two_stores_queue_on_the_writer_lock(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_reload_during_start_up_does_not_kill_a_starting_process(tmp_path: Path) -> None:
+    """SIGHUP (a certificate rotation hook, `systemctl reload`) while the processes start: a
+    process before its handler is installed would die of it, so the supervisor holds it back and
+    sends it once the process serves."""
+    state = tmp_path / "state"
+    prepare_state(state, 1)
+    proc = subprocess.Popen(
+        rsign_cmd("serve", "--state-dir", str(state), "--listen", "127.0.0.1:0", "--processes", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        # Once the supervisor has started its first process (its handlers are in place then), and
+        # long before that process serves (its HSM workers take seconds to start).
+        deadline = time.monotonic() + 60
+        while len(session_processes(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "rsign serving on" in line and "2 processes" in line, proc.stderr.read() if proc.stderr else ""
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+
+def test_processes_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL to the supervisor (no chance to stop anything): its processes get SIGTERM from the
+    kernel (parent-death signal) and stop, instead of serving on unsupervised on the port."""
+    state = tmp_path / "state"
+    prepare_state(state, 1)
+    srv = serve(state, 0, "--processes", "2", new_session=True)
+    sid = srv.proc.pid
+    srv.proc.kill()
+    srv.proc.wait(10)
+    deadline = time.monotonic() + 60
+    while session_processes(sid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session_processes(sid) == []
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_signals_in_quick_succession_still_stop_it(tmp_path: Path, processes: int) -> None:
+    """Many SIGTERMs and SIGHUPs at once (an impatient operator, systemd and a reload hook): the
+    handler used to set an Event, and a second signal arriving inside the first handler's lock
+    deadlocked the process, which then served on forever."""
+    state = tmp_path / "state"
+    prepare_state(state, 1)
+    srv = serve(state, 0, "--processes", str(processes), new_session=True)
+    for _ in range(50):
+        srv.proc.send_signal(signal.SIGHUP)
+        srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(60) == 0, srv.stderr()
+    deadline = time.monotonic() + 30
+    while session_processes(srv.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session_processes(srv.proc.pid) == []
