@@ -11,14 +11,12 @@ import contextlib
 import fcntl
 import logging
 import os
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from rsign.domain.clock import Clock, SystemClock
@@ -32,6 +30,7 @@ from rsign.store.inflight import InflightRepo
 from rsign.store.passkeys import PasskeyRepo
 from rsign.store.sads import SadRepo
 from rsign.store.sessions import SessionRepo
+from rsign.store.sqlite_conns import ThreadReaders, WriterLock, sqlite_file, writer_lock_path
 from rsign.store.users import UserRepo
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ def driver_exec(conn: Connection, sql: str) -> None:
 
 def make_engine(url: str, busy_timeout: float = 5.0, pooled: bool = True) -> Engine:
     if url.startswith("sqlite"):
-        # ``pooled=False``: connections kept by their user (``_ThreadReaders``), closed when it closes them.
+        # ``pooled=False``: connections kept by their user (``ThreadReaders``), closed when it closes them.
         pool: dict[str, Any] = {"pool_size": 20} if pooled else {"poolclass": NullPool}
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pool)
 
@@ -87,130 +86,6 @@ def make_engine(url: str, busy_timeout: float = 5.0, pooled: bool = True) -> Eng
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
 
 
-def _sqlite_file(url: str) -> bool:
-    u = make_url(url)
-    memory = not u.database or ":memory:" in u.database or u.query.get("mode") == "memory"
-    return u.get_backend_name() == "sqlite" and not memory
-
-
-def _writer_lock_path(url: str) -> Path | None:
-    if not _sqlite_file(url):
-        return None
-    db = Path(make_url(url).database or "")
-    return db.with_name(db.name + ".writer-lock")
-
-
-class _WriterLock:
-    """SQLite's writers queued in order: this process's on a thread lock, other processes' (a
-    second ``rsign serve --processes`` process, a CLI command) on an flock of a file beside the
-    database. Without it a writer of another process meets SQLite's busy handler, which sleeps
-    (up to 100 ms a time) and wrecks latency under load. The flock is polled (at most 2 ms apart)
-    up to the busy timeout, then the write fails closed as a locked database would."""
-
-    def __init__(self, path: Path | None, timeout: float) -> None:
-        self._thread = threading.Lock()
-        self._timeout = timeout
-        self._path = path
-        self._file: IO[str] | None = None  # opened at the first write: the database exists by then
-        self._closed = False
-
-    def __enter__(self) -> None:
-        self._thread.acquire()
-        try:
-            if self._file is None and self._path is not None and not self._closed:
-                try:
-                    self._file = os.fdopen(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
-                except OSError as exc:
-                    raise OperationalError("writer lock", None, exc) from None
-            if self._file is not None:
-                self._flock(self._file)
-        except BaseException:
-            self._thread.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._thread.release()
-
-    def _flock(self, f: IO[str]) -> None:
-        deadline = time.monotonic() + self._timeout
-        pause = 0.0002
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise OperationalError(
-                        "writer lock", None, TimeoutError("another process held the database's writer lock")
-                    ) from None
-            time.sleep(pause)
-            pause = min(2 * pause, 0.002)
-
-    def close(self) -> None:
-        # Under the thread lock: never under a write in progress (at shutdown one may still end).
-        got = self._thread.acquire(timeout=max(self._timeout, 1.0))
-        try:
-            self._closed = True
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-        finally:
-            if got:
-                self._thread.release()
-
-
-class _ThreadReaders:
-    """SQLite: one read connection per thread, kept open. Checking one out of the pool for each
-    read (a Connection object, the pool's bookkeeping and events, then the check-in) cost more
-    than the read's statements, and a unary flow makes about fifteen reads. A connection whose
-    read failed is closed and replaced; those of threads that ended are closed when the next
-    thread opens one, and all of them at ``close``."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: dict[int, tuple[threading.Thread, Connection]] = {}
-
-    def get(self) -> Connection:
-        conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and not conn.closed and not conn.invalidated:
-            return conn
-        conn = self._engine.connect()
-        me = threading.current_thread()
-        with self._lock:
-            ended = [k for k, (t, _) in self._open.items() if not t.is_alive()]
-            stale = [self._open.pop(k)[1] for k in ended]
-            old = self._open.pop(id(me), None)
-            self._open[id(me)] = (me, conn)
-        for c in stale + ([old[1]] if old else []):
-            with contextlib.suppress(Exception):
-                c.close()
-        self._local.conn = conn
-        return conn
-
-    def drop(self, conn: Connection) -> None:
-        """After a failed read: the next read on this thread gets a new connection."""
-        with self._lock:
-            me = id(threading.current_thread())
-            if me in self._open and self._open[me][1] is conn:
-                del self._open[me]
-        self._local.conn = None
-        with contextlib.suppress(Exception):
-            conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            conns = [c for _, c in self._open.values()]
-            self._open.clear()
-        for c in conns:
-            with contextlib.suppress(Exception):
-                c.close()
-        self._engine.dispose()
-
-
 class Store:
     def __init__(self, url: str, clock: Clock | None = None, busy_timeout: float = 5.0) -> None:
         self.url = url
@@ -229,13 +104,13 @@ class Store:
         # SQLite only: a file on this host, one connection per thread costs a file descriptor.
         # (On PostgreSQL a connection is a server process: reads share the pool.)
         self._readers = (
-            _ThreadReaders(make_engine(url, busy_timeout, pooled=False)) if _sqlite_file(url) else None
+            ThreadReaders(make_engine(url, busy_timeout, pooled=False)) if sqlite_file(url) else None
         )
         # SQLite allows one writer; waiting writers poll with sleeps of up to 100 ms (busy
         # handler back-off), which wrecks latency under load. Queue this process's writers on a
         # lock instead; other processes (CLI commands) still meet the busy timeout.
-        self._write_lock: _WriterLock | contextlib.nullcontext[None] = (
-            _WriterLock(_writer_lock_path(url), busy_timeout) if url.startswith("sqlite") else contextlib.nullcontext()
+        self._write_lock: WriterLock | contextlib.nullcontext[None] = (
+            WriterLock(writer_lock_path(url), busy_timeout) if url.startswith("sqlite") else contextlib.nullcontext()
         )
         self._replica_lock: IO[str] | None = None
         # A new (empty) database gets the schema at head; one with data at another revision is
@@ -418,7 +293,7 @@ class Store:
     def close(self) -> None:
         if self._readers is not None:
             self._readers.close()
-        if isinstance(self._write_lock, _WriterLock):
+        if isinstance(self._write_lock, WriterLock):
             self._write_lock.close()
         self.engine.dispose()
         self.release_replica_lock(remove=False)  # the file stays: whoever looks sees it died
