@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from rsign.api.listener import ReloadableTls, split_listen
 from rsign.domain.errors import ConfigurationError, RsignError
-from rsign.domain.events import Action, AuditEvent
+from rsign.domain.events import Action, AuditEvent, ItemEvents, records
 from rsign.runtime.app import App
 
 log = logging.getLogger(__name__)
@@ -76,17 +76,22 @@ class Metrics:
         self.rpcs.labels(method, code).inc()
         self.rpc_seconds.labels(method).observe(seconds)
 
-    def committed(self, events: Sequence[AuditEvent], callers: int, seconds: float) -> None:
-        self.audit_records.inc(len(events))
+    def committed(self, events: Sequence[AuditEvent | ItemEvents], callers: int, seconds: float) -> None:
+        self.audit_records.inc(records(events))
         self.audit_append.observe(seconds)
         self.audit_group.observe(callers)
         # Tallied first: a batch chunk commits hundreds of signature records at once.
         tally: Tally[tuple[str, str]] = Tally()
         for ev in events:
-            if ev.action is Action.SIGN:
-                d = ev.details
+            one = ev.template if isinstance(ev, ItemEvents) else ev
+            if one.action is Action.SIGN:
+                d = one.details
                 alg = f"{d['scheme']}-{d['hash_algorithm']}" if "scheme" in d and "hash_algorithm" in d else "unknown"
-                tally[(alg, str(ev.result))] += 1
+                if isinstance(ev, ItemEvents):
+                    for item in ev.items:
+                        tally[(alg, str(item[2]))] += 1
+                else:
+                    tally[(alg, str(ev.result))] += 1
         for (alg, result), n in tally.items():
             self.signatures.labels(alg, result).inc(n)
 

@@ -68,6 +68,67 @@ def canonical(fields: Mapping[str, Any]) -> bytes:
     return ("{" + ",".join(parts) + "}").encode("utf-8")
 
 
+def details_json(details: Mapping[str, Any]) -> str:
+    """A record's ``details`` column: compact JSON, keys sorted, UTF-8 kept."""
+    return json.dumps(details, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+# Stands for the position while a template's details are encoded (``ItemRecords``).
+_POSITION_MARK = -7213509381114027
+
+
+class ItemRecords:
+    """Records that differ only in ``seq``, ``digest``, ``reason``, ``result`` and the integer
+    ``details["position"]`` (a batch chunk's signatures), hashed from one template: byte for
+    byte ``canonical`` of each record (tests/unit/test_chain.py checks it on hostile values), in
+    a fraction of its time, because everything but those five is encoded once.
+
+    ``fields``: the shared content fields (``seq``, ``ts``, ``digest``, ``reason``, ``result`` and
+    ``details`` are ignored); ``details``: the shared details, without ``position``."""
+
+    def __init__(self, fields: Mapping[str, Any], details: Mapping[str, Any]) -> None:
+        if "position" in details:
+            raise ValueError("the template's details carry no position")
+        text = details_json({**details, "position": _POSITION_MARK})
+        head, mark, tail = text.partition(str(_POSITION_MARK))
+        if not mark or str(_POSITION_MARK) in tail:
+            raise ValueError("the template's details cannot be split at the position")
+        self.details_head, self.details_tail = head, tail
+        # Sorted keys: action actor agency client credential_id details digest key_version reason
+        # request_id result seq ts. A JSON string's escaping is per character, so the encoding of
+        # head + position + tail is enc(head) without its closing quote, the digits, and enc(tail)
+        # without its opening one.
+        self._before_position = (
+            f'{{"action":{_enc(fields["action"])},"actor":{_enc(fields["actor"])},'
+            f'"agency":{_enc(fields["agency"])},"client":{_enc(fields["client"])},'
+            f'"credential_id":{_enc(fields["credential_id"])},"details":{_enc(head)[:-1]}'
+        )
+        self._before_digest = f'{_enc(tail)[1:]},"digest":'
+        self._before_reason = f',"key_version":{int(fields["key_version"])!r},"reason":'
+        self._before_result = f',"request_id":{_enc(fields["request_id"])},"result":'
+
+    def details_text(self, position: int) -> str:
+        return f"{self.details_head}{int(position)!r}{self.details_tail}"
+
+    def hashes(
+        self, prev_hash: str, first_seq: int, ts: str, items: Iterable[tuple[str, int, str, str]]
+    ) -> list[str]:
+        """Each record's hash, chained from ``prev_hash``; items are (digest, position, result,
+        reason), numbered from ``first_seq``."""
+        after_seq = f',"ts":{_enc(ts)}}}'
+        a, b, c, d = self._before_position, self._before_digest, self._before_reason, self._before_result
+        sha256 = hashlib.sha256
+        out: list[str] = []
+        seq = first_seq
+        for digest, position, result, reason in items:
+            body = f'{a}{int(position)!r}{b}{_enc(digest)}{c}{_enc(reason)}{d}{_enc(result)},"seq":{seq!r}{after_seq}'
+            content = sha256(body.encode("utf-8")).hexdigest()
+            prev_hash = sha256(f"rsign-audit-link/v1\n{prev_hash}\n{content}".encode("ascii")).hexdigest()
+            out.append(prev_hash)
+            seq += 1
+        return out
+
+
 def content_hash(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(fields)).hexdigest()
 
@@ -103,6 +164,7 @@ def verify(
     rows: Iterable[Mapping[str, Any]],
     expect_head: tuple[int, str] | None = None,
     start: tuple[int, str] = (0, GENESIS),
+    contents: bool = True,
 ) -> ChainReport:
     """Walk ``rows`` in sequence order from ``start`` (sequence, hash of the record before the
     first row); report the first record that breaks the chain.
@@ -110,6 +172,13 @@ def verify(
     A row is either a full record (its content is hashed) or a link (``content_hash`` given,
     content withheld). ``expect_head`` is the head the log claims (its own head row, or a signed
     checkpoint): a shorter chain is reported as truncation.
+
+    ``contents=False`` checks only the stored links (rows of ``seq``, ``prev_hash``, ``hash``):
+    gap-free sequence numbers and each ``prev_hash`` equal to the record before's ``hash``. It
+    does not show that a record's content matches its hash, so on its own it proves nothing
+    against an editor; with a valid MAC on the last row it shows that this head is one rsign
+    computed itself, from the content it was given, and extends ``start`` (the checkpointer's
+    use: see ``rsign.audit.checkpoints``).
     """
     prev_seq, prev_hash = start
     expected_seq = prev_seq + 1
@@ -138,8 +207,13 @@ def verify(
                 seq,
                 f"record {seq} does not link to record {seq - 1} (prev_hash differs)",
             )
-        ch = row["content_hash"] if "content_hash" in row and "action" not in row else content_hash(row)
-        h = link(prev_hash, ch)
+        if not contents:
+            if "prev_hash" not in row:
+                raise ValueError("a links-only walk needs each row's prev_hash")
+            h = row["hash"]
+        else:
+            ch = row["content_hash"] if "content_hash" in row and "action" not in row else content_hash(row)
+            h = link(prev_hash, ch)
         if h != row["hash"]:
             return ChainReport(
                 False,

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import threading
 import time
@@ -57,9 +56,9 @@ from rsign.audit.append_stats import AppendStats
 from rsign.audit.keys import AuditKeys
 from rsign.domain.clock import Clock, iso_utc
 from rsign.domain.errors import AuditHalted, AuditIntegrityError
-from rsign.domain.events import AuditEvent
+from rsign.domain.events import AuditEvent, ItemEvents, records
 from rsign.domain.records import AuditKeyView
-from rsign.store import Store, Tx, WriteTx
+from rsign.store import AUDIT_ROW_COLUMNS, Store, Tx, WriteTx
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,8 @@ GROUP_MAX_MEMBERS = 128
 GROUP_MAX_WAIT = 0.005  # seconds
 
 
-CommitListener = Callable[[Sequence[AuditEvent], int, float], None]
+Events = AuditEvent | ItemEvents  # one record, or a batch chunk's records built from one template
+CommitListener = Callable[[Sequence[Events], int, float], None]
 
 HALTED = (
     "operations are suspended: the audit log failed its rollback check and an operator must resolve it"
@@ -90,7 +90,7 @@ class AuditedTx(Tx):
         self._member = member
         self.last_seq = 0
 
-    def append(self, *events: AuditEvent) -> int:
+    def append(self, *events: Events) -> int:
         """Append events to the chain in this transaction. Returns the last sequence number when
         the append is immediate, 0 when the group commit will assign it (see ``last_seq``)."""
         if self._member is not None:
@@ -111,7 +111,7 @@ class _Appended:
 
 @dataclass
 class _Member:
-    events: list[AuditEvent] = field(default_factory=list)
+    events: list[Events] = field(default_factory=list)
     tx: AuditedTx | None = None
 
 
@@ -221,9 +221,10 @@ class AuditedStore:
                 finally:
                     self._gc.acquire()
         started = time.monotonic()
-        events: list[AuditEvent] = []
+        events: list[Events] = []
         try:
             events = [ev for m in group.members for ev in m.events]
+            count = records(events)
             own_head, self._own_head = self._own_head, None
             done = self._append(group.write.tx, tuple(events), None, own_head) if events else None
             group.write.commit()
@@ -233,10 +234,10 @@ class AuditedStore:
                 last = done.seq
                 held = time.perf_counter() - done.locked_at
                 with self._guard:
-                    self._stats.add(len(group.members), len(events), held)
-            seq = last - len(events)
+                    self._stats.add(len(group.members), count, held)
+            seq = last - count
             for m in group.members:
-                seq += len(m.events)
+                seq += records(m.events)
                 if m.tx is not None and m.events:
                     m.tx.last_seq = seq
         except BaseException as exc:
@@ -317,7 +318,7 @@ class AuditedStore:
     def healthy(self) -> bool:
         return self.store.healthy
 
-    def append(self, t: Tx, events: tuple[AuditEvent, ...], next_mac: AuditKeyView | None = None) -> int:
+    def append(self, t: Tx, events: tuple[Events, ...], next_mac: AuditKeyView | None = None) -> int:
         """Chain ``events`` onto the locked head and MAC the new last record (with ``next_mac``
         instead of the current key: a MAC key rotation). Returns the new head's sequence number."""
         return self._append(t, events, next_mac, None).seq
@@ -325,7 +326,7 @@ class AuditedStore:
     def _append(
         self,
         t: Tx,
-        events: tuple[AuditEvent, ...],
+        events: tuple[Events, ...],
         next_mac: AuditKeyView | None,
         own_head: tuple[int, str] | None,
     ) -> _Appended:
@@ -344,29 +345,15 @@ class AuditedStore:
         if not events:
             return _Appended(old_seq, old_hash, locked_at)
         ts = iso_utc(self._clock.now())
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         seq, prev = old_seq, old_hash
         for ev in events:
-            seq += 1
-            fields: dict[str, Any] = {
-                "seq": seq,
-                "ts": ts,
-                "actor": ev.actor,
-                "agency": ev.agency,
-                "action": str(ev.action),
-                "result": str(ev.result),
-                "credential_id": ev.credential_id,
-                "key_version": ev.key_version,
-                "digest": ev.digest,
-                "reason": ev.reason,
-                "request_id": ev.request_id,
-                "client": ev.client,
-                "details": json.dumps(ev.details, sort_keys=True, ensure_ascii=False, separators=(",", ":")),
-                "prev_hash": prev,
-            }
-            fields["hash"] = prev = chain.record_hash(fields)
-            fields["mac"] = ""
-            rows.append(fields)
+            if isinstance(ev, ItemEvents):
+                seq, prev = _item_rows(rows, ev, seq, prev, ts)
+                continue
+            seq, prev = _event_row(rows, ev, seq, prev, ts)
+        if not rows:
+            return _Appended(old_seq, old_hash, locked_at)
         if old_seq > 0 and (old_seq, old_hash) != own_head:
             stored = t.audit_hash_and_mac(old_seq)
             key = self.keys.mac_key
@@ -387,7 +374,7 @@ class AuditedStore:
                 (mac,) = self.keys.macs([chain.mac_message(seq, prev)], next_mac)
         else:
             (mac,) = self.keys.macs([chain.mac_message(seq, prev)], next_mac)
-        rows[-1]["mac"] = mac
+        rows[-1] = (*rows[-1][:-1], mac)
         t.insert_audit_rows(rows)
         t.move_head(seq, prev)
         return _Appended(seq, prev, locked_at)
@@ -403,3 +390,66 @@ class AuditedStore:
         self.saw_head(seq)
         self.keys.reload()
         return seq
+
+
+def _item_rows(rows: list[tuple[Any, ...]], ev: ItemEvents, seq: int, prev: str, ts: str) -> tuple[int, str]:
+    """Append ``ev``'s records to ``rows`` (chained from ``prev`` after ``seq``); the new head."""
+    if not ev.items:
+        return seq, prev
+    t = ev.template
+    try:
+        tpl = chain.ItemRecords(
+            {
+                "action": str(t.action),
+                "actor": t.actor,
+                "agency": t.agency,
+                "client": t.client,
+                "credential_id": t.credential_id,
+                "key_version": t.key_version,
+                "request_id": t.request_id,
+            },
+            t.details,
+        )
+    except ValueError:  # details that cannot be templated (``chain.ItemRecords``): one by one
+        for one in ev.expand():
+            seq, prev = _event_row(rows, one, seq, prev, ts)
+        return seq, prev
+    items = [(d, p, str(r), reason) for d, p, r, reason in ev.items]
+    hashes = tpl.hashes(prev, seq + 1, ts, items)
+    action, actor, agency, cid, kv, rid, client = (
+        str(t.action), t.actor, t.agency, t.credential_id, t.key_version, t.request_id, t.client
+    )  # fmt: skip
+    details_text = tpl.details_text
+    for (digest, position, result, reason), h in zip(items, hashes, strict=True):
+        seq += 1
+        rows.append(
+            (seq, ts, actor, agency, action, result, cid, kv, digest, reason, rid, client,
+             details_text(position), prev, h, "")
+        )  # fmt: skip
+        prev = h
+    return seq, prev
+
+
+def _event_row(rows: list[tuple[Any, ...]], ev: AuditEvent, seq: int, prev: str, ts: str) -> tuple[int, str]:
+    """Append ``ev``'s record to ``rows`` (chained from ``prev`` after ``seq``); the new head."""
+    seq += 1
+    fields: dict[str, Any] = {
+        "seq": seq,
+        "ts": ts,
+        "actor": ev.actor,
+        "agency": ev.agency,
+        "action": str(ev.action),
+        "result": str(ev.result),
+        "credential_id": ev.credential_id,
+        "key_version": ev.key_version,
+        "digest": ev.digest,
+        "reason": ev.reason,
+        "request_id": ev.request_id,
+        "client": ev.client,
+        "details": chain.details_json(ev.details),
+        "prev_hash": prev,
+        "mac": "",
+    }
+    fields["hash"] = h = chain.record_hash(fields)
+    rows.append(tuple(fields[k] for k in AUDIT_ROW_COLUMNS))
+    return seq, h

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,54 @@ class AuditEvent:
         details = limits.bounded_details(self.details)
         if details is not self.details:
             object.__setattr__(self, "details", details)
+
+
+@dataclass(frozen=True)
+class ItemEvents:
+    """The records of one batch chunk's signatures, one per item: ``template`` with, for each
+    item, its digest, its position in the SAD's list (``details["position"]``), its result and
+    reason. The journal chains them from the template (``rsign.audit.chain.ItemRecords``) instead
+    of one ``AuditEvent`` each, which was most of the batch path's Python work per signature; the
+    records are byte for byte those ``expand()`` gives (tests/unit/test_chain.py checks it)."""
+
+    template: AuditEvent  # digest and reason empty; details without "position"
+    items: list[tuple[str, int, Result, str]]  # (digest hex, position, result, reason)
+
+    def __post_init__(self) -> None:
+        if self.template.digest or self.template.reason or "position" in self.template.details:
+            raise ValueError("an item template carries no digest, reason or position")
+        limit = limits.AUDIT_FIELD_MAX["reason"]
+        if any(len(r) > limit for _, _, _, r in self.items):
+            bounded = [(d, p, res, limits.bounded(r, limit)) for d, p, res, r in self.items]
+            object.__setattr__(self, "items", bounded)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def expand(self) -> list[AuditEvent]:
+        """The same records as events (what the generic path would have written)."""
+        t = self.template
+        return [
+            AuditEvent(
+                t.action,
+                result,
+                actor=t.actor,
+                agency=t.agency,
+                credential_id=t.credential_id,
+                key_version=t.key_version,
+                digest=digest,
+                reason=reason,
+                details={**t.details, "position": position},
+                request_id=t.request_id,
+                client=t.client,
+            )
+            for digest, position, result, reason in self.items
+        ]
+
+
+def records(events: Sequence[AuditEvent | ItemEvents]) -> int:
+    """How many audit records ``events`` make."""
+    return sum(len(ev) if isinstance(ev, ItemEvents) else 1 for ev in events)
 
 
 def event(action: Action, result: Result = Result.SUCCESS, **kw: Any) -> AuditEvent:

@@ -40,7 +40,7 @@ from rsign.domain.errors import (
     StreamIdle,
     Unavailable,
 )
-from rsign.domain.events import Action, AuditEvent, Result
+from rsign.domain.events import Action, AuditEvent, ItemEvents, Result
 from rsign.domain.records import CredentialView, SadView
 from rsign.hsm.ports import Hsm, ItemFailure, SignResult
 from rsign.signing.recovery import Recovery, StreamEnd, Superseded, batch_end, caller
@@ -78,7 +78,7 @@ class _Pending:
 class _Outcome:
     pending: _Pending
     chunk: StreamChunk
-    events: list[AuditEvent]
+    events: list[AuditEvent | ItemEvents]
     released: list[int]  # positions given back: no signature of them leaves the service
     signed: int
     failed: int
@@ -160,6 +160,7 @@ class BatchRun:
     discarded: int = 0
     received: int = 0
     _cv: threading.Condition = field(default_factory=threading.Condition)
+    _template: AuditEvent | None = None
 
     def run(self, chunks: Iterable[Sequence[bytes]]) -> Iterator[StreamChunk]:
         cv = self._cv
@@ -354,6 +355,22 @@ class BatchRun:
         with self._cv:
             self._cv.notify_all()
 
+    def _item_template(self) -> AuditEvent:
+        """What every sign.hash record of this stream shares (``ItemEvents``)."""
+        if self._template is None:
+            cred, ctx = self.cred, context.current()
+            self._template = AuditEvent(
+                Action.SIGN,
+                credential_id=cred.credential_id,
+                agency=cred.agency,
+                key_version=cred.key_version,
+                details={"sad_id": self.sad.id, "scheme": self.scheme.value, "hash_algorithm": self.hash_alg.value},
+                actor=ctx.actor,
+                request_id=ctx.request_id,
+                client=ctx.client,
+            )
+        return self._template
+
     def _outcome(self, p: _Pending, delivered: bool) -> _Outcome:
         unanswered = not p.future.done()  # only when closing (delivered=False): see _CLOSE_WAIT
         discarded_reason = _UNANSWERED if unanswered else _DISCARDED
@@ -363,27 +380,14 @@ class BatchRun:
             results = [ItemFailure(exc.message)] * len(p.hashes)
         sigs: list[bytes] = []
         errs: list[tuple[int, str]] = []
-        evs: list[AuditEvent] = []
+        items: list[tuple[str, int, Result, str]] = []  # one sign.hash record each (ItemEvents)
         released: list[int] = []
         signed = discarded = 0
-        cred = self.cred
-        ctx = context.current()  # once per chunk, not per item: this loop is the batch hot path
-        base = {"sad_id": self.sad.id, "scheme": self.scheme.value, "hash_algorithm": self.hash_alg.value}
         for i, (d, r) in enumerate(zip(p.hashes, results, strict=True)):
             at = p.start + i
-            common: dict[str, Any] = {
-                "credential_id": cred.credential_id,
-                "agency": cred.agency,
-                "key_version": cred.key_version,
-                "digest": d.hex(),
-                "details": {**base, "position": at},
-                "actor": ctx.actor,
-                "request_id": ctx.request_id,
-                "client": ctx.client,
-            }
             if isinstance(r, ItemFailure):
                 released.append(at)
-                evs.append(AuditEvent(Action.SIGN, Result.FAILURE, reason=r.reason, **common))
+                items.append((d.hex(), at, Result.FAILURE, r.reason))
                 errs.append((at, r.reason))
                 sigs.append(b"")
             elif not delivered:
@@ -391,14 +395,15 @@ class BatchRun:
                 # can be signed again; this signature never leaves the service.
                 discarded += 1
                 released.append(at)
-                evs.append(AuditEvent(Action.SIGN, Result.FAILURE, reason=discarded_reason, **common))
+                items.append((d.hex(), at, Result.FAILURE, discarded_reason))
                 errs.append((at, discarded_reason))
                 sigs.append(b"")
             else:
                 signed += 1
-                evs.append(AuditEvent(Action.SIGN, Result.SUCCESS, **common))
+                items.append((d.hex(), at, Result.SUCCESS, ""))
                 sigs.append(r)
-        chunk = StreamChunk(p.start, sigs, errs, cred.key_version)
+        evs: list[AuditEvent | ItemEvents] = [ItemEvents(self._item_template(), items)] if items else []
+        chunk = StreamChunk(p.start, sigs, errs, self.cred.key_version)
         return _Outcome(p, chunk, evs, released, signed, len(released), discarded)
 
     def _close(self, end: StreamEnd, message: str) -> None:

@@ -17,7 +17,7 @@ from rsign.store._core import (
     AUDIT_KEYS,
     CHECKPOINTS,
     HEAD,
-    insert_many,
+    insert_tuples,
     pack_certs,
     unpack_certs,
 )
@@ -27,6 +27,18 @@ from rsign.store.fast import FastStatement
 # transaction runs them.
 _LOCK_HEAD = FastStatement(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update())
 _HASH_AND_MAC = FastStatement(select(AUDIT.c.hash, AUDIT.c.mac).where(AUDIT.c.seq == bindparam("seq")))
+# A record's columns, in the order ``insert_audit_rows`` takes them.
+AUDIT_ROW_COLUMNS = (
+    "seq", "ts", "actor", "agency", "action", "result", "credential_id", "key_version", "digest", "reason",
+    "request_id", "client", "details", "prev_hash", "hash", "mac",
+)  # fmt: skip
+# The checkpointer's walk over the records since the last checkpoint (links and MACs only).
+_LINKS = FastStatement(
+    select(AUDIT.c.seq, AUDIT.c.prev_hash, AUDIT.c.hash, AUDIT.c.mac)
+    .where(AUDIT.c.seq > bindparam("after"))
+    .order_by(AUDIT.c.seq)
+    .limit(bindparam("n"))
+)
 # (A bind parameter may not share a name with a column its UPDATE sets.)
 _MOVE_HEAD = FastStatement(
     update(HEAD).where(HEAD.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
@@ -45,8 +57,9 @@ class AuditLogRepo:
         head = _LOCK_HEAD.first(self.c)
         return int(head.seq), str(head.hash)
 
-    def insert_audit_rows(self, rows: list[dict[str, Any]]) -> None:
-        insert_many(self.c, AUDIT, rows)
+    def insert_audit_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """Rows as tuples in ``AUDIT_ROW_COLUMNS`` order (the batch path builds hundreds per chunk)."""
+        insert_tuples(self.c, AUDIT, AUDIT_ROW_COLUMNS, rows)
 
     def audit_hash_and_mac(self, seq: int) -> tuple[str, str] | None:
         r = _HASH_AND_MAC.first(self.c, {"seq": seq})
@@ -81,6 +94,19 @@ class AuditLogRepo:
             for r in rows:
                 yield dict(zip(keys, r, strict=False))
             last = int(rows[-1][at])
+
+    def audit_links(self, after: int = 0, batch: int = 5000) -> Iterator[dict[str, Any]]:
+        """``seq``, ``prev_hash``, ``hash`` and ``mac`` of the records after ``after``, in order:
+        what ``audit_rows`` would give for those columns, on the driver's cursor (the
+        checkpointer reads every record once; SQLAlchemy's result rows cost it more than the walk)."""
+        last = after
+        while True:
+            rows = _LINKS.tuples(self.c, {"after": last, "n": batch})
+            if not rows:
+                return
+            for seq, prev_hash, h, mac in rows:
+                yield {"seq": seq, "prev_hash": prev_hash, "hash": h, "mac": mac}
+            last = int(rows[-1][0])
 
     def audit_record(self, seq: int) -> dict[str, Any] | None:
         r = self.c.execute(select(AUDIT).where(AUDIT.c.seq == seq)).first()

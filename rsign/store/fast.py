@@ -97,6 +97,15 @@ class FastStatement:
         finally:
             cursor.close()
 
+    def tuples(self, c: Connection, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """``rows`` as the driver gives them, in column order (no named rows: for bulk reads)."""
+        cursor = self._cursor(c, params or {})
+        try:
+            with driver_errors(c, self._compiled[c.dialect.name].sql):
+                return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
     def first(self, c: Connection, params: Mapping[str, Any] | None = None) -> Any:
         found = self.rows(c, params)
         return found[0] if found else None

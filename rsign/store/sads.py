@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from rsign.domain.records import SadView
-from rsign.store._core import CONSUMED, SADS, insert_many, split_hashes
+from rsign.store._core import CONSUMED, SADS, insert_tuples, split_hashes
 from rsign.store.fast import FastStatement
 
 # Hot-path statements, built once (see rsign.store.sessions).
@@ -101,20 +101,12 @@ class SadRepo:
     def consume_hashes(self, credential_id: str, sad_id: int, start: int, keys: Sequence[tuple[bytes, int]]) -> None:
         """Consume hash occurrences; a primary-key violation (already consumed, possibly by a
         concurrent request) aborts the transaction."""
-        if keys:
-            insert_many(self.c,
-                CONSUMED,
-                [
-                    {
-                        "credential_id": credential_id,
-                        "digest": d,
-                        "occurrence": o,
-                        "sad_id": sad_id,
-                        "position": start + i,
-                    }
-                    for i, (d, o) in enumerate(keys)
-                ],
-            )
+        insert_tuples(
+            self.c,
+            CONSUMED,
+            ("credential_id", "digest", "occurrence", "sad_id", "position"),
+            [(credential_id, d, o, sad_id, at) for at, (d, o) in enumerate(keys, start)],
+        )
 
     def release_hashes(self, credential_id: str, sad_id: int, positions: Sequence[int]) -> None:
         """Give back occurrences the HSM failed to sign (no signature exists), so that they can be

@@ -214,3 +214,51 @@ def test_edit_then_recompute_whole_unkeyed_chain(app: App, state: Path, tmp_path
     assert rep.bad_seq is not None and 5 <= rep.bad_seq <= cp
     problems = export(app, tmp_path / "e.jsonl")
     assert any("checkpoint" in p and "does not match the log" in p for p in problems)
+
+
+def _append_records(app: App, n: int) -> tuple[int, str]:
+    """Audited operations after the last checkpoint; the head they leave (what rsign computed)."""
+    with context.request(client="test", actor="tester"):
+        for i in range(n):
+            app.auth.enrol(f"late{i}", "Người dùng", "123456", agency="Agency 0")
+    with app.store.read() as t:
+        head = t.audit_head()
+    assert head is not None
+    return head
+
+
+def test_checkpoint_after_a_content_edit_signs_what_rsign_wrote(app: App, state: Path, tmp_path: Path) -> None:
+    """The checkpointer walks links and MACs, not contents (``Checkpoints.checkpoint`` says why):
+    a record edited in place after it was written is then not covered but contradicted."""
+    before = last_checkpoint(state)
+    head_seq, head_hash = _append_records(app, 3)
+    edited = before + 1
+    with db(state) as c:
+        c.execute("UPDATE audit_log SET actor = 'someone.else' WHERE seq = ?", (edited,))
+    cp = app.audit.checkpoint()
+    assert cp is not None and (cp.seq, cp.head_hash) == (head_seq, head_hash)
+    rep = verify(app)
+    assert not rep.ok and rep.bad_seq == edited and "modified" in rep.problem
+    problems = export(app, tmp_path / "e.jsonl")
+    assert f"record {edited} was modified" in problems[0]
+
+
+def test_checkpoint_refuses_a_rewritten_chain(app: App, state: Path) -> None:
+    before = last_checkpoint(state)
+    _append_records(app, 3)
+    with db(state) as c:
+        c.execute("UPDATE audit_log SET actor = 'someone.else' WHERE seq = ?", (before + 1,))
+        recompute_from(c, before + 1)
+    with pytest.raises(AuditIntegrityError, match=r"refusing to sign a checkpoint: .*MAC"):
+        app.audit.checkpoint()
+    assert last_checkpoint(state) == before
+
+
+def test_checkpoint_refuses_a_broken_link(app: App, state: Path) -> None:
+    before = last_checkpoint(state)
+    _append_records(app, 3)
+    with db(state) as c:
+        c.execute("UPDATE audit_log SET prev_hash = ? WHERE seq = ?", ("ab" * 32, before + 2))
+    with pytest.raises(AuditIntegrityError, match=f"record {before + 2} does not link"):
+        app.audit.checkpoint()
+    assert last_checkpoint(state) == before
