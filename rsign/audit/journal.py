@@ -56,7 +56,7 @@ from rsign.audit.append_stats import AppendStats
 from rsign.audit.keys import AuditKeys
 from rsign.domain.clock import Clock, iso_utc
 from rsign.domain.errors import AuditHalted, AuditIntegrityError
-from rsign.domain.events import AuditEvent, ItemEvents, records
+from rsign.domain.events import AuditEvent, ItemEvents, Result, records
 from rsign.domain.records import AuditKeyView
 from rsign.store import AUDIT_ROW_COLUMNS, Store, Tx, WriteTx
 
@@ -392,6 +392,9 @@ class AuditedStore:
         return seq
 
 
+_RESULT_TEXT = {r: str(r) for r in Result}
+
+
 def _item_rows(rows: list[tuple[Any, ...]], ev: ItemEvents, seq: int, prev: str, ts: str) -> tuple[int, str]:
     """Append ``ev``'s records to ``rows`` (chained from ``prev`` after ``seq``); the new head."""
     if not ev.items:
@@ -414,7 +417,8 @@ def _item_rows(rows: list[tuple[Any, ...]], ev: ItemEvents, seq: int, prev: str,
         for one in ev.expand():
             seq, prev = _event_row(rows, one, seq, prev, ts)
         return seq, prev
-    items = [(d, p, str(r), reason) for d, p, r, reason in ev.items]
+    text = _RESULT_TEXT  # str() of a StrEnum per item cost more than its record's hash
+    items = [(d, p, text[r], reason) for d, p, r, reason in ev.items]
     hashes = tpl.hashes(prev, seq + 1, ts, items)
     action, actor, agency, cid, kv, rid, client = (
         str(t.action), t.actor, t.agency, t.credential_id, t.key_version, t.request_id, t.client

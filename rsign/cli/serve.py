@@ -5,6 +5,7 @@ Listener options (address, TLS) belong to this command's option list.
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -175,6 +176,10 @@ def serve(
             check_port_free(metrics_listen)
         mode = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
         app = build_app(settings, pool=True)
+    # What start-up built (SQLAlchemy's metadata, gRPC, the app) lives as long as the process:
+    # out of the cyclic collector's reach, whose full passes otherwise re-walk all of it while the
+    # batch path allocates thousands of short-lived rows per chunk (GC was 4-5 % of its CPU).
+    gc.freeze()
     http = None
     try:
         if http_listen is not None:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, insert
 
 from rsign.store import models as m
-from rsign.store.fast import executemany
+from rsign.store.fast import insert_values
 
 # Core tables: the hot paths run on SQLAlchemy Core (a fraction of the ORM's per-statement cost);
 # the ORM classes in models.py define the schema.
@@ -64,12 +64,11 @@ def insert_tuples(c: Connection, table: Table, columns: Sequence[str], rows: Seq
     if c.dialect.name != "sqlite":
         c.execute(insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
         return
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-    executemany(c, sql, rows)
+    insert_values(c, table.name, columns, rows)
 
 
 def insert_many(c: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Bulk insert. On SQLite, straight to the driver's executemany: SQLAlchemy's per-row
+    """Bulk insert. On SQLite, straight to the driver (multi-row INSERTs): SQLAlchemy's per-row
     parameter processing was a third of the batch path's database time (and its execution layer
     cost more than the statement on the unary path). Elsewhere, Core's
     insertmanyvalues (multi-row INSERTs) is already the fast path."""
@@ -77,5 +76,4 @@ def insert_many(c: Connection, table: Table, rows: list[dict[str, Any]]) -> None
         c.execute(insert(table), rows)
         return
     cols = list(rows[0])
-    sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-    executemany(c, sql, [tuple(r[c] for c in cols) for r in rows])
+    insert_values(c, table.name, cols, [tuple(r[c] for c in cols) for r in rows])
