@@ -116,12 +116,19 @@ class ItemRecords:
         """Each record's hash, chained from ``prev_hash``; items are (digest, position, result,
         reason), numbered from ``first_seq``."""
         after_seq = f',"ts":{_enc(ts)}}}'
-        a, b, c, d = self._before_position, self._before_digest, self._before_reason, self._before_result
+        a, b = self._before_position, self._before_digest
+        # "...reason...result,"seq":" for each (reason, result) met: a chunk has one or two.
+        middles: dict[tuple[str, str], str] = {}
         sha256 = hashlib.sha256
         out: list[str] = []
         seq = first_seq
         for digest, position, result, reason in items:
-            body = f'{a}{int(position)!r}{b}{_enc(digest)}{c}{_enc(reason)}{d}{_enc(result)},"seq":{seq!r}{after_seq}'
+            mid = middles.get((reason, result))
+            if mid is None:
+                mid = middles[(reason, result)] = (
+                    f'{self._before_reason}{_enc(reason)}{self._before_result}{_enc(result)},"seq":'
+                )
+            body = f"{a}{int(position)!r}{b}{_enc(digest)}{mid}{seq!r}{after_seq}"
             content = sha256(body.encode("utf-8")).hexdigest()
             prev_hash = sha256(f"rsign-audit-link/v1\n{prev_hash}\n{content}".encode("ascii")).hexdigest()
             out.append(prev_hash)

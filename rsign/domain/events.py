@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from rsign.domain import context, limits
@@ -111,7 +112,7 @@ class ItemEvents:
         if self.template.digest or self.template.reason or "position" in self.template.details:
             raise ValueError("an item template carries no digest, reason or position")
         limit = limits.AUDIT_FIELD_MAX["reason"]
-        if any(len(r) > limit for _, _, _, r in self.items):
+        if self.items and max(map(len, map(itemgetter(3), self.items))) > limit:
             bounded = [(d, p, res, limits.bounded(r, limit)) for d, p, res, r in self.items]
             object.__setattr__(self, "items", bounded)
 

@@ -211,3 +211,39 @@ def test_an_interrupted_undo_dooms_the_transaction(tmp_path: Path, monkeypatch: 
         assert "member 2" not in _meta(store) and "member 1" not in _meta(store)
     finally:
         store.close()
+
+
+def test_bulk_inserts_are_atomic_across_their_multi_row_statements(tmp_path: Path) -> None:
+    """``insert_values`` writes 256 rows per statement: a duplicate in the third statement undoes
+    the caller's savepoint whole (the first two statements' rows too), and nothing else."""
+    store = _store(tmp_path)
+    try:
+        keys = [(bytes([i % 256, i // 256]) * 16, 1) for i in range(700)]
+        w = store.begin_write()
+        with w.savepoint() as t:
+            t.consume_hashes("C-1", 1, 0, keys[:10])  # type: ignore[attr-defined]
+        with pytest.raises(AlreadyExists), w.savepoint() as t:
+            t.consume_hashes("C-1", 2, 10, [*keys[10:600], keys[5]])  # type: ignore[attr-defined]
+        with w.savepoint() as t:
+            t.consume_hashes("C-1", 3, 10, keys[10:700])  # type: ignore[attr-defined]
+        w.commit()
+        with sqlite3.connect(tmp_path / "rsign.db") as c:
+            rows = c.execute("SELECT sad_id, count(*) FROM consumed_hashes GROUP BY sad_id ORDER BY sad_id").fetchall()
+            positions = [r[0] for r in c.execute("SELECT position FROM consumed_hashes WHERE sad_id = 3 ORDER BY 1")]
+        assert rows == [(1, 10), (3, 690)]
+        assert positions == list(range(10, 700))
+    finally:
+        store.close()
+
+
+def test_savepoint_journals_stay_in_memory(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    try:
+        w = store.begin_write()
+        with w.savepoint() as t:
+            assert t.c.exec_driver_sql("PRAGMA temp_store").scalar() == 2  # MEMORY
+        w.commit()
+        with store.read() as t:
+            assert t.c.exec_driver_sql("PRAGMA temp_store").scalar() == 2
+    finally:
+        store.close()
