@@ -62,9 +62,13 @@ class Checkpoints:
         content it was given (each append checks the previous head's MAC before chaining on), so
         a record edited in the database afterwards is not covered but contradicted: it fails
         ``rsign audit verify`` and every export against this very checkpoint. A chain rewritten
-        to match an edit fails its MACs here, and nothing is signed. What is given up is only
-        the earlier alarm for an edit that leaves the hashes alone; ``rsign audit verify``
-        (contents included) raises it.
+        to match an edit fails its MACs here, and nothing is signed. What is given up is the
+        alarm for an edit that leaves the hashes alone *within the window* between a record's
+        write and the next checkpoint (10 s or 10,000 records): this refusal logged an error,
+        let ``rsign_audit_seconds_since_checkpoint`` grow and put a warning in export headers.
+        Records older than the last checkpoint were never re-read here, so an edit of history
+        had no such alarm before either; ``rsign audit verify`` (contents included), run on a
+        schedule, raises it for any record.
         """
         with self._lock:
             problem = self._anchor.current_problem()

@@ -15,7 +15,7 @@ When the head is exactly the record this process committed last (same sequence n
 nobody appended since), step 3 skips reading back that record's MAC: this process computed it and
 saw it committed. Any other head, another replica's or one changed under rsign, is checked. The
 check compares the head row with the record's stored hash and MAC; it never re-hashed the record's
-content, which ``audit verify`` and the checkpoints do, so skipping it for our own head loses no
+content, which ``audit verify`` and exports do, so skipping it for our own head loses no
 detection. The MAC is computed before the insert, so a store that then refuses the write has cost
 one HSM call for a MAC that authenticates nothing stored (harmless), and the insert carries it
 (one statement fewer per append). Without its MAC key the journal cannot be built, so there is no
@@ -226,7 +226,9 @@ class AuditedStore:
             events = [ev for m in group.members for ev in m.events]
             count = records(events)
             own_head, self._own_head = self._own_head, None
-            done = self._append(group.write.tx, tuple(events), None, own_head) if events else None
+            # Nothing to chain, nothing appended: the head is then not this process's own (it was
+            # read, not written and MAC-checked), so ``_own_head`` must not take it.
+            done = self._append(group.write.tx, tuple(events), None, own_head) if count else None
             group.write.commit()
             last = 0
             if done is not None:

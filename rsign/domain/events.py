@@ -111,6 +111,8 @@ class ItemEvents:
     def __post_init__(self) -> None:
         if self.template.digest or self.template.reason or "position" in self.template.details:
             raise ValueError("an item template carries no digest, reason or position")
+        if not self.items:
+            raise ValueError("ItemEvents needs at least one item")
         limit = limits.AUDIT_FIELD_MAX["reason"]
         if self.items and max(map(len, map(itemgetter(3), self.items))) > limit:
             bounded = [(d, p, res, limits.bounded(r, limit)) for d, p, res, r in self.items]

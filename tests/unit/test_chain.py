@@ -142,3 +142,15 @@ def test_item_records_hash_as_the_generic_path(
 def test_item_records_refuse_a_position_in_the_template() -> None:
     with pytest.raises(ValueError, match="position"):
         chain.ItemRecords({}, {"position": 1})
+
+
+def test_item_events_are_never_empty() -> None:
+    """An empty one would make a group commit that appends nothing look like an append: the
+    journal would then take the head it read for its own and skip that head's MAC check next."""
+    from rsign.domain.events import Action, AuditEvent, ItemEvents, Result
+
+    with pytest.raises(ValueError, match="at least one item"):
+        ItemEvents(AuditEvent(Action.SIGN), [])
+    with pytest.raises(ValueError, match="no digest"):
+        ItemEvents(AuditEvent(Action.SIGN, digest="ab"), [("cd", 0, Result.SUCCESS, "")])
+    assert len(ItemEvents(AuditEvent(Action.SIGN), [("cd", 0, Result.SUCCESS, "")])) == 1
