@@ -41,7 +41,10 @@ def matching_steps(seed: bytes, code: str, now: float, window: int) -> list[int]
     if not (len(code) == DIGITS and code.isdigit()):
         return []
     base = step_of(now)
-    return [s for s in range(base - window, base + window + 1) if hmac.compare_digest(code_for_step(seed, s), code)]
+    otp = _totp(seed)  # one generator for the window (each call to code_for_step builds its own)
+    return [
+        s for s in range(base - window, base + window + 1) if hmac.compare_digest(otp.at(s * STEP_SECONDS), code)
+    ]
 
 
 def provisioning_uri(seed: bytes, account: str, issuer: str = "rsign") -> str:
