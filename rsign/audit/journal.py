@@ -54,11 +54,12 @@ from typing import Any
 from rsign.audit import chain
 from rsign.audit.append_stats import AppendStats
 from rsign.audit.keys import AuditKeys
+from rsign.audit.rows import event_row, item_rows
 from rsign.domain.clock import Clock, iso_utc
 from rsign.domain.errors import AuditHalted, AuditIntegrityError
-from rsign.domain.events import AuditEvent, ItemEvents, Result, records
+from rsign.domain.events import AuditEvent, ItemEvents, records
 from rsign.domain.records import AuditKeyView
-from rsign.store import AUDIT_ROW_COLUMNS, Store, Tx, WriteTx
+from rsign.store import Store, Tx, WriteTx
 
 log = logging.getLogger(__name__)
 
@@ -351,9 +352,9 @@ class AuditedStore:
         seq, prev = old_seq, old_hash
         for ev in events:
             if isinstance(ev, ItemEvents):
-                seq, prev = _item_rows(rows, ev, seq, prev, ts)
+                seq, prev = item_rows(rows, ev, seq, prev, ts)
                 continue
-            seq, prev = _event_row(rows, ev, seq, prev, ts)
+            seq, prev = event_row(rows, ev, seq, prev, ts)
         if not rows:
             return _Appended(old_seq, old_hash, locked_at)
         if old_seq > 0 and (old_seq, old_hash) != own_head:
@@ -393,69 +394,3 @@ class AuditedStore:
         self.keys.reload()
         return seq
 
-
-_RESULT_TEXT = {r: str(r) for r in Result}
-
-
-def _item_rows(rows: list[tuple[Any, ...]], ev: ItemEvents, seq: int, prev: str, ts: str) -> tuple[int, str]:
-    """Append ``ev``'s records to ``rows`` (chained from ``prev`` after ``seq``); the new head."""
-    if not ev.items:
-        return seq, prev
-    t = ev.template
-    try:
-        tpl = chain.ItemRecords(
-            {
-                "action": str(t.action),
-                "actor": t.actor,
-                "agency": t.agency,
-                "client": t.client,
-                "credential_id": t.credential_id,
-                "key_version": t.key_version,
-                "request_id": t.request_id,
-            },
-            t.details,
-        )
-    except ValueError:  # details that cannot be templated (``chain.ItemRecords``): one by one
-        for one in ev.expand():
-            seq, prev = _event_row(rows, one, seq, prev, ts)
-        return seq, prev
-    text = _RESULT_TEXT  # str() of a StrEnum per item cost more than its record's hash
-    items = [(d, p, text[r], reason) for d, p, r, reason in ev.items]
-    hashes = tpl.hashes(prev, seq + 1, ts, items)
-    action, actor, agency, cid, kv, rid, client = (
-        str(t.action), t.actor, t.agency, t.credential_id, t.key_version, t.request_id, t.client
-    )  # fmt: skip
-    details_text = tpl.details_text
-    for (digest, position, result, reason), h in zip(items, hashes, strict=True):
-        seq += 1
-        rows.append(
-            (seq, ts, actor, agency, action, result, cid, kv, digest, reason, rid, client,
-             details_text(position), prev, h, "")
-        )  # fmt: skip
-        prev = h
-    return seq, prev
-
-
-def _event_row(rows: list[tuple[Any, ...]], ev: AuditEvent, seq: int, prev: str, ts: str) -> tuple[int, str]:
-    """Append ``ev``'s record to ``rows`` (chained from ``prev`` after ``seq``); the new head."""
-    seq += 1
-    fields: dict[str, Any] = {
-        "seq": seq,
-        "ts": ts,
-        "actor": ev.actor,
-        "agency": ev.agency,
-        "action": str(ev.action),
-        "result": str(ev.result),
-        "credential_id": ev.credential_id,
-        "key_version": ev.key_version,
-        "digest": ev.digest,
-        "reason": ev.reason,
-        "request_id": ev.request_id,
-        "client": ev.client,
-        "details": chain.details_json(ev.details),
-        "prev_hash": prev,
-        "mac": "",
-    }
-    fields["hash"] = h = chain.record_hash(fields)
-    rows.append(tuple(fields[k] for k in AUDIT_ROW_COLUMNS))
-    return seq, h

@@ -154,3 +154,24 @@ def test_item_events_are_never_empty() -> None:
     with pytest.raises(ValueError, match="no digest"):
         ItemEvents(AuditEvent(Action.SIGN, digest="ab"), [("cd", 0, Result.SUCCESS, "")])
     assert len(ItemEvents(AuditEvent(Action.SIGN), [("cd", 0, Result.SUCCESS, "")])) == 1
+
+
+def test_item_rows_are_the_rows_of_their_expanded_events() -> None:
+    """The journal's two row builders (rsign.audit.rows): a chunk's template path and the generic
+    one give the same rows, column for column, hash for hash, failures and odd text included."""
+    from rsign.audit.rows import event_row, item_rows
+    from rsign.domain.events import Action, AuditEvent, ItemEvents, Result
+
+    tpl = AuditEvent(Action.SIGN, actor='Lò "Văn" \\ Tuấn', agency="Sở Nội vụ\n", credential_id="C-1",
+                     key_version=3, details={"sad_id": 7, "scheme": "ecdsa", "hash_algorithm": "sha256"},
+                     request_id="r-1", client="ipv4:127.0.0.1:1")  # fmt: skip
+    items = [("ab" * 32, 0, Result.SUCCESS, ""), ("cd" * 32, 1, Result.FAILURE, "CKR_DEVICE_ERROR \u2028"),
+             ("ef" * 32, 2, Result.SUCCESS, "")]  # fmt: skip
+    ev = ItemEvents(tpl, items)
+    fast: list[tuple[Any, ...]] = []
+    generic: list[tuple[Any, ...]] = []
+    head_fast = item_rows(fast, ev, 41, "12" * 32, "2026-11-27T00:00:00.000000Z")
+    seq, prev = 41, "12" * 32
+    for one in ev.expand():
+        seq, prev = event_row(generic, one, seq, prev, "2026-11-27T00:00:00.000000Z")
+    assert fast == generic and head_fast == (seq, prev) == (44, generic[-1][-2])
