@@ -171,7 +171,6 @@ def verify(
     rows: Iterable[Mapping[str, Any]],
     expect_head: tuple[int, str] | None = None,
     start: tuple[int, str] = (0, GENESIS),
-    contents: bool = True,
 ) -> ChainReport:
     """Walk ``rows`` in sequence order from ``start`` (sequence, hash of the record before the
     first row); report the first record that breaks the chain.
@@ -179,13 +178,6 @@ def verify(
     A row is either a full record (its content is hashed) or a link (``content_hash`` given,
     content withheld). ``expect_head`` is the head the log claims (its own head row, or a signed
     checkpoint): a shorter chain is reported as truncation.
-
-    ``contents=False`` checks only the stored links (rows of ``seq``, ``prev_hash``, ``hash``):
-    gap-free sequence numbers and each ``prev_hash`` equal to the record before's ``hash``. It
-    does not show that a record's content matches its hash, so on its own it proves nothing
-    against an editor; with a valid MAC on the last row it shows that this head is one rsign
-    computed itself, from the content it was given, and extends ``start`` (the checkpointer's
-    use: see ``rsign.audit.checkpoints``).
     """
     prev_seq, prev_hash = start
     expected_seq = prev_seq + 1
@@ -193,34 +185,11 @@ def verify(
     for row in rows:
         seq = int(row["seq"])
         if seq != expected_seq:
-            if seq < expected_seq:
-                return ChainReport(
-                    False, count, expected_seq - 1, prev_hash, seq, f"record {seq} appears twice or out of order"
-                )
-            return ChainReport(
-                False,
-                count,
-                expected_seq - 1,
-                prev_hash,
-                expected_seq,
-                f"record {expected_seq} is missing (the next record present is {seq})",
-            )
+            return _out_of_sequence(count, expected_seq, prev_hash, seq)
         if "prev_hash" in row and row["prev_hash"] != prev_hash:
-            return ChainReport(
-                False,
-                count,
-                seq - 1,
-                prev_hash,
-                seq,
-                f"record {seq} does not link to record {seq - 1} (prev_hash differs)",
-            )
-        if not contents:
-            if "prev_hash" not in row:
-                raise ValueError("a links-only walk needs each row's prev_hash")
-            h = row["hash"]
-        else:
-            ch = row["content_hash"] if "content_hash" in row and "action" not in row else content_hash(row)
-            h = link(prev_hash, ch)
+            return _unlinked(count, seq, prev_hash)
+        ch = row["content_hash"] if "content_hash" in row and "action" not in row else content_hash(row)
+        h = link(prev_hash, ch)
         if h != row["hash"]:
             return ChainReport(
                 False,
@@ -233,7 +202,56 @@ def verify(
         prev_hash = h
         expected_seq += 1
         count += 1
-    head_seq = expected_seq - 1
+    return _ended(count, expected_seq - 1, prev_hash, expect_head)
+
+
+def verify_links(
+    links: Iterable[tuple[int, str, str]],
+    expect_head: tuple[int, str] | None = None,
+    start: tuple[int, str] = (0, GENESIS),
+) -> ChainReport:
+    """``verify`` over the stored links only, ``(seq, prev_hash, hash)`` per record: gap-free
+    sequence numbers and each ``prev_hash`` equal to the record before's ``hash``.
+
+    It does not show that a record's content matches its hash, so on its own it proves nothing
+    against an editor; with a valid MAC on the last record it shows that this head is one rsign
+    computed itself, from the content it was given, and extends ``start`` (the checkpointer's
+    use: see ``rsign.audit.checkpoints``). Tuples, not rows: it runs over every record appended.
+    """
+    prev_seq, prev_hash = start
+    expected_seq = prev_seq + 1
+    for seq, prev, h in links:
+        if seq != expected_seq:
+            return _out_of_sequence(expected_seq - start[0] - 1, expected_seq, prev_hash, int(seq))
+        if prev != prev_hash:
+            return _unlinked(expected_seq - start[0] - 1, int(seq), prev_hash)
+        prev_hash = h
+        expected_seq += 1
+    return _ended(expected_seq - start[0] - 1, expected_seq - 1, prev_hash, expect_head)
+
+
+def _out_of_sequence(count: int, expected_seq: int, prev_hash: str, seq: int) -> ChainReport:
+    if seq < expected_seq:
+        return ChainReport(
+            False, count, expected_seq - 1, prev_hash, seq, f"record {seq} appears twice or out of order"
+        )
+    return ChainReport(
+        False,
+        count,
+        expected_seq - 1,
+        prev_hash,
+        expected_seq,
+        f"record {expected_seq} is missing (the next record present is {seq})",
+    )
+
+
+def _unlinked(count: int, seq: int, prev_hash: str) -> ChainReport:
+    return ChainReport(
+        False, count, seq - 1, prev_hash, seq, f"record {seq} does not link to record {seq - 1} (prev_hash differs)"
+    )
+
+
+def _ended(count: int, head_seq: int, prev_hash: str, expect_head: tuple[int, str] | None) -> ChainReport:
     if expect_head is not None and expect_head != (head_seq, prev_hash):
         want_seq, _ = expect_head
         if want_seq > head_seq:

@@ -45,7 +45,7 @@ class LogVerifier:
         checkpoints (signed, matching the records, none beyond the last record), truncation.
 
         ``contents=False``: the chain's stored links only, not each record's content against its
-        hash (``chain.verify``); what is still checked in full is the MACs, the checkpoints and
+        hash (``chain.verify_links``); what is still checked in full is the MACs, the checkpoints and
         the truncation. That is what signing a checkpoint needs (``rsign.audit.checkpoints``);
         ``rsign audit verify`` and exports check contents."""
         with self._store.read() as t:
@@ -56,14 +56,23 @@ class LogVerifier:
             seen_cp: dict[int, str] = {}
 
             def rows() -> Iterator[dict[str, Any]]:
-                for r in t.audit_rows(ROW_COLUMNS, after) if contents else t.audit_links(after):
+                for r in t.audit_rows(ROW_COLUMNS, after):
                     if r["mac"]:
                         macs.append((int(r["seq"]), r["hash"], r["mac"]))
                     if r["seq"] in cp_hash:
                         seen_cp[int(r["seq"])] = r["hash"]
                     yield r
 
-            rep = chain.verify(rows(), start=(after, start_hash), contents=contents)
+            def links() -> Iterator[tuple[int, str, str]]:
+                for seq, prev, h, mac in t.audit_links(after):
+                    if mac:
+                        macs.append((int(seq), h, mac))
+                    if seq in cp_hash:
+                        seen_cp[int(seq)] = h
+                    yield seq, prev, h
+
+            start = (after, start_hash)
+            rep = chain.verify(rows(), start=start) if contents else chain.verify_links(links(), start=start)
         problems: list[tuple[int, str]] = []
         if not rep.ok:
             problems.append((rep.bad_seq or 0, rep.problem))

@@ -95,17 +95,16 @@ class AuditLogRepo:
                 yield dict(zip(keys, r, strict=False))
             last = int(rows[-1][at])
 
-    def audit_links(self, after: int = 0, batch: int = 5000) -> Iterator[dict[str, Any]]:
-        """``seq``, ``prev_hash``, ``hash`` and ``mac`` of the records after ``after``, in order:
-        what ``audit_rows`` would give for those columns, on the driver's cursor (the
-        checkpointer reads every record once; SQLAlchemy's result rows cost it more than the walk)."""
+    def audit_links(self, after: int = 0, batch: int = 5000) -> Iterator[tuple[int, str, str, str]]:
+        """``(seq, prev_hash, hash, mac)`` of the records after ``after``, in order, as the driver
+        gives them (the checkpointer reads every record once: a row object each cost more than
+        its walk)."""
         last = after
         while True:
             rows = _LINKS.tuples(self.c, {"after": last, "n": batch})
             if not rows:
                 return
-            for seq, prev_hash, h, mac in rows:
-                yield {"seq": seq, "prev_hash": prev_hash, "hash": h, "mac": mac}
+            yield from rows
             last = int(rows[-1][0])
 
     def audit_record(self, seq: int) -> dict[str, Any] | None:

@@ -70,35 +70,32 @@ def test_fast_canonical_matches_the_json_definition() -> None:
         assert chain.canonical(r) == chain.canonical_reference(r)
 
 
-def links(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: r[k] for k in ("seq", "prev_hash", "hash")} for r in rows]
+def links(rows: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
+    return [(r["seq"], r["prev_hash"], r["hash"]) for r in rows]
 
 
 def test_links_only_walk_checks_sequence_and_links_not_contents() -> None:
     rows = build(10)
-    assert chain.verify(links(rows), expect_head=(10, rows[-1]["hash"]), contents=False).ok
+    assert chain.verify_links(links(rows), expect_head=(10, rows[-1]["hash"])).ok
     # A content edit is invisible to it (the MACs and the full walk catch what matters)...
     edited = [dict(r) for r in rows]
     edited[3]["actor"] = "mallory"
-    assert chain.verify(edited, contents=False).ok
+    assert chain.verify_links(links(edited)).ok
     assert not chain.verify(edited).ok
-    # ...a gap, a reordering or a broken link is not.
-    gap = links(rows[:4] + rows[5:])
-    rep = chain.verify(gap, contents=False)
-    assert not rep.ok and rep.bad_seq == 5 and "missing" in rep.problem
-    swapped = links([rows[0], rows[2], rows[1], *rows[3:]])
-    assert chain.verify(swapped, contents=False).bad_seq == 2
+    # ...a gap, a repeat, a reordering or a broken link is not, and each is named as verify names it.
+    for bad in (rows[:4] + rows[5:], [*rows[:3], rows[2], *rows[3:]], [rows[0], rows[2], rows[1], *rows[3:]]):
+        want, got = chain.verify(bad), chain.verify_links(links(bad))
+        assert not got.ok and (got.bad_seq, got.problem, got.records, got.head_seq) == (
+            want.bad_seq, want.problem, want.records, want.head_seq)  # fmt: skip
     broken = links(rows)
-    broken[6]["prev_hash"] = "ab" * 32
-    rep = chain.verify(broken, contents=False)
-    assert not rep.ok and rep.bad_seq == 7 and "does not link" in rep.problem
-    rep = chain.verify(links(rows[:8]), expect_head=(10, rows[-1]["hash"]), contents=False)
+    broken[6] = (7, "ab" * 32, broken[6][2])
+    rep = chain.verify_links(broken)
+    assert not rep.ok and rep.bad_seq == 7 and "does not link" in rep.problem and rep.records == 6
+    rep = chain.verify_links(links(rows[:8]), expect_head=(10, rows[-1]["hash"]))
     assert not rep.ok and "truncated" in rep.problem
-
-
-def test_links_only_walk_needs_prev_hash() -> None:
-    with pytest.raises(ValueError, match="prev_hash"):
-        chain.verify([{"seq": 1, "hash": "00" * 32}], contents=False)
+    # From a checkpoint, not from the start.
+    rep = chain.verify_links(links(rows[5:]), start=(5, rows[4]["hash"]), expect_head=(10, rows[-1]["hash"]))
+    assert rep.ok and rep.records == 5 and rep.head_seq == 10
 
 
 _text = st.text(st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
