@@ -60,7 +60,7 @@ def canonical_reference(fields: Mapping[str, Any]) -> bytes:
 
 def canonical(fields: Mapping[str, Any]) -> bytes:
     """Byte-for-byte ``canonical_reference``, about twice as fast (the batch path hashes one record
-    per signature); tests/test_chain.py checks that the two agree."""
+    per signature); tests/unit/test_chain.py checks that the two agree."""
     parts = []
     for k in _SORTED:
         v = fields[k]
@@ -221,7 +221,7 @@ def verify_links(
     prev_seq, prev_hash = start
     expected_seq = prev_seq + 1
     for seq, prev, h in links:
-        if seq != expected_seq:
+        if int(seq) != expected_seq:
             return _out_of_sequence(expected_seq - start[0] - 1, expected_seq, prev_hash, int(seq))
         if prev != prev_hash:
             return _unlinked(expected_seq - start[0] - 1, int(seq), prev_hash)
