@@ -21,6 +21,7 @@ import threading
 from collections import namedtuple
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection
@@ -64,7 +65,7 @@ def insert_values(c: Connection, table: str, columns: Sequence[str], rows: Seque
         with driver_errors(c, sql):
             cursor = driver.cursor()
             try:
-                cursor.execute(sql, [v for r in part for v in r])
+                cursor.execute(sql, list(chain.from_iterable(part)))
             finally:
                 cursor.close()
 
