@@ -114,7 +114,7 @@ class ItemEvents:
         if not self.items:
             raise ValueError("ItemEvents needs at least one item")
         limit = limits.AUDIT_FIELD_MAX["reason"]
-        if self.items and max(map(len, map(itemgetter(3), self.items))) > limit:
+        if max(map(len, map(itemgetter(3), self.items))) > limit:
             bounded = [(d, p, res, limits.bounded(r, limit)) for d, p, res, r in self.items]
             object.__setattr__(self, "items", bounded)
 

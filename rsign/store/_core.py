@@ -57,23 +57,13 @@ def split_hashes(blob: bytes, size: int) -> tuple[bytes, ...]:
 
 
 def insert_tuples(c: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """``insert_many`` for rows given as tuples in ``columns`` order: the batch path builds
-    thousands per chunk, and a dict per row cost more than the row's insert on SQLite."""
+    """Bulk insert of rows given as tuples in ``columns`` order. On SQLite, straight to the driver
+    as multi-row INSERTs (``fast.insert_values``): SQLAlchemy's per-row parameter processing was a
+    third of the batch path's database time, and a dict per row cost more than the row's insert.
+    Elsewhere, Core's insertmanyvalues (multi-row INSERTs) is already the fast path."""
     if not rows:
         return
     if c.dialect.name != "sqlite":
         c.execute(insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
         return
     insert_values(c, table.name, columns, rows)
-
-
-def insert_many(c: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Bulk insert. On SQLite, straight to the driver (multi-row INSERTs): SQLAlchemy's per-row
-    parameter processing was a third of the batch path's database time (and its execution layer
-    cost more than the statement on the unary path). Elsewhere, Core's
-    insertmanyvalues (multi-row INSERTs) is already the fast path."""
-    if c.dialect.name != "sqlite":
-        c.execute(insert(table), rows)
-        return
-    cols = list(rows[0])
-    insert_values(c, table.name, cols, [tuple(r[c] for c in cols) for r in rows])
