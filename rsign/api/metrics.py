@@ -151,6 +151,9 @@ class _StateCollector(Collector):
             "in_flight": GaugeMetricFamily("rsign_hsm_jobs_in_flight", "HSM jobs at a worker.", labels=["pool"]),
             "queued": GaugeMetricFamily("rsign_hsm_queue_depth", "HSM jobs waiting for a worker.", labels=["pool"]),
             "restarts": CounterMetricFamily("rsign_hsm_worker_restarts", "HSM workers replaced.", labels=["pool"]),
+            "direct": CounterMetricFamily(
+                "rsign_hsm_direct_jobs", "HSM jobs a calling thread ran on an idle worker.", labels=["pool"]
+            ),
         }
         seen = False
         for name, hsm in pools:

@@ -130,6 +130,8 @@ def test_metrics_move_during_a_signing_run(observed: Observed) -> None:
         assert ("rsign_hsm_queue_depth", frozenset({("pool", pool)})) in after
         assert ("rsign_hsm_workers_busy", frozenset({("pool", pool)})) in after
         assert value(after, "rsign_hsm_worker_restarts_total", pool=pool) == 0
+    # The audit MACs of this run's sequential calls found the audit worker idle: no queue.
+    assert moved("rsign_hsm_direct_jobs_total", pool="audit") >= 1
     assert ("rsign_database_errors_total", frozenset()) in after and value(after, "rsign_database_errors_total") == 0
     # A checkpoint every second here: the gauges are there and recent.
     deadline = time.monotonic() + 10
