@@ -47,7 +47,16 @@ from rsign.dev.bench_common import (
     rsign_server,
     wait_for_fresh_steps,
 )
-from rsign.dev.bench_flows import Recorder, Signer, channel, naive_flow, rsign_flow, run_paced, run_round
+from rsign.dev.bench_flows import (
+    Recorder,
+    Signer,
+    channel,
+    empty_flow,
+    naive_flow,
+    rsign_flow,
+    run_paced,
+    run_round,
+)
 from rsign.dev.bench_naive import naive_server
 from rsign.dev.embedded import EMBEDDED
 from rsign.domain import context
@@ -225,6 +234,7 @@ def unary(
             s.naive = channel(nv.address, separate)
         rsign_recs: list[Recorder] = []
         naive_recs: list[Recorder] = []
+        empty_recs: list[Recorder] = []
         for r in range(1, rounds + 1):
             rsign_recs.append(
                 bench.round(
@@ -234,6 +244,16 @@ def unary(
             naive_recs.append(
                 bench.round(f"naive round {r}/{rounds}", naive_flow, clients, bench.signers, totp=False, server=nv)
             )
+            empty_recs.append(
+                bench.round(
+                    f"two empty RPCs round {r}/{rounds}",
+                    lambda s: empty_flow(s, rs.address),
+                    clients,
+                    bench.signers,
+                    totp=False,
+                    server=rs,
+                )
+            )
         servers = _servers({"rsign": rs, "naive": nv})
         rs.stop()
         servers["rsign_audit_head"] = rs.append_stats() if processes == 1 else rs.append_stats_each()
@@ -241,6 +261,7 @@ def unary(
         bench.close()
     rsign_rate = _med([r.rate() for r in rsign_recs])
     naive_rate = _med([r.rate() for r in naive_recs])
+    empty_rate = _med([r.rate() for r in empty_recs])
     return _emit(
         {
             "benchmark": "unary",
@@ -265,7 +286,14 @@ def unary(
             "naive_workers_cpu_ms_per_flow": _med([1000 * r.workers_cpu_s / max(1, r.flows) for r in naive_recs], 2),
             "rsign_rounds_flows_per_s": [round(r.rate(), 1) for r in rsign_recs],
             "naive_rounds_flows_per_s": [round(r.rate(), 1) for r in naive_recs],
-            **_checks(rsign_recs + naive_recs),
+            # The ceiling: the flow's two RPCs with no work behind them (two Health.Check calls on
+            # the same connections to the same rsign process), against the naive server.
+            "empty_two_rpcs_flows_per_s": empty_rate,
+            "empty_two_rpcs_server_cpu_ms_per_flow": _med(
+                [1000 * r.server_cpu_s / max(1, r.flows) for r in empty_recs], 2
+            ),
+            "ceiling_ratio": round(empty_rate / naive_rate, 3) if naive_rate else 0.0,
+            **_checks(rsign_recs + naive_recs + empty_recs),
             **servers,
             "pin_kdf": PIN_KDF,
             **{k: round(v, 1) for k, v in bench.timings.items()},

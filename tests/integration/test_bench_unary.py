@@ -26,10 +26,14 @@ def test_unary_bench_small_run_signs_everything_and_reports(capsys: pytest.Captu
     )
     printed: dict[str, Any] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == res
-    # Every flow on both servers succeeded and every signature verifies against its certificate.
-    assert res["flows"] == 16 and res["errors"] == 0 and res["bad_signatures"] == 0 and res["zero_errors"]
+    # Every flow on both servers (and the empty two-RPC flows) succeeded and every signature
+    # verifies against its certificate.
+    assert res["flows"] == 24 and res["errors"] == 0 and res["bad_signatures"] == 0 and res["zero_errors"]
     assert res["error_examples"] == []
     assert res["rsign_flows_per_s"] > 0 and res["naive_flows_per_s"] > 0 and res["ratio"] > 0
+    # The ceiling: two RPCs with no work behind them on the same rsign process.
+    assert res["empty_two_rpcs_flows_per_s"] > 0 and res["ceiling_ratio"] > 0
+    assert res["empty_two_rpcs_server_cpu_ms_per_flow"] >= 0
     # CPU per flow, read from /proc (10 ms ticks: the naive server's few milliseconds may read 0 here).
     assert res["rsign_server_cpu_ms_per_flow"] > 0
     assert res["naive_server_cpu_ms_per_flow"] >= 0 and res["rsign_workers_cpu_ms_per_flow"] >= 0
@@ -39,7 +43,8 @@ def test_unary_bench_small_run_signs_everything_and_reports(capsys: pytest.Captu
         assert res[f"{side}_peak_rss_mb"] > 0
     assert "Argon2id" in res["pin_kdf"]
     # Progress reached the end of every stage.
-    for name in ("provisioning users", "provisioning credentials", "logging in", "rsign round 1/1", "naive round 1/1"):
+    for name in ("provisioning users", "provisioning credentials", "logging in", "rsign round 1/1", "naive round 1/1",
+                 "two empty RPCs round 1/1"):
         assert stages[name] == (8, 8), name
 
 
