@@ -73,6 +73,13 @@ class _Slot:
         # nothing meanwhile, so that the one answer in the pipe is the caller's.
         self.direct = False
         self.direct_jobs = 0  # how many (a metric)
+        # The sender holds a job for this worker and waits for the direct caller to finish: no
+        # further direct call takes the worker first (a stream of them would starve the job).
+        self.claimed = False
+
+    def free(self) -> bool:
+        """No caller's thread is using the worker (read under ``lock``)."""
+        return not self.direct
 
 
 @dataclass(frozen=True)
@@ -146,8 +153,8 @@ class HsmPool:
         for slot in self._slots:
             with slot.lock:
                 alive += slot.worker is not None and slot.worker.proc.is_alive()
-                busy += bool(slot.pending) or slot.direct
-                in_flight += len(slot.pending) + slot.direct
+                busy += bool(slot.pending) or slot.direct or slot.claimed
+                in_flight += len(slot.pending) + slot.direct + slot.claimed
                 direct += slot.direct_jobs
         return PoolStats(self._size, alive, busy, in_flight, self._queue.qsize(), self._restarts, direct)
 
@@ -169,15 +176,19 @@ class HsmPool:
                 slot.room.release()
                 continue
             with slot.lock:
-                slot.cv.wait_for(lambda: not slot.direct)
-                worker = slot.worker
-                if worker is None or not worker.proc.is_alive():
-                    worker = self._restart(slot)
-                if worker is None:
-                    slot.room.release()
-                    job.future.set_exception(HsmUnavailable("the HSM is unavailable"))
-                    continue
-                slot.pending.append(job)
+                slot.claimed = True
+                try:
+                    slot.cv.wait_for(slot.free)
+                    worker = slot.worker
+                    if worker is None or not worker.proc.is_alive():
+                        worker = self._restart(slot)
+                    if worker is None:
+                        slot.room.release()
+                        job.future.set_exception(HsmUnavailable("the HSM is unavailable"))
+                        continue
+                    slot.pending.append(job)
+                finally:
+                    slot.claimed = False
                 slot.cv.notify_all()
                 try:
                     # Plain pickle, not the Connection's ForkingPickler (a pickler object and a
@@ -265,47 +276,70 @@ class HsmPool:
     def _direct(self, op: str, args: tuple[Any, ...]) -> tuple[bool, Any]:
         """Run one job on an idle worker from the calling thread; ``(False, None)`` when no worker
         is idle or jobs are queued (the caller then queues: a direct call never overtakes them).
-        A worker that dies or stops answering meanwhile is replaced, as the receiver would."""
+        A worker that dies, stops answering or is interrupted meanwhile is replaced, as the
+        receiver would."""
         if self._closed:
             raise HsmUnavailable("the HSM pool is shut down")
         if not self._queue.empty():
             return False, None
-        for slot in self._slots:
-            with slot.lock:
-                worker = slot.worker
-                if slot.direct or slot.pending or slot.stopping or worker is None:
-                    continue
-                slot.direct = True
-                slot.direct_jobs += 1
-            break
-        else:
+        # Before a worker is taken: a job that cannot be pickled touches none.
+        message = pickle.dumps((op, args), pickle.HIGHEST_PROTOCOL)
+        slot, worker = self._take_idle()
+        if slot is None or worker is None:
             return False, None
+        answered = interrupted = False
         try:
-            worker.conn.send_bytes(pickle.dumps((op, args), pickle.HIGHEST_PROTOCOL))
+            worker.conn.send_bytes(message)
             reply = self._await(worker)
+            answered = True
         except (EOFError, OSError, TimeoutError, ValueError) as exc:
-            with slot.lock:
-                log.error("HSM worker %d failed in a direct job (%s); replacing it", worker.pid, type(exc).__name__)
-                if slot.worker is worker:
-                    self._restart(slot)
-                slot.direct = False
-                slot.cv.notify_all()
+            log.error("HSM worker %d failed in a direct job (%s); replacing it", worker.pid, type(exc).__name__)
             raise HsmUnavailable("the HSM worker handling this request failed; retry the request") from None
         except BaseException:
-            # Interrupted between the request and its answer: the answer would be read as the
-            # next job's. The worker cannot be trusted to be in step; replace it.
-            with slot.lock:
-                if slot.worker is worker:
-                    self._restart(slot)
-                slot.direct = False
-                slot.cv.notify_all()
+            interrupted = True
             raise
-        with slot.lock:
-            slot.direct = False
-            slot.cv.notify_all()
+        finally:
+            self._give_back(slot, worker, answered, interrupted)
         if reply[0] == "ok":
             return True, reply[1]
         raise rebuild_error(reply[1], reply[2])
+
+    def _take_idle(self) -> tuple[_Slot | None, Worker | None]:
+        """Mark an idle slot as used by the calling thread. A slot whose lock is held (a worker
+        being restarted, seconds on a large token) is passed over, not waited for."""
+        for slot in self._slots:
+            if not slot.lock.acquire(blocking=False):
+                continue
+            try:
+                worker = slot.worker
+                if slot.direct or slot.claimed or slot.pending or slot.stopping or worker is None:
+                    continue
+                if not worker.proc.is_alive():  # died while idle: the sender restarts it for a queued job
+                    continue
+                slot.direct = True
+                slot.direct_jobs += 1
+                return slot, worker
+            finally:
+                slot.lock.release()
+        return None, None
+
+    def _give_back(self, slot: _Slot, worker: Worker, answered: bool, interrupted: bool) -> None:
+        """Free the slot. Unanswered, the worker may still answer later, and that answer would be
+        read as the next job's: it is killed, and replaced at once unless the caller was
+        interrupted (Ctrl-C: the sender restarts it when a job comes)."""
+        with slot.lock:
+            slot.direct = False
+            slot.cv.notify_all()
+            if answered or slot.worker is not worker:
+                return
+            if interrupted:
+                slot.worker = None
+                worker.kill()
+                return
+            try:
+                self._restart(slot)
+            except Exception:  # e.g. no file descriptors left: the sender retries for the next job
+                log.exception("could not restart an HSM worker")
 
     # -- Hsm port ----------------------------------------------------------------------------
 
@@ -427,6 +461,11 @@ class HsmPool:
         self._fail_queued()
         for slot in self._slots:
             with slot.lock:
+                if slot.direct and slot.worker is not None:
+                    # A caller is reading this pipe: end the worker so that it reads EOF and
+                    # lets go, before the pipe is closed under it.
+                    slot.worker.proc.kill()
+                    slot.cv.wait_for(slot.free, timeout=5)
                 w, slot.worker = slot.worker, None
             if w is not None:
                 w.conn.close()  # the worker sees EOF and closes its session

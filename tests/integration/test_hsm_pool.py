@@ -174,3 +174,53 @@ def test_a_direct_job_that_outlives_the_job_timeout_fails_and_the_worker_is_repl
         assert pool.unseal(pool.seal(b"next", b"aad"), b"aad") == b"next"
     finally:
         pool.close()
+
+
+def test_back_to_back_direct_calls_do_not_starve_a_queued_job(tmp_path: Path) -> None:
+    """A thread calling one-job operations without pause on a one-worker pool: a queued job
+    (several digests go through the queue) still gets the worker, at once."""
+    pool = HsmPool(ensure_token(tmp_path), workers=1)
+    try:
+        cka, key = _ec_key(pool)
+        spec = sign_spec(KeyAlgorithm.EC_P256, HashAlg.SHA256, Scheme.ECDSA)
+        blob = pool.seal(b"busy", b"aad")
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                pool.unseal(blob, b"aad")
+
+        t = threading.Thread(target=hammer)
+        t.start()
+        try:
+            time.sleep(0.2)
+            ds = [secrets.token_bytes(32) for _ in range(8)]
+            before = pool.stats().direct
+            sigs = pool.sign_async(cka, spec, ds).result(timeout=60)
+            # Once the sender holds the job, no direct call takes the worker before it: at most
+            # the one under way and a few that started before the sender woke.
+            overtaken = pool.stats().direct - before
+        finally:
+            stop.set()
+            t.join(timeout=10)
+        assert overtaken <= 10, f"{overtaken} direct calls ran while a queued job waited"
+        for d, sig in zip(ds, sigs, strict=True):
+            key.verify(sig, d, ec.ECDSA(Prehashed(hashes.SHA256())))  # type: ignore[arg-type]
+    finally:
+        pool.close()
+
+
+def test_a_worker_that_died_while_idle_costs_the_next_call_nothing(tmp_path: Path) -> None:
+    pool = HsmPool(ensure_token(tmp_path), workers=1)
+    try:
+        blob = pool.seal(b"still here", b"aad")
+        victim = pool.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pool.healthy() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Not written to the dead worker's pipe: queued, and the sender starts a new worker.
+        assert pool.unseal(blob, b"aad") == b"still here"
+        assert victim not in pool.worker_pids() and pool.healthy()
+    finally:
+        pool.close()
