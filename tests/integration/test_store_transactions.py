@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,5 +246,45 @@ def test_savepoint_journals_stay_in_memory(tmp_path: Path) -> None:
         w.commit()
         with store.read() as t:
             assert t.c.exec_driver_sql("PRAGMA temp_store").scalar() == 2
+    finally:
+        store.close()
+
+
+def test_a_kept_connections_read_is_one_snapshot_and_always_ends(tmp_path: Path) -> None:
+    """Reads on a thread's kept connection begin and end on the driver (engine._driver_read): the
+    read is still one snapshot, a statement run through SQLAlchemy inside it joins it, and however
+    the read ends (fast statements only, a SQLAlchemy statement, an exception) no transaction is
+    left open on the connection: a read left open would pin an old snapshot for every later read
+    of the thread, and stop SQLite's checkpoints from ever completing."""
+    store = _store(tmp_path)
+
+    def commit(key: str) -> None:
+        w = store.begin_write()
+        with w.savepoint() as t:
+            _raw_insert(t, key)
+        w.commit()
+
+    try:
+        with store.read() as t:
+            kept = t.c
+            driver: Any = t.c.connection.driver_connection
+            assert t.get_user("nobody") is None  # the snapshot is taken at the first read
+            commit("during")
+            assert "during" not in {r.key for r in t.c.execute(META.select())}  # joined, same snapshot
+            assert driver.in_transaction and t.c.in_transaction()
+        assert not driver.in_transaction and not kept.in_transaction()
+        assert "during" in _meta(store)  # the next read sees the commit
+        assert not driver.in_transaction
+
+        with store.read() as t:
+            assert t.get_user("nobody") is None  # fast statements only
+        assert not driver.in_transaction
+
+        with pytest.raises(KeyError), store.read() as t:
+            t.c.execute(META.select()).all()
+            raise KeyError("the caller's own error, not the database's")
+        assert not driver.in_transaction and not kept.in_transaction()
+        with store.read() as t:
+            assert t.c is kept  # a caller's error keeps the connection (only database errors drop it)
     finally:
         store.close()
