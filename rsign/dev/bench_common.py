@@ -1,5 +1,6 @@
 """What the benchmarks share: bench signers and their TOTP codes, digests, servers run in processes
-of their own (ready when they answer, measured by their peak RSS), percentiles."""
+of their own (ready when they answer, measured by their peak RSS), percentiles, and a PostgreSQL
+database made for one run."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,3 +271,24 @@ def rsign_server(state_dir: Path, log: Path | None = None, processes: int = 1) -
     if processes > 1:
         argv += ["--processes", str(processes)]
     return ServerProcess(argv, address, health_serving, log=log, processes=processes)
+
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+@contextmanager
+def fresh_database(admin_dsn: str) -> Iterator[str]:
+    """A new PostgreSQL database for one run (dropped after); yields its SQLAlchemy URL."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise RuntimeError("the PostgreSQL benchmark needs psycopg 3: pip install 'rsign[postgres]'") from exc
+    name = f"rsign_bench_{secrets.token_hex(4)}"
+    admin = psycopg.connect(admin_dsn, autocommit=True)
+    try:
+        admin.execute(f"CREATE DATABASE {name}")
+        params = dict(p.split("=", 1) for p in admin_dsn.split())
+        yield f"postgresql+psycopg://{params['user']}@{params['host']}:{params['port']}/{name}"
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()

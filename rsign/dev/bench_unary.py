@@ -28,22 +28,22 @@ Three modes, one JSON object each:
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rsign.dev.bench_common import (
+    PG_ADMIN,
     BenchUser,
     Progress,
     ServerProcess,
     StageProgress,
+    fresh_database,
     rsign_server,
     wait_for_fresh_steps,
 )
@@ -63,7 +63,6 @@ from rsign.domain import context
 from rsign.runtime.app import build_app
 from rsign.runtime.config import load_settings
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 FLOW = "Authorize (1 hash, fresh TOTP) + SignHash, EC P-256"
 PIN_KDF = "production Argon2id (rsign.auth.pins), provisioned through rsign.runtime.provision"
 _LOGIN_THREADS = 8
@@ -367,24 +366,6 @@ def paced(
             **{k: round(v, 1) for k, v in bench.timings.items()},
         }
     )
-
-
-@contextmanager
-def fresh_database(admin_dsn: str) -> Iterator[str]:
-    """A new PostgreSQL database for one run (dropped after); yields its SQLAlchemy URL."""
-    try:
-        import psycopg
-    except ImportError as exc:
-        raise RuntimeError("the PostgreSQL benchmark needs psycopg 3: pip install 'rsign[postgres]'") from exc
-    name = f"rsign_bench_{secrets.token_hex(4)}"
-    admin = psycopg.connect(admin_dsn, autocommit=True)
-    try:
-        admin.execute(f"CREATE DATABASE {name}")
-        params = dict(p.split("=", 1) for p in admin_dsn.split())
-        yield f"postgresql+psycopg://{params['user']}@{params['host']}:{params['port']}/{name}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 def postgres(

@@ -31,15 +31,14 @@ import pickle
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 from rsign.domain.algorithms import KeyAlgorithm, SignSpec
 from rsign.domain.errors import HsmUnavailable
 from rsign.domain.settings import HsmConfig
+from rsign.hsm.pool_slots import Job, PoolStats, Slot
 from rsign.hsm.pool_worker import Worker, rebuild_error
 from rsign.hsm.ports import SignResult
 
@@ -48,53 +47,6 @@ log = logging.getLogger(__name__)
 # Digests per job: large enough to amortise the pipe round trip (~50 us), small enough that a
 # killed worker takes little work with it and that several workers share one request.
 MAX_CHUNK = 256
-# Jobs queued in each worker's pipe.
-PIPELINE_DEPTH = 2
-
-
-@dataclass
-class _Job:
-    op: str
-    args: tuple[Any, ...]
-    future: Future[Any] = field(default_factory=Future)
-
-
-class _Slot:
-    """One worker and the jobs written to its pipe, oldest first."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker: Worker | None = worker
-        self.pending: deque[_Job] = deque()
-        self.lock = threading.Lock()
-        self.cv = threading.Condition(self.lock)
-        self.room = threading.Semaphore(PIPELINE_DEPTH)
-        self.stopping = False
-        # A caller's thread is using the worker itself (HsmPool._direct): the sender writes
-        # nothing meanwhile, so that the one answer in the pipe is the caller's.
-        self.direct = False
-        self.direct_jobs = 0  # how many (a metric)
-        # The sender holds a job for this worker and waits for the direct caller to finish: no
-        # further direct call takes the worker first (a stream of them would starve the job).
-        self.claimed = False
-
-    def free(self) -> bool:
-        """No caller's thread is using the worker (read under ``lock``)."""
-        return not self.direct
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """What the pool is doing right now (read by the metrics endpoint)."""
-
-    workers: int  # configured
-    alive: int  # worker processes running
-    busy: int  # workers holding at least one job
-    in_flight: int  # jobs written to workers' pipes, not answered yet
-    queued: int  # jobs waiting for a worker (the shared queue)
-    restarts: int  # workers replaced since start (crashed, killed or timed out)
-    direct: int = 0  # jobs run by the calling thread on an idle worker, skipping the queue
-
-
 class HsmPool:
     """Implements the ``Hsm`` port over worker processes."""
 
@@ -114,14 +66,14 @@ class HsmPool:
         self._start_timeout = start_timeout
         # spawn, not fork: forking a process that runs gRPC threads can deadlock (grpc#17093).
         self._ctx = multiprocessing.get_context("spawn")
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=self._size * 4)
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self._size * 4)
         self._closed = False
         self._restarts = 0
         self._drained = False  # closed and its sender and receiver threads gone: nothing will run a queued job
         # Start every worker (in parallel) before any thread, so a bad PIN fails fast and loudly.
         starting = [Worker(self._ctx, config, start_timeout, warm) for _ in range(self._size)]
         try:
-            self._slots = [_Slot(w.wait_ready()) for w in starting]
+            self._slots = [Slot(w.wait_ready()) for w in starting]
         except HsmUnavailable:
             for w in starting:
                 w.kill()
@@ -160,7 +112,7 @@ class HsmPool:
 
     # -- dispatch ----------------------------------------------------------------------------
 
-    def _send_loop(self, slot: _Slot) -> None:
+    def _send_loop(self, slot: Slot) -> None:
         """Take jobs from the shared queue and write them to this slot's worker, keeping up to
         ``PIPELINE_DEPTH`` in its pipe: the next job is already there when the current one ends,
         so the worker never waits for this process to hand over results and send more work."""
@@ -198,7 +150,7 @@ class HsmPool:
                 except (OSError, ValueError):
                     pass  # the receiver notices the dead worker and fails what it held
 
-    def _receive_loop(self, slot: _Slot) -> None:
+    def _receive_loop(self, slot: Slot) -> None:
         while True:
             with slot.lock:
                 slot.cv.wait_for(lambda: bool(slot.pending) or slot.stopping)
@@ -245,7 +197,7 @@ class HsmPool:
                 raise TimeoutError("worker did not answer")
         return worker.conn.recv()
 
-    def _restart(self, slot: _Slot) -> Worker | None:
+    def _restart(self, slot: Slot) -> Worker | None:
         """Replace the slot's worker (caller holds ``slot.lock``)."""
         old, slot.worker = slot.worker, None
         if old is not None:
@@ -263,7 +215,7 @@ class HsmPool:
     def _submit(self, op: str, *args: Any) -> Future[Any]:
         if self._closed:
             raise HsmUnavailable("the HSM pool is shut down")
-        job = _Job(op, args)
+        job = Job(op, args)
         self._queue.put(job)  # blocks when full: back-pressure
         if self._drained:  # the pool closed while this job was being queued
             self._fail_queued()
@@ -304,7 +256,7 @@ class HsmPool:
             return True, reply[1]
         raise rebuild_error(reply[1], reply[2])
 
-    def _take_idle(self) -> tuple[_Slot | None, Worker | None]:
+    def _take_idle(self) -> tuple[Slot | None, Worker | None]:
         """Mark an idle slot as used by the calling thread. A slot whose lock is held (a worker
         being restarted, seconds on a large token) is passed over, not waited for."""
         for slot in self._slots:
@@ -323,7 +275,7 @@ class HsmPool:
                 slot.lock.release()
         return None, None
 
-    def _give_back(self, slot: _Slot, worker: Worker, answered: bool, interrupted: bool) -> None:
+    def _give_back(self, slot: Slot, worker: Worker, answered: bool, interrupted: bool) -> None:
         """Free the slot. Unanswered, the worker may still answer later, and that answer would be
         read as the next job's: it is killed, and replaced at once unless the caller was
         interrupted (Ctrl-C: the sender restarts it when a job comes)."""

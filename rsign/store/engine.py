@@ -25,7 +25,8 @@ from rsign.store import migrate
 from rsign.store._core import AUDIT
 from rsign.store.audit_log import AuditLogRepo
 from rsign.store.credentials import CredentialRepo
-from rsign.store.fast import as_sqlalchemy, dbapi_error
+from rsign.store.fast import driver_exec as driver_exec  # savepoints; tests interrupt it here
+from rsign.store.fast import driver_read
 from rsign.store.inflight import InflightRepo
 from rsign.store.passkeys import PasskeyRepo
 from rsign.store.sads import SadRepo
@@ -41,53 +42,6 @@ class Tx(UserRepo, SessionRepo, CredentialRepo, SadRepo, AuditLogRepo, InflightR
     def __init__(self, conn: Connection, clock: Clock) -> None:
         self.c = conn
         self.clock = clock
-
-
-def driver_exec(conn: Connection, sql: str) -> None:
-    """Run a statement without parameters or result (BEGIN, SAVEPOINT...) on the DBAPI connection
-    that ``conn`` holds, in its transaction."""
-    try:
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(sql)
-        finally:
-            cursor.close()
-    except dbapi_error(conn) as exc:  # inline, not driver_errors: BEGIN and SAVEPOINT run on every call
-        raise as_sqlalchemy(conn, sql, exc) from exc
-
-
-@contextlib.contextmanager
-def _driver_read(conn: Connection, driver: Any) -> Iterator[None]:
-    """A read transaction on one of SQLite's kept read connections (``driver`` is its sqlite3
-    connection), begun and ended on the driver. Through SQLAlchemy, beginning and committing cost
-    about sixty Python calls per read, more than the read's statements, on seven reads per unary
-    flow; the hot statements run on the driver's cursor already (``fast.py``). A statement run
-    through SQLAlchemy inside it joins this transaction (``_sqlite_begin``), and SQLAlchemy's then
-    ends it."""
-    _on_driver(conn, driver, "BEGIN")
-    try:
-        yield
-    except BaseException:
-        _end_read(conn, driver, "ROLLBACK")
-        raise
-    _end_read(conn, driver, "COMMIT")
-
-
-def _end_read(conn: Connection, driver: Any, sql: str) -> None:
-    if conn.in_transaction():  # SQLAlchemy joined it: its transaction is this one
-        if sql == "COMMIT":
-            conn.commit()
-        else:
-            conn.rollback()
-    elif driver.in_transaction:
-        _on_driver(conn, driver, sql)
-
-
-def _on_driver(conn: Connection, driver: Any, sql: str) -> None:
-    try:
-        driver.execute(sql)
-    except dbapi_error(conn) as exc:
-        raise as_sqlalchemy(conn, sql, exc) from exc
 
 
 def make_engine(url: str, busy_timeout: float = 5.0, pooled: bool = True) -> Engine:
@@ -123,7 +77,7 @@ def make_engine(url: str, busy_timeout: float = 5.0, pooled: bool = True) -> Eng
             # layer cost several times the statement itself.
             write = conn.get_execution_options().get("rsign_write")
             if not write and conn.connection.driver_connection.in_transaction:
-                # A read begun on the driver (``Store.read``, ``_driver_read``) and a statement
+                # A read begun on the driver (``Store.read``, ``fast.driver_read``) and a statement
                 # run through SQLAlchemy within it: SQLAlchemy's transaction is that one.
                 return
             driver_exec(conn, "BEGIN IMMEDIATE" if write else "BEGIN")
@@ -328,7 +282,7 @@ class Store:
                 with self._read_engine.begin() as conn:
                     yield Tx(conn, self.clock)
             else:
-                with _driver_read(own, driver):
+                with driver_read(own, driver):
                     yield Tx(own, self.clock)
         except (DBAPIError, SQLAlchemyError) as exc:
             if own is not None and self._readers is not None:

@@ -251,7 +251,7 @@ def test_savepoint_journals_stay_in_memory(tmp_path: Path) -> None:
 
 
 def test_a_kept_connections_read_is_one_snapshot_and_always_ends(tmp_path: Path) -> None:
-    """Reads on a thread's kept connection begin and end on the driver (engine._driver_read): the
+    """Reads on a thread's kept connection begin and end on the driver (fast.driver_read): the
     read is still one snapshot, a statement run through SQLAlchemy inside it joins it, and however
     the read ends (fast statements only, a SQLAlchemy statement, an exception) no transaction is
     left open on the connection: a read left open would pin an old snapshot for every later read
