@@ -44,6 +44,14 @@ from rsign.hsm.ports import SignResult
 
 log = logging.getLogger(__name__)
 
+# The one-job calls a caller may run on an idle worker itself (``_direct``): the hot ones of the
+# unary flow (``sign`` of one digest goes there too). Not the audit anchor's: SoftHSMv2 refreshes a
+# process's index of objects other processes created lazily, and one worker answered an older
+# anchor for 5 s of back-to-back reads while the other had the newest; through the queue, reads
+# land on every worker in turn, and callers keep the highest anchor any of them returned. Not
+# key generation and the like either: rare, and long enough that the queue's cost is nothing.
+_DIRECT_OPS = frozenset({"mac", "seal", "unseal"})
+
 # Digests per job: large enough to amortise the pipe round trip (~50 us), small enough that a
 # killed worker takes little work with it and that several workers share one request.
 MAX_CHUNK = 256
@@ -222,8 +230,11 @@ class HsmPool:
         return job.future
 
     def _call(self, op: str, *args: Any) -> Any:
-        done, result = self._direct(op, args)
-        return result if done else self._submit(op, *args).result()
+        if op in _DIRECT_OPS:
+            done, result = self._direct(op, args)
+            if done:
+                return result
+        return self._submit(op, *args).result()
 
     def _direct(self, op: str, args: tuple[Any, ...]) -> tuple[bool, Any]:
         """Run one job on an idle worker from the calling thread; ``(False, None)`` when no worker

@@ -65,10 +65,13 @@ def test_one_job_calls_on_an_idle_pool_skip_the_queue(tmp_path: Path) -> None:
             (sig,) = pool.sign(cka, spec, [digest])
             assert isinstance(sig, bytes)
             key.verify(sig, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-        assert pool.stats().direct - before == 11  # the key, then ten signatures
+        assert pool.stats().direct - before == 10  # the signatures (key generation is queued)
         # Several digests are spread over the workers through the queue, not run directly.
         assert len(pool.sign(cka, spec, [secrets.token_bytes(32) for _ in range(8)])) == 8
-        assert pool.stats().direct - before == 11
+        assert pool.stats().direct - before == 10
+        # The audit anchor's reads go through the queue: every worker answers in turn.
+        pool.read_anchor()
+        assert pool.stats().direct - before == 10
         assert pool.stats().in_flight == 0 and pool.stats().busy == 0
     finally:
         pool.close()
@@ -135,17 +138,20 @@ def test_direct_and_queued_jobs_never_mix_up_answers(tmp_path: Path) -> None:
 def test_worker_killed_during_a_direct_job_fails_it_and_is_replaced(tmp_path: Path) -> None:
     pool = HsmPool(ensure_token(tmp_path), workers=1)
     try:
+        blob = pool.seal(b"secret", b"aad")
         victim = pool.worker_pids()[0]
         outcome: dict[str, BaseException | None] = {}
 
-        def slow() -> None:  # RSA-3072 generation: seconds, on the calling thread's direct job
+        def call() -> None:
             try:
-                pool.generate_keypairs([(KeyAlgorithm.RSA_3072, secrets.token_bytes(16), "slow")] * 40)
+                pool.unseal(blob, b"aad")
                 outcome["error"] = None
             except BaseException as exc:
                 outcome["error"] = exc
 
-        t = threading.Thread(target=slow)
+        # The worker stopped (SIGSTOP) holds the direct job: the caller waits in the pipe.
+        os.kill(victim, signal.SIGSTOP)
+        t = threading.Thread(target=call)
         t.start()
         deadline = time.monotonic() + 10
         while pool.stats().busy == 0 and time.monotonic() < deadline:
@@ -156,22 +162,25 @@ def test_worker_killed_during_a_direct_job_fails_it_and_is_replaced(tmp_path: Pa
         assert not t.is_alive(), "the direct caller hung on a dead worker"
         assert isinstance(outcome["error"], HsmUnavailable)
         assert victim not in pool.worker_pids() and pool.stats().restarts == 1
-        blob = pool.seal(b"after", b"aad")  # the replacement answers, directly or queued
-        assert pool.unseal(blob, b"aad") == b"after"
+        assert pool.unseal(blob, b"aad") == b"secret"  # the replacement answers
         assert pool.stats().busy == 0
     finally:
         pool.close()
 
 
 def test_a_direct_job_that_outlives_the_job_timeout_fails_and_the_worker_is_replaced(tmp_path: Path) -> None:
-    pool = HsmPool(ensure_token(tmp_path), workers=1, job_timeout=0.3)
+    pool = HsmPool(ensure_token(tmp_path), workers=1, job_timeout=0.5)
     try:
+        blob = pool.seal(b"secret", b"aad")
         victim = pool.worker_pids()[0]
+        os.kill(victim, signal.SIGSTOP)  # answers nothing until killed
+        direct = pool.stats().direct
         with pytest.raises(HsmUnavailable):
-            pool.generate_keypairs([(KeyAlgorithm.RSA_3072, secrets.token_bytes(16), "slow")] * 40)
+            pool.unseal(blob, b"aad")
+        assert pool.stats().direct == direct + 1  # it was a direct job
         assert victim not in pool.worker_pids()
-        # The late answer of the abandoned job is never read as the next one's: a new worker.
-        assert pool.unseal(pool.seal(b"next", b"aad"), b"aad") == b"next"
+        # The abandoned job's answer is never read as the next one's: a new worker answers.
+        assert pool.unseal(blob, b"aad") == b"secret"
     finally:
         pool.close()
 
