@@ -273,17 +273,28 @@ class Store:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Tx]:
-        own = self._readers.get() if self._readers is not None else None
-        driver: Any = own.connection.driver_connection if own is not None else None
-        if own is not None and (own.in_transaction() or driver.in_transaction):
-            own = None  # a read inside this thread's read: a connection of its own
+        readers = self._readers
+        # A read inside this thread's read gets a connection of its own (the pool's).
+        own = readers.get() if readers is not None and not readers.reading() else None
         try:
             if own is None:
                 with self._read_engine.begin() as conn:
                     yield Tx(conn, self.clock)
             else:
-                with driver_read(own, driver):
-                    yield Tx(own, self.clock)
+                assert readers is not None
+                driver: Any = own.connection.driver_connection
+                if own.in_transaction() or driver.in_transaction:
+                    # Left open by a read that was interrupted (no read of this thread is under
+                    # way): its snapshot is stale. A new connection, not that one.
+                    readers.drop(own)
+                    own = readers.get()
+                    driver = own.connection.driver_connection
+                readers.set_reading(True)
+                try:
+                    with driver_read(own, driver):
+                        yield Tx(own, self.clock)
+                finally:
+                    readers.set_reading(False)
         except (DBAPIError, SQLAlchemyError) as exc:
             if own is not None and self._readers is not None:
                 self._readers.drop(own)

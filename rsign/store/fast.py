@@ -87,13 +87,16 @@ def driver_read(conn: Connection, driver: Any) -> Iterator[None]:
 
 
 def _end_read(conn: Connection, driver: Any, sql: str) -> None:
-    if conn.in_transaction():  # SQLAlchemy joined it: its transaction is this one
-        if sql == "COMMIT":
-            conn.commit()
-        else:
-            conn.rollback()
-    elif driver.in_transaction:
-        _on_driver(conn, driver, sql)
+    try:
+        if conn.in_transaction():  # SQLAlchemy joined it: its transaction is this one
+            if sql == "COMMIT":
+                conn.commit()
+            else:
+                conn.rollback()
+        elif driver.in_transaction:  # raises, mapped below, once the connection is closed (shutdown)
+            driver.execute(sql)
+    except dbapi_error(conn) as exc:
+        raise as_sqlalchemy(conn, sql, exc) from exc
 
 
 def _on_driver(conn: Connection, driver: Any, sql: str) -> None:

@@ -119,6 +119,13 @@ class ThreadReaders:
         self._local.conn = conn
         return conn
 
+    def reading(self) -> bool:
+        """A read on this thread's connection is under way (``Store.read``)."""
+        return bool(getattr(self._local, "reading", False))
+
+    def set_reading(self, reading: bool) -> None:
+        self._local.reading = reading
+
     def drop(self, conn: Connection) -> None:
         """After a failed read: the next read on this thread gets a new connection."""
         with self._lock:

@@ -288,3 +288,43 @@ def test_a_kept_connections_read_is_one_snapshot_and_always_ends(tmp_path: Path)
             assert t.c is kept  # a caller's error keeps the connection (only database errors drop it)
     finally:
         store.close()
+
+
+def test_a_read_whose_connection_is_closed_under_it_fails_closed(tmp_path: Path) -> None:
+    """The connection closed during a read (the store shutting down under a late read): the read
+    ends as the database being unavailable, not as a raw driver error (INTERNAL)."""
+    store = _store(tmp_path)
+    try:
+        with pytest.raises(Unavailable), store.read() as t:
+            assert t.get_user("nobody") is None
+            t.c.connection.driver_connection.close()  # type: ignore[union-attr]
+        with store.read() as t:  # a new kept connection
+            assert t.get_user("nobody") is None
+    finally:
+        store.close()
+
+
+def test_a_transaction_left_open_on_a_kept_connection_is_not_reused(tmp_path: Path) -> None:
+    """A read interrupted between its BEGIN and its end (an asynchronous exception) leaves a
+    transaction, and maybe an old snapshot, on the thread's connection: the next read replaces
+    that connection instead of routing every later read elsewhere or reading the old snapshot."""
+    store = _store(tmp_path)
+    try:
+        with store.read() as t:
+            stale = t.c
+            stale_driver: Any = t.c.connection.driver_connection
+        stale_driver.execute("BEGIN")
+        stale_driver.execute("SELECT count(*) FROM rsign_meta").fetchall()  # the snapshot is taken
+        w = store.begin_write()
+        with w.savepoint() as t:
+            _raw_insert(t, "after the leak")
+        w.commit()
+        with store.read() as t:
+            assert t.c is not stale
+            assert "after the leak" in {r.key for r in t.c.execute(META.select())}
+            kept = t.c
+        with store.read() as t:
+            assert t.c is kept  # the new one is kept in turn
+        assert stale.closed
+    finally:
+        store.close()
