@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11 import Mechanism as P11Mech
-from pkcs11.exceptions import NoSuchKey, PKCS11Error
+from pkcs11.exceptions import PKCS11Error
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from rsign.domain.algorithms import KeyAlgorithm, Mechanism, SignSpec
-from rsign.domain.errors import HsmUnavailable, NotFound
+from rsign.domain.errors import HsmUnavailable
 from rsign.hsm.pkcs11_adapter.session import RETRYABLE, TokenSession, serialised
 from rsign.hsm.ports import ItemFailure, SignResult
 
@@ -137,11 +137,9 @@ class SigningKeys(TokenSession):
 
     @serialised
     def public_key(self, cka_id: bytes) -> bytes:
-        try:
-            pub = self._session.get_key(object_class=ObjectClass.PUBLIC_KEY, id=cka_id)
-        except NoSuchKey as exc:
-            raise NotFound("the key is not present in the HSM") from exc
-        return _spki(pub)
+        # Asked for right after another worker generated the key (CreateCsr after GenerateKey):
+        # the same lazily refreshed index as a signature's key lookup, the same reload on a miss.
+        return _spki(self._find_key(ObjectClass.PUBLIC_KEY, cka_id))
 
     @serialised
     def destroy_keypair(self, cka_id: bytes) -> int:

@@ -148,19 +148,22 @@ class TokenSession:
         if key is None:
             # One C_FindObjects per key per worker lifetime: lookups are linear in the number of
             # objects on SoftHSMv2, so they must never happen per request.
-            try:
-                key = self._session.get_key(object_class=object_class, id=cka_id)
-            except NoSuchKey:
-                # SoftHSMv2 can miss an object another process created moments ago (its on-disk
-                # index is refreshed lazily); re-initialising the library reloads the token.
-                # Only a cache miss that also fails lookup pays for this.
-                self._reopen(reinitialize=True)
-                try:
-                    key = self._session.get_key(object_class=object_class, id=cka_id)
-                except NoSuchKey as exc:
-                    raise NotFound("the key is not present in the HSM") from exc
+            key = self._find_key(object_class, cka_id)
             self._keys[cka_id] = key
         return key
+
+    def _find_key(self, object_class: ObjectClass, cka_id: bytes) -> Any:
+        try:
+            return self._session.get_key(object_class=object_class, id=cka_id)
+        except NoSuchKey:
+            # SoftHSMv2 can miss an object another process created moments ago (its on-disk
+            # index is refreshed lazily): a key another worker just generated. Re-initialising
+            # the library reloads the token; only a lookup that fails pays for it.
+            self._reopen(reinitialize=True)
+            try:
+                return self._session.get_key(object_class=object_class, id=cka_id)
+            except NoSuchKey as exc:
+                raise NotFound("the key is not present in the HSM") from exc
 
     def _restoring(self, call: Callable[[], T]) -> T:
         """``call``, restoring a session that went away (closed, logged out, HSM restarted) with a
